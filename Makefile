@@ -1,0 +1,30 @@
+# Every target depends on `venv`, so `make test` alone works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test lint bench demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml getpatter/core/_audio.c
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -c "import getpatter.core._audio"  # the C core must build here
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check getpatter tests benchmarks examples
+	$(BIN)/ruff format --check getpatter tests benchmarks examples
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python benchmarks/audio_core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info getpatter/core/_audio*.so

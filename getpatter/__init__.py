@@ -1,0 +1,59 @@
+"""getpatter: give an AI voice agent a phone number.
+
+The public names are re-exported here lazily (PEP 562), so `import getpatter` and the
+`getpatter` command stay fast and import no provider SDK until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Patter": "getpatter.client",
+    "MachineDetectionResult": "getpatter.client",
+    "EmbeddedServer": "getpatter.core.server",
+    "Agent": "getpatter.agent",
+    "Tool": "getpatter.agent",
+    "Guardrail": "getpatter.agent",
+    "Twilio": "getpatter.config",
+    "Telnyx": "getpatter.config",
+    "LocalConfig": "getpatter.config",
+    "PatterError": "getpatter.errors",
+    "PatterConfigError": "getpatter.errors",
+    "PatterConnectionError": "getpatter.errors",
+    "ProviderError": "getpatter.errors",
+    "PluginNotFoundError": "getpatter.errors",
+    "CallError": "getpatter.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from getpatter.agent import Agent, Guardrail, Tool
+    from getpatter.client import MachineDetectionResult, Patter
+    from getpatter.config import LocalConfig, Telnyx, Twilio
+    from getpatter.core.server import EmbeddedServer
+    from getpatter.errors import (
+        CallError,
+        PatterConfigError,
+        PatterConnectionError,
+        PatterError,
+        PluginNotFoundError,
+        ProviderError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'getpatter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,237 @@
+"""Twilio as a carrier: webhook routes, call control and outbound calls, over the wire helpers
+of `twilio.py` and the REST client of `twilio_rest.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from getpatter.carriers.twilio import (
+    TwilioMediaEncoder,
+    parse_media_message,
+    twiml_dial,
+    twiml_say_hangup,
+    twiml_stream,
+    verify_signature,
+)
+from getpatter.carriers.twilio_rest import TwilioREST
+from getpatter.core.engine import MediaEvent
+from getpatter.core.session import (
+    AmdCallback,
+    CallInfo,
+    CallSession,
+    MachineDetectionResult,
+    invoke,
+)
+from getpatter.errors import CallError
+
+if TYPE_CHECKING:
+    from getpatter.agent import Agent
+    from getpatter.core.server import EmbeddedServer
+
+log = logging.getLogger(__name__)
+
+# CallStatus values that end a call, and the end reason we record for each.
+_FINAL_STATUS = {
+    "completed": "hangup",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "failed",
+    "canceled": "canceled",
+}
+
+
+class TwilioAdapter:
+    name = "twilio"
+
+    def __init__(self, server: EmbeddedServer) -> None:
+        cfg = server.config
+        self._server = server
+        self._auth_token = cfg.twilio_token
+        self._require_signature = cfg.require_signature
+        self.rest = TwilioREST(cfg.twilio_sid, cfg.twilio_token, cfg.twilio_base_url)
+
+    def __repr__(self) -> str:
+        return f"TwilioAdapter(rest={self.rest!r})"
+
+    # --- media ---------------------------------------------------------------------------
+
+    def parse(self, text: str) -> MediaEvent:
+        return parse_media_message(text)
+
+    def encoder(self, stream_id: str) -> TwilioMediaEncoder:
+        return TwilioMediaEncoder(stream_id)
+
+    # --- webhooks ------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/webhooks/twilio/voice", self._voice),
+            web.post("/webhooks/twilio/status", self._status),
+            web.post("/webhooks/twilio/amd", self._amd),
+            web.post("/webhooks/twilio/recording", self._recording),
+        ]
+
+    async def _verified(self, request: web.Request) -> MultiDictProxy[Any] | web.Response:
+        """The form of a genuine Twilio request, or the refusal to send back."""
+        if not self._auth_token:
+            if self._require_signature:
+                log.error("Twilio webhook refused: no auth token configured to verify it")
+                return web.Response(status=503, text="webhook verification not configured")
+            return await request.post()
+        try:
+            form = await request.post()
+        except ValueError:
+            return web.Response(status=400, text="bad form body")
+        url = self._server.public_url(request.path_qs)
+        params = [(k, str(v)) for k, v in form.items()]
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not verify_signature(self._auth_token, url, params, signature):
+            log.warning("Twilio webhook %s refused: bad or missing signature", request.path)
+            return web.Response(status=403, text="invalid signature")
+        return form
+
+    async def _voice(self, request: web.Request) -> web.Response:
+        form = await self._verified(request)
+        if isinstance(form, web.Response):
+            return form
+        call_sid = str(form.get("CallSid", ""))
+        if not call_sid:
+            return web.Response(status=400, text="missing CallSid")
+        existing = self._server.find_call(call_sid)
+        if existing is not None and existing.state != "pending":
+            return web.Response(status=409, text="call already connected")
+        info = CallInfo(
+            call_id=call_sid,
+            caller=str(form.get("From", "")),
+            callee=str(form.get("To", "")),
+            direction="inbound",
+        )
+        session, token = self._server.new_call(info)
+        twiml = twiml_stream(self._server.stream_url(session.key), {"token": token})
+        return web.Response(text=twiml, content_type="text/xml")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        form = await self._verified(request)
+        if isinstance(form, web.Response):
+            return form
+        session = self._server.find_call(str(form.get("CallSid", "")))
+        status = str(form.get("CallStatus", ""))
+        if session is not None:
+            session.event("carrier_status", status=status)
+            reason = _FINAL_STATUS.get(status)
+            if reason is not None and session.state != "ended":
+                session.end_soon(reason)
+        return web.Response(status=204)
+
+    async def _amd(self, request: web.Request) -> web.Response:
+        form = await self._verified(request)
+        if isinstance(form, web.Response):
+            return form
+        session = self._server.find_call(str(form.get("CallSid", "")))
+        if session is None:
+            return web.Response(status=204)
+        answered_by = str(form.get("AnsweredBy", "unknown"))
+        try:
+            detection_ms: int | None = int(str(form.get("MachineDetectionDuration", "")))
+        except ValueError:
+            detection_ms = None
+        result = MachineDetectionResult(
+            session.call_id, answered_by, answered_by.startswith("machine"), detection_ms
+        )
+        session.event("amd", answered_by=answered_by)
+        await invoke(session.info.on_machine_detection, result, what="on_machine_detection")
+        if result.is_machine and session.info.voicemail_message:
+            session.spawn(self._leave_voicemail(session, session.info.voicemail_message), "vm")
+        return web.Response(status=204)
+
+    async def _leave_voicemail(self, session: CallSession, message: str) -> None:
+        """After the beep: speak the message with the carrier's own voice, then hang up."""
+        await self.rest.redirect(session.call_id, twiml_say_hangup(message))
+        await session.add_transcript("assistant", message, voicemail=True)
+        session.end_soon("voicemail")
+
+    async def _recording(self, request: web.Request) -> web.Response:
+        form = await self._verified(request)
+        if isinstance(form, web.Response):
+            return form
+        session = self._server.find_call(str(form.get("CallSid", "")))
+        if session is not None:
+            session.event(
+                "recording",
+                recording_sid=str(form.get("RecordingSid", "")),
+                status=str(form.get("RecordingStatus", "")),
+                url=str(form.get("RecordingUrl", "")),
+            )
+        return web.Response(status=204)
+
+    # --- call control (CallControl) ------------------------------------------------------
+
+    async def hangup(self, call: CallSession) -> None:
+        if call.call_id.startswith("CA") or call.state == "live":
+            await self.rest.hangup(call.call_id)
+
+    async def transfer(self, call: CallSession, to: str) -> None:
+        await self.rest.redirect(call.call_id, twiml_dial(to))
+
+    async def start_recording(self, call: CallSession) -> None:
+        recording = await self.rest.start_recording(
+            call.call_id, self._server.public_url("/webhooks/twilio/recording")
+        )
+        call.event("recording", recording_sid=recording.get("sid", ""), status="started")
+
+    async def place_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        agent: Agent,
+        first_message: str = "",
+        machine_detection: bool = True,
+        on_machine_detection: AmdCallback | None = None,
+        voicemail_message: str = "",
+        ring_timeout: int | None = 25,
+    ) -> CallSession:
+        key = "out-" + secrets.token_hex(12)
+        info = CallInfo(
+            call_id=key,
+            caller=from_,
+            callee=to,
+            direction="outbound",
+            first_message=first_message or None,
+            voicemail_message=voicemail_message,
+            on_machine_detection=on_machine_detection,
+        )
+        ttl = (ring_timeout or 60) + 30.0
+        session, token = self._server.new_call(info, key=key, agent=agent, token_ttl=ttl)
+        twiml = twiml_stream(self._server.stream_url(key), {"token": token})
+        try:
+            call = await self.rest.create_call(
+                to=to,
+                from_=from_,
+                twiml=twiml,
+                status_callback=self._server.public_url("/webhooks/twilio/status"),
+                ring_timeout=ring_timeout,
+                machine_detection=machine_detection or bool(voicemail_message),
+                amd_callback=self._server.public_url("/webhooks/twilio/amd"),
+            )
+        except CallError:
+            session.end_soon("failed")
+            raise
+        sid = str(call.get("sid", ""))
+        if not sid:
+            session.end_soon("failed")
+            raise CallError("Twilio accepted the call but returned no call SID")
+        if session.call_id == key:
+            session.info.call_id = sid
+        self._server.bind_carrier_id(sid, key)
+        session.event("dialing", carrier_status=call.get("status", ""))
+        return session
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()

@@ -1,0 +1,276 @@
+"""Patter: the facade of local mode — agent(), serve(), ready, tunnel_ready, call(), disconnect()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from getpatter.agent import Agent
+from getpatter.config import (
+    LocalConfig,
+    Telnyx,
+    Twilio,
+    resolve_persist_root,
+    validate_e164,
+    validate_port,
+)
+from getpatter.core.server import EmbeddedServer
+from getpatter.core.session import AmdCallback, CallCallbacks, CallSession, MachineDetectionResult
+from getpatter.errors import CallError, PatterConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MachineDetectionResult", "OutboundCall", "Patter"]
+
+
+@dataclass(slots=True)
+class OutboundCall:
+    """A call placed by `Patter.call()`; `await wait()` returns its record once it ends."""
+
+    session: CallSession
+
+    @property
+    def call_id(self) -> str:
+        return self.session.call_id
+
+    @property
+    def state(self) -> str:
+        """`pending` (dialling/ringing), `live`, or `ended`."""
+        return self.session.state
+
+    @property
+    def outcome(self) -> str:
+        """Why it ended: `hangup`, `busy`, `no_answer`, `failed`, `voicemail`, … ("" while up)."""
+        return self.session.end_reason
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        await asyncio.wait_for(asyncio.shield(self.session.ended), timeout)
+        return self.session.record()
+
+
+class Patter:
+    """A phone number with a voice agent behind it, served from this process."""
+
+    def __init__(
+        self,
+        carrier: Twilio | Telnyx | None = None,
+        phone_number: str = "",
+        webhook_url: str = "",
+        tunnel: object = None,
+        persist: str | bool | None = None,
+        *,
+        require_signature: bool = True,
+    ) -> None:
+        if carrier is None:
+            raise PatterConfigError(
+                "Patter needs a carrier: Patter(carrier=Twilio(), ...) or carrier=Telnyx()"
+            )
+        if tunnel and webhook_url:
+            raise PatterConfigError(
+                "pass either webhook_url= or tunnel=, not both: a tunnel provides the public URL"
+            )
+        self.config = LocalConfig.from_carrier(
+            carrier,
+            phone_number=phone_number,
+            webhook_url=webhook_url,
+            persist_root=resolve_persist_root(persist),
+            require_signature=require_signature,
+        )
+        self._tunnel = tunnel
+        self._server: EmbeddedServer | None = None
+        self._ready: asyncio.Future[str] | None = None
+        self._tunnel_ready: asyncio.Future[str] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Patter(carrier={self.config.telephony_provider!r}, "
+            f"phone_number={self.config.phone_number!r}, webhook_url={self.config.webhook_url!r})"
+        )
+
+    # --- agents --------------------------------------------------------------------------
+
+    def agent(self, **kwargs: Any) -> Agent:
+        """Build a validated Agent (system_prompt, first_message, engine, stt, tts, llm, …)."""
+        return Agent(**kwargs)
+
+    @property
+    def port(self) -> int | None:
+        """The port the server listens on (useful with port=0), or None when not serving."""
+        return self._server.port if self._server is not None else None
+
+    @property
+    def server(self) -> EmbeddedServer | None:
+        return self._server
+
+    # --- readiness -----------------------------------------------------------------------
+
+    def _future(self, attr: str) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] | None = getattr(self, attr)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            setattr(self, attr, fut)
+        return fut
+
+    @property
+    def ready(self) -> asyncio.Future[str]:
+        """Resolves to the public hostname once the server listens and the carrier is wired;
+        rejects with the real error if `serve()` fails first."""
+        return self._future("_ready")
+
+    @property
+    def tunnel_ready(self) -> asyncio.Future[str]:
+        """Resolves to the public hostname as soon as it is known (before the server listens)."""
+        return self._future("_tunnel_ready")
+
+    def _settle(self, exc: BaseException | None = None, host: str = "") -> None:
+        for fut in (self.ready, self.tunnel_ready):
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+                fut.add_done_callback(lambda f: f.exception())  # never "never retrieved"
+            else:
+                fut.set_result(host)
+
+    # --- serving -------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        agent: Agent,
+        port: int = 8000,
+        recording: bool = False,
+        on_call_start: Callable[..., Any] | None = None,
+        on_call_end: Callable[..., Any] | None = None,
+        on_transcript: Callable[..., Any] | None = None,
+        on_message: Callable[..., Any] | None = None,
+        voicemail_message: str = "",
+        on_metrics: Callable[..., Any] | None = None,
+        dashboard: bool = True,
+        dashboard_token: str = "",
+        tunnel: bool = False,
+        *,
+        host: str = "0.0.0.0",
+    ) -> None:
+        """Start the embedded server and block until it is stopped (`disconnect()`)."""
+        try:
+            if not isinstance(agent, Agent):
+                raise PatterConfigError("serve() needs an Agent: build one with phone.agent(...)")
+            port = validate_port(port, allow_ephemeral=True)
+            if tunnel and self.config.webhook_url:
+                raise PatterConfigError(
+                    "serve(tunnel=True) and webhook_url= are mutually exclusive: drop one"
+                )
+            if tunnel or self._tunnel:
+                raise PatterConfigError(
+                    "tunnel=True is not available in this version: run a tunnel yourself "
+                    "(e.g. `ngrok http 8000`) and pass its hostname as webhook_url="
+                )
+            if self._server is not None:
+                raise PatterConfigError("this Patter is already serving; call disconnect() first")
+            callbacks = CallCallbacks(
+                on_call_start=on_call_start,
+                on_call_end=on_call_end,
+                on_transcript=on_transcript,
+                on_message=on_message,
+                on_metrics=on_metrics,
+            )
+            server = EmbeddedServer(
+                self.config,
+                agent,
+                recording,
+                voicemail_message,
+                callbacks=callbacks,
+                dashboard=dashboard,
+                dashboard_token=dashboard_token,
+                host=host,
+            )
+        except BaseException as exc:
+            self._settle(exc)
+            raise
+        self._server = server
+        self._closed = False
+        if self.config.webhook_url:
+            fut = self.tunnel_ready
+            if not fut.done():
+                fut.set_result(self.config.webhook_url)
+        serving = asyncio.ensure_future(server.start(port))
+        listening = server.listening
+        try:
+            await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+            if listening.done() and not listening.cancelled() and listening.exception() is None:
+                if not self.config.webhook_url:
+                    log.warning(
+                        "no webhook_url: the carrier cannot reach this server; "
+                        "only local tests (the fake network) will"
+                    )
+                self._settle(host=server.public_host)
+            await serving
+        except BaseException as exc:
+            self._settle(exc)
+            if not serving.done():
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
+            raise
+        finally:
+            self._server = None
+
+    # --- outbound ------------------------------------------------------------------------
+
+    async def call(
+        self,
+        to: str,
+        agent: Agent,
+        first_message: str = "",
+        from_number: str = "",
+        machine_detection: bool = True,
+        on_machine_detection: AmdCallback | None = None,
+        voicemail_message: str = "",
+        ring_timeout: int | None = 25,
+    ) -> OutboundCall:
+        """Place an outbound call once `await phone.ready` has resolved."""
+        server = self._server
+        if server is None or not server.listening.done():
+            raise CallError("the server is not running: start serve() and await phone.ready first")
+        validate_e164(to, "to")
+        from_ = validate_e164(from_number, "from_number") if from_number else self.config.phone_number
+        if not isinstance(agent, Agent):
+            raise PatterConfigError("call() needs an Agent: build one with phone.agent(...)")
+        if ring_timeout is not None and (not isinstance(ring_timeout, int) or ring_timeout < 1):
+            raise PatterConfigError("ring_timeout must be a positive number of seconds or None")
+        session = await server.carrier.place_call(  # type: ignore[attr-defined]
+            to=to,
+            from_=from_,
+            agent=agent,
+            first_message=first_message,
+            machine_detection=machine_detection,
+            on_machine_detection=on_machine_detection,
+            voicemail_message=voicemail_message or server.voicemail_message,
+            ring_timeout=ring_timeout,
+        )
+        return OutboundCall(session)
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    async def disconnect(self) -> None:
+        """Idempotent: hang up live calls, write their records, stop the server."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            await self._server.stop()
+
+    async def __aenter__(self) -> Patter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()

@@ -1,0 +1,1 @@
+"""Everything that is not a carrier, a provider or the dashboard."""

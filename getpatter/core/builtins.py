@@ -1,0 +1,29 @@
+"""getpatter's own carriers and VAD, registered through the same hook a third party uses.
+
+Each provider folder under `getpatter/plugins/` registers itself with its own entry point;
+this module covers the pieces that live in the core.
+"""
+
+from __future__ import annotations
+
+from getpatter.core.registry import ProviderSpec, hookimpl
+
+
+@hookimpl
+def getpatter_providers() -> list[ProviderSpec]:
+    return [
+        ProviderSpec(
+            "carrier",
+            "twilio",
+            "getpatter.carriers.twilio:TwilioAdapter",
+            requires=("aiohttp",),
+            description="Twilio Programmable Voice + Media Streams",
+        ),
+        ProviderSpec(
+            "vad",
+            "webrtc",
+            "getpatter.core.vad:VAD",
+            requires=("webrtcvad",),
+            description="webrtcvad with hysteresis and an energy floor",
+        ),
+    ]

@@ -1,0 +1,361 @@
+"""EmbeddedServer: the aiohttp app that mounts the carrier's routes, the media socket and health.
+
+The server owns the table of calls. Carriers create sessions from their webhooks; the media
+socket (one route for every carrier) opens only with the single-use token the carrier was
+handed for that call, and is refused before any engine or provider session is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import WSMsgType, web
+
+from getpatter.core.engine import (
+    DtmfReceived,
+    EngineCall,
+    InboundAudio,
+    MalformedMessage,
+    MarkPlayed,
+    MediaEvent,
+    StreamStarted,
+    StreamStopped,
+)
+from getpatter.core.playout import MediaEncoder, PlayoutScheduler
+from getpatter.core.session import CallCallbacks, CallControl, CallInfo, CallSession
+from getpatter.errors import PatterConfigError
+
+if TYPE_CHECKING:
+    from getpatter.agent import Agent
+    from getpatter.config import LocalConfig
+
+log = logging.getLogger(__name__)
+
+TOKEN_TTL = 60.0  # seconds between the carrier's webhook and its media socket
+MAX_MALFORMED = 50  # malformed media messages tolerated on one socket before it is closed
+START_TIMEOUT = 10.0  # seconds for the carrier to send `start` after the socket opens
+HISTORY_LIMIT = 1000
+
+
+class CarrierAdapter(CallControl, Protocol):
+    """What the server needs from a carrier (Twilio, Telnyx)."""
+
+    name: str
+
+    def routes(self) -> list[web.RouteDef]: ...
+    def parse(self, text: str) -> MediaEvent: ...
+    def encoder(self, stream_id: str) -> MediaEncoder: ...
+    async def aclose(self) -> None: ...
+
+
+class _SocketSink:
+    """The playout's view of a media socket: skip sends while the peer is not reading."""
+
+    HIGH_WATER = 256 * 1024
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._ws = ws
+        self._transport = request.transport
+
+    def writable(self) -> bool:
+        if self._ws.closed or self._transport is None or self._transport.is_closing():
+            return False
+        return self._transport.get_write_buffer_size() < self.HIGH_WATER
+
+    async def send(self, message: str) -> None:
+        if not self._ws.closed:
+            await self._ws.send_str(message)
+
+
+class EmbeddedServer:
+    """The server behind `Patter.serve()`; `start(port)` blocks until `stop()`."""
+
+    def __init__(
+        self,
+        config: LocalConfig,
+        agent: Agent,
+        recording: bool = False,
+        voicemail_message: str = "",
+        *,
+        callbacks: CallCallbacks | None = None,
+        dashboard: bool = True,
+        dashboard_token: str = "",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.recording = recording
+        self.voicemail_message = voicemail_message
+        self.callbacks = callbacks or CallCallbacks()
+        self.dashboard = dashboard
+        self._dashboard_token = dashboard_token
+        self.host = host
+        self.port: int | None = None
+        self.sessions: dict[str, CallSession] = {}
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
+        self.record_sinks: list[Callable[[dict[str, Any]], Any]] = []
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._sockets: set[str] = set()
+        self._carrier_ids: dict[str, str] = {}  # carrier call id → session key
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+        self._scheduler: PlayoutScheduler | None = None
+        self.carrier: CarrierAdapter = self._make_carrier()
+        self._listening: asyncio.Future[int] | None = None
+
+    @property
+    def listening(self) -> asyncio.Future[int]:
+        """Resolves to the bound port once the server listens; rejects if binding fails."""
+        if self._listening is None:
+            self._listening = asyncio.get_running_loop().create_future()
+        return self._listening
+
+    def __repr__(self) -> str:
+        return f"EmbeddedServer(carrier={self.config.telephony_provider!r}, port={self.port})"
+
+    def _make_carrier(self) -> CarrierAdapter:
+        provider = self.config.telephony_provider
+        if provider == "twilio":
+            from getpatter.carriers.twilio_adapter import TwilioAdapter
+
+            return TwilioAdapter(self)
+        raise PatterConfigError(f"carrier {provider!r} is not supported yet; use Twilio()")
+
+    # --- public URLs ---------------------------------------------------------------------
+
+    @property
+    def public_host(self) -> str:
+        return self.config.webhook_url or f"{self.host}:{self.port}"
+
+    def public_url(self, path: str) -> str:
+        return f"https://{self.public_host}{path}"
+
+    def stream_url(self, key: str) -> str:
+        return f"wss://{self.public_host}/ws/stream/{key}"
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def new_call(
+        self,
+        info: CallInfo,
+        *,
+        key: str | None = None,
+        agent: Agent | None = None,
+        token_ttl: float = TOKEN_TTL,
+    ) -> tuple[CallSession, str]:
+        """A call the carrier is about to stream: its session and its single-use media token."""
+        assert self._scheduler is not None, "server not started"
+        key = key or info.call_id
+        session = CallSession(
+            info,
+            agent or self.agent,
+            callbacks=self.callbacks,
+            control=self.carrier,
+            scheduler=self._scheduler,
+            on_record=lambda record: self._write_record(key, record),
+            recording=self.recording,
+        )
+        session.key = key
+        self.sessions[key] = session
+        self.bind_carrier_id(info.call_id, key)
+        token = secrets.token_urlsafe(24)
+        self._tokens[key] = (token, time.monotonic() + token_ttl)
+        asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
+        return session, token
+
+    def bind_carrier_id(self, carrier_id: str, key: str) -> None:
+        self._carrier_ids[carrier_id] = key
+
+    def find_call(self, carrier_id: str) -> CallSession | None:
+        key = self._carrier_ids.get(carrier_id, carrier_id)
+        return self.sessions.get(key)
+
+    def _expire(self, key: str) -> None:
+        """A call whose media never arrived still ends, and still gets its record."""
+        self._tokens.pop(key, None)
+        session = self.sessions.get(key)
+        if session is not None and session.state == "pending" and key not in self._sockets:
+            session.end_soon("no_media")
+
+    async def _write_record(self, key: str, record: dict[str, Any]) -> None:
+        self.sessions.pop(key, None)
+        self._tokens.pop(key, None)
+        self.history.append(record)
+        for sink in self.record_sinks:
+            result = sink(record)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def open_engine(self, session: CallSession) -> EngineCall:
+        engine = session.agent.engine
+        if engine is None:
+            raise PatterConfigError(
+                "this agent has no engine: pass engine=... to phone.agent() "
+                "(the STT → LLM → TTS pipeline arrives with stt=/tts=)"
+            )
+        return engine.open(session)  # type: ignore[no-any-return, attr-defined]
+
+    # --- routes --------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024)
+        app.add_routes(
+            [
+                web.get("/health", self._health),
+                web.get("/ws/stream/{call_id}", self._media_socket),
+                *self.carrier.routes(),
+            ]
+        )
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "carrier": self.carrier.name, "active_calls": len(self.sessions)}
+        )
+
+    async def _media_socket(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["call_id"]
+        session = self.sessions.get(key)
+        if session is None or key not in self._tokens:
+            return web.Response(status=404, text="unknown or expired call")
+        if key in self._sockets or session.state != "pending":
+            return web.Response(status=409, text="this call already has a media socket")
+        self._sockets.add(key)
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024, autoping=True)
+        await ws.prepare(request)
+        try:
+            await self._run_media(key, session, ws, request)
+        except Exception:
+            log.exception("call %s: media socket failed", session.call_id)
+        finally:
+            self._sockets.discard(key)
+            if not ws.closed:
+                await ws.close()
+            await session.end(session.end_reason or "hangup")
+        return ws
+
+    async def _run_media(
+        self, key: str, session: CallSession, ws: web.WebSocketResponse, request: web.Request
+    ) -> None:
+        malformed = 0
+        started = False
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while True:
+            timeout = None if started else max(0.0, deadline - asyncio.get_running_loop().time())
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                log.warning("call %s: no start message; closing the media socket", session.call_id)
+                session.end_reason = "no_media"
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if msg.type == WSMsgType.ERROR:
+                log.warning("call %s: media socket error: %s", session.call_id, ws.exception())
+                session.end_reason = "media_error"
+                return
+            if msg.type != WSMsgType.TEXT:
+                malformed += 1
+                continue
+            try:
+                event = self.carrier.parse(msg.data)
+            except MalformedMessage as exc:
+                malformed += 1
+                if malformed <= 3:
+                    log.warning("call %s: malformed media message: %s", session.call_id, exc)
+                if malformed > MAX_MALFORMED:
+                    log.error("call %s: too many malformed messages; closing", session.call_id)
+                    session.end_reason = "protocol_error"
+                    await ws.close(code=1008, message=b"protocol error")
+                    return
+                continue
+            if isinstance(event, InboundAudio):
+                session.push_audio(event)
+            elif isinstance(event, MarkPlayed):
+                session.on_mark(event.name)
+            elif isinstance(event, DtmfReceived):
+                await session.on_dtmf(event.digit)
+            elif isinstance(event, StreamStarted) and not started:
+                if not self._check_token(key, event, session):
+                    log.warning("call %s: media socket refused (bad token)", session.call_id)
+                    session.end_reason = "unauthorized_media"
+                    await ws.close(code=1008, message=b"unauthorized")
+                    return
+                started = True
+                encoder = self.carrier.encoder(event.stream_id)
+                sink = _SocketSink(ws, request)
+                await session.attach_media(
+                    event.stream_id, encoder, sink, self.open_engine(session)
+                )
+            elif isinstance(event, StreamStopped):
+                session.end_reason = session.end_reason or "hangup"
+                return
+
+    def _check_token(self, key: str, event: StreamStarted, session: CallSession) -> bool:
+        entry = self._tokens.pop(key, None)  # single use, even when it fails
+        if entry is None:
+            return False
+        token, expires = entry
+        offered = event.parameters.get("token", "")
+        if time.monotonic() > expires or not hmac.compare_digest(offered, token):
+            return False
+        if session.call_id == key and session.direction == "outbound":
+            session.info.call_id = event.call_id  # the carrier's id, learned at answer
+            self.bind_carrier_id(event.call_id, key)
+        return session.call_id == event.call_id
+
+    # --- life ----------------------------------------------------------------------------
+
+    async def start(self, port: int = 8000) -> None:
+        """Listen on `port` and serve until `stop()`. Sets `listening` once bound."""
+        if self.listening.done():
+            self._listening = None
+        self._stopped = asyncio.Event()
+        self._scheduler = PlayoutScheduler()
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else port
+        except BaseException as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            if not self.listening.done():
+                self.listening.set_exception(exc)
+                self.listening.exception()  # retrieved here; the caller sees the raise too
+            raise
+        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        self.listening.set_result(self.port)
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._shutdown()
+
+    async def stop(self) -> None:
+        """End every live call politely (hang up, write its record) and stop listening."""
+        if self._stopped is not None:
+            self._stopped.set()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        sessions = list(self.sessions.values())
+        if sessions:
+            await asyncio.gather(
+                *(s.hangup("server_stopped") for s in sessions), return_exceptions=True
+            )
+        if self._scheduler is not None:
+            await self._scheduler.aclose()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        await self.carrier.aclose()

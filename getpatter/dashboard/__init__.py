@@ -1,0 +1,1 @@
+"""The local dashboard: routes and one static page."""

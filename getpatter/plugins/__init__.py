@@ -1,0 +1,1 @@
+"""Provider plugins, one folder each, registered through the `getpatter.plugins` entry points."""
