@@ -188,7 +188,7 @@ def _pcm_variants(samples: np.ndarray) -> list[Any]:
         raw,
         bytearray(raw),
         memoryview(raw),
-        memoryview(samples),  # format 'h'
+        memoryview(samples),  # type: ignore[arg-type]  # format 'h'
         memoryview(b"\x00" + raw)[1:],  # unaligned start
         doubled[::2],  # strided
         samples.reshape(-1, 4) if len(samples) % 4 == 0 else samples,

@@ -212,7 +212,7 @@ def test_bad_frames_are_rejected() -> None:
     with pytest.raises(ValueError, match="8000"):
         r.process(AudioFrame(np.zeros(320, np.int16), 16000, 0.0))
     with pytest.raises(TypeError):
-        r.process(AudioFrame(np.zeros(160, np.float32), 8000, 0.0))  # type: ignore[arg-type]
+        r.process(AudioFrame(np.zeros(160, np.float32), 8000, 0.0))
     with pytest.raises(ValueError):
         Resampler(0, 16000)
     with pytest.raises(ValueError):
