@@ -29,7 +29,23 @@ _EXPORTS: dict[str, str] = {
     "CallError": "getpatter.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Agent",
+    "CallError",
+    "EmbeddedServer",
+    "Guardrail",
+    "LocalConfig",
+    "MachineDetectionResult",
+    "Patter",
+    "PatterConfigError",
+    "PatterConnectionError",
+    "PatterError",
+    "PluginNotFoundError",
+    "ProviderError",
+    "Telnyx",
+    "Tool",
+    "Twilio",
+]
 
 if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool

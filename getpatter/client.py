@@ -1,4 +1,4 @@
-"""Patter: the facade of local mode — agent(), serve(), ready, tunnel_ready, call(), disconnect()."""
+"""Patter, the facade of local mode: agent, serve, ready, tunnel_ready, call, disconnect."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class OutboundCall:
         """Why it ended: `hangup`, `busy`, `no_answer`, `failed`, `voicemail`, … ("" while up)."""
         return self.session.end_reason
 
-    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         await asyncio.wait_for(asyncio.shield(self.session.ended), timeout)
         return self.session.record()
 
@@ -201,7 +201,8 @@ class Patter:
         serving = asyncio.ensure_future(server.start(port))
         listening = server.listening
         try:
-            await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {serving, listening}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if listening.done() and not listening.cancelled() and listening.exception() is None:
                 if not self.config.webhook_url:
                     log.warning(
@@ -237,7 +238,9 @@ class Patter:
         if server is None or not server.listening.done():
             raise CallError("the server is not running: start serve() and await phone.ready first")
         validate_e164(to, "to")
-        from_ = validate_e164(from_number, "from_number") if from_number else self.config.phone_number
+        from_ = (
+            validate_e164(from_number, "from_number") if from_number else self.config.phone_number
+        )
         if not isinstance(agent, Agent):
             raise PatterConfigError("call() needs an Agent: build one with phone.agent(...)")
         if ring_timeout is not None and (not isinstance(ring_timeout, int) or ring_timeout < 1):

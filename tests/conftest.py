@@ -13,7 +13,9 @@ import pytest
 from getpatter import Patter, Twilio
 from getpatter.agent import Agent
 from getpatter.testing.twilio import FakeTwilio
+
 from helpers import HOST, NUMBER
+
 
 @dataclass
 class Served:

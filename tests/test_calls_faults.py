@@ -12,12 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import CALLER, HOST, NUMBER, speech
 from twilio.request_validator import RequestValidator
 
 from getpatter import Patter, Twilio
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.twilio import FakeTwilio
+
+from helpers import CALLER, HOST, NUMBER, speech
 
 
 class RawCarrier:
@@ -61,8 +62,12 @@ class RawCarrier:
                 {
                     "event": "media",
                     "streamSid": self.stream_sid,
-                    "media": {"track": "inbound", "chunk": str(i), "timestamp": str(i * 20),
-                              "payload": b64},
+                    "media": {
+                        "track": "inbound",
+                        "chunk": str(i),
+                        "timestamp": str(i * 20),
+                        "payload": b64,
+                    },
                 }
             )
 
@@ -72,8 +77,8 @@ class RawCarrier:
         await self.http.close()
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 5) -> None:
-    for _ in range(int(timeout / 0.02)):
+async def wait_until(pred: Callable[[], bool], limit: float = 5) -> None:
+    for _ in range(int(limit / 0.02)):
         if pred():
             return
         await asyncio.sleep(0.02)
@@ -101,7 +106,9 @@ async def test_malformed_messages_are_contained(serve: Callable[..., Any], net: 
     assert bad_call.call.state == "live"  # it carried on
     # An oversize frame closes that socket (1009); the call ends with its record written.
     await raw.ws.send_str('{"event":"media","media":{"payload":"' + "A" * 100_000 + '"}}')
-    await wait_until(lambda: any(e["call_id"] == raw.call_sid for e in s.events.get("on_call_end", [])))
+    await wait_until(
+        lambda: any(e["call_id"] == raw.call_sid for e in s.events.get("on_call_end", []))
+    )
     await raw.close()
     # The healthy call never noticed.
     assert healthy.stream_open and not healthy.ended

@@ -99,7 +99,7 @@ async def test_ring_timeout_none_omits_the_parameter(
 async def test_call_refusals(serve: Callable[..., Any], net: FakeTwilio) -> None:
     s = await serve({"engine": ScriptedEngine()})
     agent = s.phone.server.agent
-    with pytest.raises(PatterConfigError, match="E.164"):
+    with pytest.raises(PatterConfigError, match=r"E\.164"):
         await s.phone.call(to="555-1234", agent=agent)
     # The carrier refuses an unknown caller ID: a CallError with Twilio's message, no secret.
     with pytest.raises(CallError) as err:

@@ -70,13 +70,19 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build and install the fixture package the way a user would, into its own site dir."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("src")
-    subprocess.run(
-        ["cp", "-r", str(FIXTURE), str(build / "pkg")], check=True, capture_output=True
-    )
+    subprocess.run(["cp", "-r", str(FIXTURE), str(build / "pkg")], check=True, capture_output=True)
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--target", str(target), str(build / "pkg"),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(build / "pkg"),
         ],
         check=True,
         capture_output=True,
@@ -88,7 +94,10 @@ def _run(site: Path, code: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout
 
@@ -111,9 +120,14 @@ def test_cli_lists_the_plugin(plugin_site: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(plugin_site)}
     out = subprocess.run(
         [sys.executable, "-m", "getpatter.cli", "plugins"],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     rows = [line.split() for line in out.splitlines()]
     assert ["tts", "acme", "getpatter-acme", "installed"] in rows
-    assert any(r[:3] == ["stt", "acme-cloud", "getpatter-acme"] and r[3] == "missing:" for r in rows)
+    assert any(
+        r[:3] == ["stt", "acme-cloud", "getpatter-acme"] and r[3] == "missing:" for r in rows
+    )
     assert any(r[:2] == ["carrier", "twilio"] for r in rows)

@@ -10,11 +10,12 @@ import asyncio
 import socket
 
 import pytest
-from helpers import CALLER, HOST, NUMBER, speech
 
 from getpatter import Guardrail, Patter, Tool, Twilio
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.twilio import FakeTwilio
+
+from helpers import CALLER, HOST, NUMBER, speech
 
 
 def free_port() -> int:

@@ -91,7 +91,9 @@ def twiml_say_hangup(text: str) -> str:
 
 
 def twiml_dial(number: str) -> str:
-    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{escape(number)}</Dial></Response>'
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{escape(number)}</Dial></Response>'
+    )
 
 
 def twiml_reject() -> str:

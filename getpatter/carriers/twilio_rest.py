@@ -59,12 +59,13 @@ class TwilioREST:
                 if resp.status >= 400:
                     message = body.get("message", "") if isinstance(body, dict) else ""
                     code = body.get("code", "") if isinstance(body, dict) else ""
-                    raise CallError(
-                        f"Twilio {method} {path} failed: HTTP {resp.status} {code} {message}".strip()
-                    )
+                    detail = f"HTTP {resp.status} {code} {message}".strip()
+                    raise CallError(f"Twilio {method} {path} failed: {detail}")
                 return body if isinstance(body, dict) else {}
         except aiohttp.ClientError as exc:
-            raise PatterConnectionError(f"Twilio API unreachable at {self.base_url}: {exc}") from None
+            raise PatterConnectionError(
+                f"Twilio API unreachable at {self.base_url}: {exc}"
+            ) from None
 
     async def create_call(
         self,

@@ -508,7 +508,7 @@ class Resampler:
         self,
         in_rate: int,
         out_rate: int,
-        quality: str = "HQ",
+        quality: str = "MQ",
         gap_tolerance: float | None = None,
     ) -> None:
         if in_rate <= 0 or out_rate <= 0:

@@ -330,4 +330,3 @@ class PlayoutScheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
-

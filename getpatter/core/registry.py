@@ -113,7 +113,8 @@ class Registry:
         for impl in self._pm.hook.getpatter_providers.get_hookimpls()[::-1]:
             dist = dists.get(id(impl.plugin))
             source = dist.project_name if dist is not None else (impl.plugin_name or "")
-            for spec in impl.function() or ():
+            offered = cast(Iterable[ProviderSpec] | None, impl.function())
+            for spec in offered or ():
                 key = (spec.kind, spec.name)
                 if key not in specs:
                     specs[key] = ProviderSpec(
@@ -136,7 +137,9 @@ class Registry:
 
     def get(self, kind: str, name: str) -> ProviderSpec:
         if kind not in KINDS:
-            raise PatterConfigError(f"unknown provider kind {kind!r}; use one of {', '.join(KINDS)}")
+            raise PatterConfigError(
+                f"unknown provider kind {kind!r}; use one of {', '.join(KINDS)}"
+            )
         spec = self._collect().get((kind, name))
         if spec is None:
             available = ", ".join(

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from getpatter.core.engine import (
     DtmfReceived,
+    Engine,
     EngineCall,
     InboundAudio,
     MalformedMessage,
@@ -107,6 +108,11 @@ class EmbeddedServer:
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
         self._scheduler: PlayoutScheduler | None = None
+        if agent.engine is not None and not isinstance(agent.engine, Engine):
+            raise PatterConfigError(
+                f"engine={type(agent.engine).__name__}(...) is not an engine: "
+                "it needs an open(call) method (e.g. OpenAIRealtime)"
+            )
         self.carrier: CarrierAdapter = self._make_carrier()
         self._listening: asyncio.Future[int] | None = None
 
@@ -200,7 +206,11 @@ class EmbeddedServer:
                 "this agent has no engine: pass engine=... to phone.agent() "
                 "(the STT → LLM → TTS pipeline arrives with stt=/tts=)"
             )
-        return engine.open(session)  # type: ignore[no-any-return, attr-defined]
+        if not isinstance(engine, Engine):
+            raise PatterConfigError(
+                f"engine {type(engine).__name__} has no open(call) method: it is not an engine"
+            )
+        return engine.open(session)
 
     # --- routes --------------------------------------------------------------------------
 
