@@ -15,6 +15,7 @@ writable numpy arrays; G.711 outputs are `bytes`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import os
@@ -175,12 +176,14 @@ def _np_floats(samples: FloatLike) -> Float32Array:
 # which is how audioop quantises and what the C core does.
 
 
+@functools.cache
 def _np_ulaw_decode_table() -> Int16Array:
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
     return np.where(u & 0x80, 0x84 - magnitude, magnitude - 0x84).astype(_I16)
 
 
+@functools.cache
 def _np_alaw_decode_table() -> Int16Array:
     a = np.arange(256, dtype=np.int32) ^ 0x55
     segment = (a >> 4) & 0x07
@@ -197,6 +200,7 @@ def _top_bits(bits: int) -> npt.NDArray[np.int32]:
     return np.where(index < (1 << (bits - 1)), index, index - (1 << bits))
 
 
+@functools.cache
 def _np_ulaw_encode_table() -> npt.NDArray[np.uint8]:
     v = _top_bits(14)
     mask = np.where(v < 0, 0x7F, 0xFF)
@@ -208,6 +212,7 @@ def _np_ulaw_encode_table() -> npt.NDArray[np.uint8]:
     return (code ^ mask).astype(_U8)
 
 
+@functools.cache
 def _np_alaw_encode_table() -> npt.NDArray[np.uint8]:
     v = _top_bits(13)
     mask = np.where(v < 0, 0x55, 0xD5)
@@ -218,30 +223,27 @@ def _np_alaw_encode_table() -> npt.NDArray[np.uint8]:
     return (((segment << 4) | mantissa) ^ mask).astype(_U8)
 
 
-_NP_ULAW_DECODE = _np_ulaw_decode_table()
-_NP_ALAW_DECODE = _np_alaw_decode_table()
-_NP_ULAW_ENCODE = _np_ulaw_encode_table()
-_NP_ALAW_ENCODE = _np_alaw_encode_table()
+# The tables are built on first use: with the C core loaded they are never needed.
 
 
 def _np_ulaw_decode(data: CodesLike) -> Int16Array:
     """G.711 μ-law codes → int16 samples."""
-    return _NP_ULAW_DECODE.take(_np_codes(data))
+    return _np_ulaw_decode_table().take(_np_codes(data))
 
 
 def _np_alaw_decode(data: CodesLike) -> Int16Array:
     """G.711 A-law codes → int16 samples."""
-    return _NP_ALAW_DECODE.take(_np_codes(data))
+    return _np_alaw_decode_table().take(_np_codes(data))
 
 
 def _np_ulaw_encode(samples: PcmLike) -> bytes:
     """int16 samples → G.711 μ-law codes."""
-    return _NP_ULAW_ENCODE.take(_np_pcm(samples).view(_U16) >> 2).tobytes()
+    return _np_ulaw_encode_table().take(_np_pcm(samples).view(_U16) >> 2).tobytes()
 
 
 def _np_alaw_encode(samples: PcmLike) -> bytes:
     """int16 samples → G.711 A-law codes."""
-    return _NP_ALAW_ENCODE.take(_np_pcm(samples).view(_U16) >> 3).tobytes()
+    return _np_alaw_encode_table().take(_np_pcm(samples).view(_U16) >> 3).tobytes()
 
 
 def _np_int16_to_float32(samples: PcmLike) -> Float32Array:

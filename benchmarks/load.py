@@ -1,0 +1,678 @@
+"""Load benchmark: N concurrent Twilio calls against the getpatter server, echoing audio back.
+
+Run: .venv/bin/python benchmarks/load.py            N = 10, 100, 300; 10 s windows (~1.5 min)
+     .venv/bin/python benchmarks/load.py --quick    N = 5, 3 s window: a smoke run (~10 s)
+     .venv/bin/python benchmarks/load.py --calls 50 200 --seconds 20 --fakes 2
+
+Processes (all on 127.0.0.1):
+  this one   the orchestrator: spawns the others, marks the measuring window, reads /proc and
+             prints. It sleeps while the calls run.
+  server     `Patter.serve(agent(engine=EchoEngine()), host="127.0.0.1", port=0)`: the process
+             measured. EchoEngine plays each caller frame straight back, so every call has
+             50 inbound and 50 outbound media messages a second, plus marks and their echoes.
+  fake       `FakeTwilio` (the testing fake of the Twilio network) placing the inbound calls at
+             `--rate` calls/s, streaming quiet noise and recording when each agent frame
+             arrived. `--fakes 2` splits the calls across two fake processes (same account).
+A fresh server and fresh fakes are started for every N, so RSS and CPU of one N do not leak
+into the next. The measuring window opens `--warmup` seconds after every call is streaming.
+
+Figures:
+  CPU        server process CPU (user+sys, time.process_time() in the server) over the window
+             / (N x window): "% of one core per active call". Target <= 0.25 %.
+  RSS        (server VmRSS at the end of the window - VmRSS before the calls) / N, in KiB. The
+             baseline is taken after two warm-up calls, so one-off imports are not counted.
+  pacing     at the fake, |inter-arrival - 20 ms| of consecutive agent `media` frames of each
+             call within the window, p50 / p99 / max. Target: p99 <= 10 ms at the largest N.
+             The fake stamps a frame when its event loop reads it, so a busy fake inflates
+             the figure: its own CPU and the jitter of its own 20 ms sends are printed, and a
+             fake using >= 90 % of a core is named as the bottleneck.
+  server     the server's own view: Playout.stats.send_lateness in the window (how late each
+             frame left against the 100 ms lead the playout aims for: with an echo the lead
+             can never build up, since each frame is sent as soon as it arrives, so expect
+             ~80-100 ms; its spread is what matters), underruns, and scheduler ticks achieved
+             against the 50 a second it aims for.
+  msg/s      media + mark messages through the server's sockets, both directions.
+
+The fake's cyclic GC is off (it keeps every message it sent or received; collections of that
+heap would stall its loop and distort the timestamps it takes). The server is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+NUMBER = "+15550001234"
+CALLER = "+15557654321"
+HOST = "agent.bench.test"  # public host of the app, routed by the fake to 127.0.0.1:<port>
+FRAME_S = 0.020
+CPU_TARGET = 0.25  # % of one core per active call
+JITTER_TARGET_MS = 10.0
+FAKE_SATURATED = 0.90  # share of one core above which the fake is called the bottleneck
+Handler = Callable[..., Awaitable[Any]]
+
+
+# --- workers (child processes) ---------------------------------------------------------------
+
+
+def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
+    """Entry point of a child: run its command loop on a fresh event loop."""
+    logging.basicConfig(
+        level=logging.WARNING, format=f"[{kind}] %(levelname)s %(name)s: %(message)s"
+    )
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    side: _ServerSide | _FakeSide = _ServerSide() if kind == "server" else _FakeSide(**args)
+    if kind != "server":
+        gc.disable()
+    asyncio.run(_command_loop(conn, side.handlers()))
+
+
+async def _command_loop(conn: Connection, handlers: dict[str, Handler]) -> None:
+    """Commands are (name, kwargs); every one gets ("ok", result) or ("error", traceback)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            name, kwargs = await loop.run_in_executor(None, conn.recv)
+        except (EOFError, OSError):
+            name, kwargs = "exit", {}
+        try:
+            result = await handlers[name](**kwargs)
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+            continue
+        with contextlib.suppress(OSError):
+            conn.send(("ok", result))
+        if name == "exit":
+            return
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"n": int(len(values)), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
+
+
+class _ServerSide:
+    """The process under test: a Patter serving EchoEngine."""
+
+    def __init__(self) -> None:
+        self.phone: Any = None
+        self.task: asyncio.Task[None] | None = None
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "start": self.start,
+            "wait_live": self.wait_live,
+            "wait_idle": self.wait_idle,
+            "mark": self.mark,
+            "lateness": self.lateness,
+            "gc": self.collect,
+            "exit": self.exit,
+        }
+
+    async def start(self, account_sid: str, auth_token: str, base_url: str) -> dict[str, Any]:
+        from getpatter import Patter, Twilio
+        from getpatter.testing.engines import EchoEngine
+
+        self.phone = Patter(
+            carrier=Twilio(account_sid, auth_token, base_url=base_url),
+            phone_number=NUMBER,
+            webhook_url=HOST,
+            persist=False,
+        )
+        agent = self.phone.agent(engine=EchoEngine())
+        self.task = asyncio.create_task(self.phone.serve(agent, port=0, host="127.0.0.1"))
+        host = await asyncio.wait_for(self.phone.ready, 10)
+        return {"port": self.phone.port, "public_host": host, "pid": os.getpid()}
+
+    def _sessions(self) -> list[Any]:
+        server = self.phone.server
+        return list(server.sessions.values()) if server is not None else []
+
+    async def wait_live(self, n: int, limit: float) -> int:
+        """Until n calls have sent audio back (their echo is running)."""
+        deadline = time.monotonic() + limit
+        live = 0
+        while time.monotonic() < deadline:
+            live = sum(
+                1
+                for s in self._sessions()
+                if s.state == "live" and s.playout is not None and s.playout.stats.frames_sent
+            )
+            if live >= n:
+                break
+            await asyncio.sleep(0.05)
+        return live
+
+    async def wait_idle(self, limit: float) -> int:
+        deadline = time.monotonic() + limit
+        while self._sessions() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self._sessions())
+
+    async def mark(self) -> dict[str, Any]:
+        """A snapshot for the window's edges: CPU, loop time and the playout counters."""
+        cpu, t = time.process_time(), asyncio.get_running_loop().time()
+        sessions = self._sessions()
+        stats = [s.playout.stats for s in sessions if s.playout is not None]
+        scheduler = getattr(self.phone.server, "_scheduler", None)
+        return {
+            "cpu": cpu,
+            "t": t,
+            "calls": len(sessions),
+            "frames": sum(st.frames_sent for st in stats),
+            "marks": sum(st.marks_sent for st in stats),
+            "underruns": sum(st.underruns for st in stats),
+            "stalls": sum(st.stalls for st in stats),
+            "ticks": getattr(scheduler, "ticks", 0),
+            "lateness_len": {
+                s.key: len(s.playout.stats.send_lateness) for s in sessions if s.playout
+            },
+        }
+
+    async def lateness(self, since: dict[str, int]) -> dict[str, Any]:
+        """send_lateness entries appended after the `since` snapshot, and the list sizes."""
+        values: list[float] = []
+        total = 0
+        for s in self._sessions():
+            if s.playout is None:
+                continue
+            lst = s.playout.stats.send_lateness
+            total += len(lst)
+            if s.key in since:
+                values.extend(lst[since[s.key] :])
+        q = _quantiles(np.asarray(values) * 1000)
+        return {"ms": q, "entries": total}
+
+    async def collect(self) -> None:
+        gc.collect()
+
+    async def exit(self) -> None:
+        if self.phone is not None:
+            await self.phone.disconnect()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.task, 10)
+
+
+class _FakeSide:
+    """One FakeTwilio process: places calls, stamps what comes back."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+        self.fake: Any = None
+        self.calls: list[Any] = []
+        self.audio = b""
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "start": self.start,
+            "route": self.route,
+            "place": self.place,
+            "mark": self.mark,
+            "pacing": self.pacing,
+            "hangup": self.hangup,
+            "exit": self.exit,
+        }
+
+    async def start(self, account_sid: str | None, auth_token: str | None) -> dict[str, Any]:
+        import aiohttp
+
+        from getpatter.testing.twilio import FakeTwilio
+
+        self.fake = FakeTwilio(account_sid, auth_token)
+        await self.fake.start()
+        # aiohttp's default connector allows 100 connections and an open WebSocket holds one:
+        # the 101st stream would wait for a free slot. Twilio has no such limit.
+        await self.fake._session.close()
+        self.fake._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.fake.add_number(NUMBER, voice_url=f"https://{HOST}/webhooks/twilio/voice")
+        return {
+            "account_sid": self.fake.account_sid,
+            "auth_token": self.fake.auth_token,
+            "base_url": self.fake.base_url,
+            "pid": os.getpid(),
+        }
+
+    async def route(self, public_host: str, local: str) -> None:
+        self.fake.route(public_host, local)
+
+    async def place(self, n: int, rate: float, audio_seconds: float) -> dict[str, Any]:
+        """Place n calls, `rate` a second; returns once every one is streaming (or failed)."""
+        from getpatter.core.audio import ulaw_encode
+
+        if len(self.audio) < audio_seconds * 8000:
+            rng = np.random.default_rng(1234 + self.index)
+            noise = rng.normal(0, 300, int(audio_seconds * 8000)).clip(-32768, 32767)
+            self.audio = ulaw_encode(noise.astype(np.int16))
+        started = time.monotonic()
+        tasks = []
+        for i in range(n):
+            coro = self.fake.place_call(from_=CALLER, to=NUMBER, audio=self.audio)
+            tasks.append(asyncio.create_task(coro))
+            if i + 1 < n:
+                await asyncio.sleep(1 / rate)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        calls = [r for r in results if not isinstance(r, BaseException)]
+        self.calls.extend(calls)
+        streaming = sum(1 for c in calls if c.stream_open)
+        problems = [f"{c.call_sid}: {c.status} {c.errors}" for c in calls if not c.stream_open]
+        return {
+            "streaming": streaming,
+            "errors": (errors + problems)[:5],
+            "seconds": time.monotonic() - started,
+        }
+
+    async def mark(self) -> dict[str, Any]:
+        cpu, t = time.process_time(), asyncio.get_running_loop().time()
+        return {
+            "cpu": cpu,
+            "t": t,
+            "sent": sum(len(c.sent) for c in self.calls),
+            "received": sum(len(c.received) for c in self.calls),
+            "open": sum(1 for c in self.calls if c.stream_open),
+        }
+
+    async def pacing(self, t0: float, t1: float) -> dict[str, Any]:
+        """Jitter of agent media arrivals (and of our own sends) over [t0, t1], in ms."""
+        jitter: list[np.ndarray] = []
+        lag: list[np.ndarray] = []
+        own: list[np.ndarray] = []
+        for c in self.calls:
+            rx = np.array([t for t, ev, _ in c.received if ev == "media" and t0 <= t <= t1])
+            if len(rx) >= 2:
+                jitter.append(np.abs(np.diff(rx) - FRAME_S))
+                # lag behind a perfect 20 ms grid anchored on the call's earliest frame
+                grid = rx - FRAME_S * np.arange(len(rx))
+                lag.append(grid - grid.min())
+            tx = np.array([t for t, ev, _ in c.sent if ev == "media" and t0 <= t <= t1])
+            if len(tx) >= 2:
+                own.append(np.abs(np.diff(tx) - FRAME_S))
+
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) * 1000 if parts else np.zeros(0)
+
+        return {"jitter": cat(jitter), "lag": cat(lag), "own": cat(own)}
+
+    async def hangup(self, limit: float) -> dict[str, Any]:
+        calls, self.calls = self.calls, []
+        results = await asyncio.gather(
+            *(asyncio.wait_for(c.hangup(), limit) for c in calls), return_exceptions=True
+        )
+        failed = sum(1 for r in results if isinstance(r, BaseException))
+        for c in calls:  # forget them: the next placement starts from a clean slate
+            self.fake.calls.pop(c.call_sid, None)
+            self.fake._ctl.pop(c.call_sid, None)
+        return {"hung_up": len(calls) - failed, "failed": failed}
+
+    async def exit(self) -> None:
+        if self.fake is not None:
+            await self.fake.stop()
+
+
+# --- orchestrator ------------------------------------------------------------------------------
+
+
+class Worker:
+    """A child process and its command pipe, driven synchronously."""
+
+    def __init__(self, ctx: Any, kind: str, **args: Any) -> None:
+        self.kind = kind
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(kind, child, args), name=kind, daemon=True)
+        self.proc.start()
+        child.close()
+
+    def send(self, name: str, **kwargs: Any) -> None:
+        self.conn.send((name, kwargs))
+
+    def reply(self, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"{self.kind} process gave no answer within {timeout:.0f} s")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"{self.kind} process failed:\n{value}")
+        return value
+
+    def call(self, name: str, timeout: float = 30.0, **kwargs: Any) -> Any:
+        self.send(name, **kwargs)
+        return self.reply(timeout)
+
+    def close(self, timeout: float = 20.0) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(Exception):
+                self.call("exit", timeout=timeout)
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+        self.conn.close()
+
+
+def all_call(workers: list[Worker], name: str, timeout: float = 30.0, **kwargs: Any) -> list[Any]:
+    """Send to every worker first, then collect: the processes act at the same moment."""
+    for w in workers:
+        w.send(name, **kwargs)
+    return [w.reply(timeout) for w in workers]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class Result:
+    n: int
+    window: float
+    streaming: int
+    ramp_s: float
+    server_cpu: float  # share of one core
+    fake_cpu: list[float]  # share of one core, per fake process
+    machine_cpu: float  # cores busy, whole machine
+    rss_base: int
+    rss_loaded: int
+    msgs_in: float  # per second, fake -> server
+    msgs_out: float  # per second, server -> fake
+    frames_out: float  # per second, the server's own count of media frames sent
+    jitter: dict[str, float]
+    lag: dict[str, float]
+    own: dict[str, float]
+    lateness: dict[str, float]
+    lateness_entries: int
+    underruns: int
+    stalls: int
+    ticks_per_s: float
+    problems: list[str]
+
+    @property
+    def cpu_per_call(self) -> float:
+        return 100 * self.server_cpu / self.n
+
+    @property
+    def rss_per_call(self) -> float:
+        return (self.rss_loaded - self.rss_base) / self.n
+
+    @property
+    def fake_bottleneck(self) -> bool:
+        return max(self.fake_cpu) >= FAKE_SATURATED
+
+
+def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
+    """One N: fresh fake(s) and server, warm-up, ramp, window, hang up, stop."""
+    fakes = [Worker(ctx, "fake", index=i) for i in range(args.fakes)]
+    server: Worker | None = None
+    try:
+        creds = fakes[0].call("start", account_sid=None, auth_token=None)
+        for f in fakes[1:]:
+            f.call("start", account_sid=creds["account_sid"], auth_token=creds["auth_token"])
+        server = Worker(ctx, "server")
+        up = server.call(
+            "start", timeout=60, **{k: creds[k] for k in ("account_sid", "auth_token", "base_url")}
+        )
+        all_call(fakes, "route", public_host=up["public_host"], local=f"127.0.0.1:{up['port']}")
+        pid = up["pid"]
+
+        # Two warm-up calls (first-call imports and allocations), then the baseline.
+        fakes[0].call("place", timeout=30, n=2, rate=args.rate, audio_seconds=2)
+        server.call("wait_live", timeout=15, n=2, limit=10)
+        time.sleep(1.0)
+        fakes[0].call("hangup", timeout=20, limit=10)
+        server.call("wait_idle", timeout=20, limit=10)
+        server.call("gc")
+        time.sleep(0.5)
+        rss_base = rss_kib(pid)
+
+        # Ramp: n calls at `rate` a second in total, split across the fakes.
+        shares = [n // len(fakes) + (i < n % len(fakes)) for i in range(len(fakes))]
+        ramp = n / args.rate
+        audio_seconds = ramp + args.warmup + args.seconds + 3
+        active = [f for f, k in zip(fakes, shares, strict=True) if k]
+        for f, k in zip(active, shares, strict=False):
+            f.send("place", n=k, rate=args.rate / len(active), audio_seconds=audio_seconds)
+        placed = [f.reply(ramp + 60) for f in active]
+        streaming = sum(p["streaming"] for p in placed)
+        problems = [e for p in placed for e in p["errors"]]
+        ramp_s = max(p["seconds"] for p in placed)
+        live = server.call("wait_live", timeout=40, n=streaming, limit=30)
+        if live < n:
+            problems.append(f"only {live} of {n} calls live at the server")
+        time.sleep(args.warmup)
+
+        # The measuring window.
+        m0_busy = machine_busy()
+        s0 = server.call("mark")
+        f0 = all_call(active, "mark")
+        time.sleep(args.seconds)
+        s1 = server.call("mark")
+        f1 = all_call(active, "mark")
+        m1_busy = machine_busy()
+        rss_loaded = rss_kib(pid)
+        late = server.call("lateness", timeout=60, since=s0["lateness_len"])
+        pacing = [
+            f.call("pacing", timeout=60, t0=a["t"], t1=b["t"])
+            for f, a, b in zip(active, f0, f1, strict=True)
+        ]
+        still_open = sum(b["open"] for b in f1)
+        if still_open < n or s1["calls"] < n:
+            problems.append(
+                f"calls dropped in the window: {still_open} streams open, server has {s1['calls']}"
+            )
+
+        # Tear down: the callers hang up, the server empties, everything stops.
+        all_call(active, "hangup", timeout=60, limit=20)
+        left = server.call("wait_idle", timeout=40, limit=30)
+        if left:
+            problems.append(f"{left} calls still open at the server after the hangups")
+    finally:
+        if server is not None:
+            server.close()
+        for f in fakes:
+            f.close()
+
+    elapsed = s1["t"] - s0["t"]
+    fake_elapsed = [b["t"] - a["t"] for a, b in zip(f0, f1, strict=True)]
+    busy = (m1_busy[0] - m0_busy[0]) / max(1.0, m1_busy[1] - m0_busy[1]) * (os.cpu_count() or 1)
+    cat = np.concatenate
+    return Result(
+        n=n,
+        window=elapsed,
+        streaming=streaming,
+        ramp_s=ramp_s,
+        server_cpu=(s1["cpu"] - s0["cpu"]) / elapsed,
+        fake_cpu=[(b["cpu"] - a["cpu"]) / e for a, b, e in zip(f0, f1, fake_elapsed, strict=True)],
+        machine_cpu=busy,
+        rss_base=rss_base,
+        rss_loaded=rss_loaded,
+        msgs_in=sum(
+            (b["sent"] - a["sent"]) / e for a, b, e in zip(f0, f1, fake_elapsed, strict=True)
+        ),
+        msgs_out=sum(
+            (b["received"] - a["received"]) / e
+            for a, b, e in zip(f0, f1, fake_elapsed, strict=True)
+        ),
+        frames_out=(s1["frames"] - s0["frames"]) / elapsed,
+        jitter=_quantiles(cat([p["jitter"] for p in pacing])),
+        lag=_quantiles(cat([p["lag"] for p in pacing])),
+        own=_quantiles(cat([p["own"] for p in pacing])),
+        lateness=late["ms"],
+        lateness_entries=late["entries"],
+        underruns=s1["underruns"] - s0["underruns"],
+        stalls=s1["stalls"] - s0["stalls"],
+        ticks_per_s=(s1["ticks"] - s0["ticks"]) / elapsed,
+        problems=problems,
+    )
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def machine_facts(args: argparse.Namespace) -> list[str]:
+    import aiohttp
+
+    import getpatter
+
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    return [
+        f"machine   {os.cpu_count()} cores ({model or platform.processor() or '?'}), "
+        f"{platform.system()} {platform.release()}",
+        f"software  Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"getpatter {getpatter.__version__}, aiohttp {aiohttp.__version__}, "
+        f"numpy {np.__version__}, asyncio default loop",
+        f"setup     server: 1 process (measured); fake Twilio: {args.fakes} process(es); "
+        f"calls placed at {args.rate:g}/s; window {args.seconds:g} s after {args.warmup:g} s "
+        "warm-up; loopback only",
+    ]
+
+
+def fmt_q(q: dict[str, float]) -> str:
+    return f"{q['p50']:6.2f} / {q['p99']:6.2f} / {q['max']:6.1f}"
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    print()
+    for r in results:
+        fake_cpu = " + ".join(f"{100 * c:.0f}" for c in r.fake_cpu)
+        print(
+            f"== N = {r.n} calls ({r.streaming} streaming after a {r.ramp_s:.1f} s ramp), "
+            f"window {r.window:.1f} s"
+        )
+        print(
+            f"  server CPU       {100 * r.server_cpu:6.1f} % of one core = "
+            f"{r.cpu_per_call:.3f} % of one core per active call"
+        )
+        print(
+            f"  fake CPU         {fake_cpu} % of one core; whole machine busy "
+            f"{r.machine_cpu:.2f} of {os.cpu_count()} cores"
+        )
+        print(
+            f"  server RSS       {r.rss_base / 1024:.1f} MiB idle -> {r.rss_loaded / 1024:.1f} MiB "
+            f"loaded = {r.rss_per_call:.1f} KiB per call"
+        )
+        print(
+            f"  messages         {r.msgs_in + r.msgs_out:,.0f} msg/s through the server "
+            f"(in {r.msgs_in:,.0f}, out {r.msgs_out:,.0f}; server sent {r.frames_out:,.0f} "
+            "media frames/s)"
+        )
+        print(
+            "  pacing at fake   |inter-arrival - 20 ms| p50 / p99 / max "
+            f"{fmt_q(r.jitter)} ms over {r.jitter['n']:,} gaps"
+        )
+        print(f"                   lag behind a 20 ms grid  p50 / p99 / max {fmt_q(r.lag)} ms")
+        print(
+            f"                   fake's own 20 ms sends   p50 / p99 / max {fmt_q(r.own)} ms"
+            " (its loop's health)"
+        )
+        print(
+            f"  server view      send_lateness p50 / p99 / max {fmt_q(r.lateness)} ms "
+            f"(vs the 100 ms lead); underruns {r.underruns}, stalls {r.stalls}; "
+            f"scheduler {r.ticks_per_s:.1f} ticks/s of 50"
+        )
+        print(
+            f"                   send_lateness holds {r.lateness_entries:,} floats "
+            f"({r.lateness_entries / r.n:,.0f} per call: it is never trimmed)"
+        )
+        if r.fake_bottleneck:
+            print(
+                f"  NOTE the fake was the bottleneck: {100 * max(r.fake_cpu):.0f} % of a core; "
+                "its timestamps (pacing) and send rate are distorted at this N"
+            )
+        for p in r.problems:
+            print(f"  PROBLEM {p}")
+        print()
+
+    worst_cpu = max(results, key=lambda r: r.cpu_per_call)
+    cpu_ok = all(r.cpu_per_call <= CPU_TARGET for r in results)
+    cpus = ", ".join(f"N={r.n}: {r.cpu_per_call:.3f} %" for r in results)
+    print(
+        f"VERDICT server CPU per call-second <= {CPU_TARGET} % of a core: "
+        f"{'PASS' if cpu_ok else 'FAIL'} ({cpus}; worst N={worst_cpu.n})"
+    )
+    top = max(results, key=lambda r: r.n)
+    jit_ok = top.jitter["p99"] <= JITTER_TARGET_MS
+    note = ""
+    if top.fake_bottleneck:
+        note = (
+            f"; the fake was the bottleneck ({100 * max(top.fake_cpu):.0f} % of a core), "
+            "so this measures the fake as much as the server"
+        )
+    elif top.machine_cpu >= 0.9 * (os.cpu_count() or 1):
+        note = f"; the machine was saturated ({top.machine_cpu:.2f} cores busy)"
+    print(
+        f"VERDICT pacing jitter p99 <= {JITTER_TARGET_MS:g} ms at N={top.n}: "
+        f"{'PASS' if jit_ok else 'FAIL'} (p99 {top.jitter['p99']:.2f} ms{note})"
+    )
+    if any(r.problems for r in results):
+        print("VERDICT run health: FAIL (see PROBLEM lines)")
+    print()
+    for line in machine_facts(args):
+        print(line)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--calls", type=int, nargs="+", default=[10, 100, 300], metavar="N")
+    p.add_argument("--seconds", type=float, default=10.0, help="measuring window per N")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds after the ramp")
+    p.add_argument("--rate", type=float, default=50.0, help="calls placed per second")
+    p.add_argument("--fakes", type=int, default=1, choices=(1, 2), help="fake processes")
+    p.add_argument("--quick", action="store_true", help="smoke run: N=5, 3 s window")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.calls, args.seconds = [5], 3.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ctx = mp.get_context("spawn")  # no event loop or sockets inherited by the children
+    for line in machine_facts(args):
+        print(line)
+    results = []
+    for n in args.calls:
+        t = time.monotonic()
+        print(f"-- N = {n}: starting ...", flush=True)
+        results.append(run_round(ctx, n, args))
+        print(f"-- N = {n}: done in {time.monotonic() - t:.1f} s", flush=True)
+    report(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
