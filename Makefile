@@ -24,7 +24,9 @@ lint: venv
 	$(BIN)/mypy
 
 bench: venv
-	$(BIN)/python benchmarks/audio_core.py
+	-$(BIN)/python benchmarks/audio_core.py
+	-PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/startup.py
+	-$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info getpatter/core/_audio*.so

@@ -111,7 +111,7 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     if not len(values):
         return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
     p50, p99 = np.percentile(values, [50, 99])
-    return {"n": int(len(values)), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
+    return {"n": len(values), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
 
 
 class _ServerSide:
@@ -127,6 +127,7 @@ class _ServerSide:
             "wait_live": self.wait_live,
             "wait_idle": self.wait_idle,
             "mark": self.mark,
+            "prime": self.prime,
             "lateness": self.lateness,
             "gc": self.collect,
             "exit": self.exit,
@@ -168,7 +169,9 @@ class _ServerSide:
 
     async def wait_idle(self, limit: float) -> int:
         deadline = time.monotonic() + limit
-        while self._sessions() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not self._sessions():
+                break
             await asyncio.sleep(0.05)
         return len(self._sessions())
 
@@ -192,19 +195,30 @@ class _ServerSide:
             },
         }
 
-    async def lateness(self, since: dict[str, int]) -> dict[str, Any]:
-        """send_lateness entries appended after the `since` snapshot, and the list sizes."""
-        values: list[float] = []
+    async def prime(self, share: float, ms: int) -> list[str]:
+        """Queue `ms` of silence ahead of the echo on `share` of the calls (public
+        CallSession.play): their playout then runs as with a TTS ahead of real time, the
+        lead full and audio always queued. Returns their call ids."""
+        sessions = sorted(self._sessions(), key=lambda s: s.call_id)
+        chosen = [s for i, s in enumerate(sessions) if int((i + 1) * share) > int(i * share)]
+        for s in chosen:
+            s.play(b"\xff" * (8 * ms))
+        return [s.call_id for s in chosen]
+
+    async def lateness(self, since: dict[str, int], primed: list[str]) -> dict[str, Any]:
+        """send_lateness entries appended after the `since` snapshot, by group, in ms."""
+        values: dict[str, list[float]] = {"lead": [], "echo": []}
         total = 0
+        lead = set(primed)
         for s in self._sessions():
             if s.playout is None:
                 continue
             lst = s.playout.stats.send_lateness
             total += len(lst)
             if s.key in since:
-                values.extend(lst[since[s.key] :])
-        q = _quantiles(np.asarray(values) * 1000)
-        return {"ms": q, "entries": total}
+                values["lead" if s.call_id in lead else "echo"].extend(lst[since[s.key] :])
+        groups = {k: _quantiles(np.asarray(v) * 1000) for k, v in values.items()}
+        return {"ms": groups, "entries": total}
 
     async def collect(self) -> None:
         gc.collect()
@@ -296,26 +310,25 @@ class _FakeSide:
             "open": sum(1 for c in self.calls if c.stream_open),
         }
 
-    async def pacing(self, t0: float, t1: float) -> dict[str, Any]:
-        """Jitter of agent media arrivals (and of our own sends) over [t0, t1], in ms."""
-        jitter: list[np.ndarray] = []
-        lag: list[np.ndarray] = []
-        own: list[np.ndarray] = []
+    async def pacing(self, t0: float, t1: float, primed: list[str]) -> dict[str, np.ndarray]:
+        """Over [t0, t1], in ms: |inter-arrival - 20 ms| of agent media and the lag behind a
+        20 ms grid, for primed ("lead") and plain echo calls; the jitter of our own sends."""
+        parts: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("lead_jitter", "lead_lag", "echo_jitter", "echo_lag", "own")
+        }
+        lead = set(primed)
         for c in self.calls:
+            group = "lead" if c.call_sid in lead else "echo"
             rx = np.array([t for t, ev, _ in c.received if ev == "media" and t0 <= t <= t1])
             if len(rx) >= 2:
-                jitter.append(np.abs(np.diff(rx) - FRAME_S))
+                parts[f"{group}_jitter"].append(np.abs(np.diff(rx) - FRAME_S))
                 # lag behind a perfect 20 ms grid anchored on the call's earliest frame
                 grid = rx - FRAME_S * np.arange(len(rx))
-                lag.append(grid - grid.min())
+                parts[f"{group}_lag"].append(grid - grid.min())
             tx = np.array([t for t, ev, _ in c.sent if ev == "media" and t0 <= t <= t1])
             if len(tx) >= 2:
-                own.append(np.abs(np.diff(tx) - FRAME_S))
-
-        def cat(parts: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(parts) * 1000 if parts else np.zeros(0)
-
-        return {"jitter": cat(jitter), "lag": cat(lag), "own": cat(own)}
+                parts["own"].append(np.abs(np.diff(tx) - FRAME_S))
+        return {k: np.concatenate(v) * 1000 if v else np.zeros(0) for k, v in parts.items()}
 
     async def hangup(self, limit: float) -> dict[str, Any]:
         calls, self.calls = self.calls, []

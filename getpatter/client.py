@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from getpatter.agent import Agent
 from getpatter.config import (
@@ -18,9 +18,11 @@ from getpatter.config import (
     validate_e164,
     validate_port,
 )
-from getpatter.core.server import EmbeddedServer
 from getpatter.core.session import AmdCallback, CallCallbacks, CallSession, MachineDetectionResult
 from getpatter.errors import CallError, PatterConfigError
+
+if TYPE_CHECKING:
+    from getpatter.core.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,8 @@ class Patter:
                 )
             if self._server is not None:
                 raise PatterConfigError("this Patter is already serving; call disconnect() first")
+            from getpatter.core.server import EmbeddedServer  # the aiohttp server stack, on use
+
             callbacks = CallCallbacks(
                 on_call_start=on_call_start,
                 on_call_end=on_call_end,
