@@ -15,7 +15,7 @@ def getpatter_providers() -> list[ProviderSpec]:
         ProviderSpec(
             "carrier",
             "twilio",
-            "getpatter.carriers.twilio:TwilioAdapter",
+            "getpatter.carriers.twilio_adapter:TwilioAdapter",
             requires=("aiohttp",),
             description="Twilio Programmable Voice + Media Streams",
         ),

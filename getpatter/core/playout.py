@@ -74,7 +74,8 @@ class PlayoutStats:
     clears: int = 0
     underruns: int = 0
     stalls: int = 0
-    send_lateness: list[float] = field(default_factory=list)
+    # the latest frames' lateness against their schedule (bounded: calls can run for hours)
+    send_lateness: deque[float] = field(default_factory=lambda: deque(maxlen=3000))
 
 
 class Playout:

@@ -127,12 +127,12 @@ class EmbeddedServer:
         return f"EmbeddedServer(carrier={self.config.telephony_provider!r}, port={self.port})"
 
     def _make_carrier(self) -> CarrierAdapter:
-        provider = self.config.telephony_provider
-        if provider == "twilio":
-            from getpatter.carriers.twilio_adapter import TwilioAdapter
+        """The carrier adapter registered under the config's provider name."""
+        from getpatter.core.registry import default_registry
 
-            return TwilioAdapter(self)
-        raise PatterConfigError(f"carrier {provider!r} is not supported yet; use Twilio()")
+        adapter_cls = default_registry().load("carrier", self.config.telephony_provider)
+        adapter: CarrierAdapter = adapter_cls(self)
+        return adapter
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class EmbeddedServer:
         app.add_routes(
             [
                 web.get("/health", self._health),
-                web.get("/ws/stream/{call_id}", self._media_socket),
+                web.get("/ws/stream/{call_id}", self.media_socket),
                 *self.carrier.routes(),
             ]
         )
@@ -230,7 +230,8 @@ class EmbeddedServer:
             {"status": "ok", "carrier": self.carrier.name, "active_calls": len(self.sessions)}
         )
 
-    async def _media_socket(self, request: web.Request) -> web.StreamResponse:
+    async def media_socket(self, request: web.Request) -> web.StreamResponse:
+        """The media WebSocket of every carrier (carriers mount it at their own paths too)."""
         key = request.match_info["call_id"]
         session = self.sessions.get(key)
         if session is None or key not in self._tokens:
