@@ -113,6 +113,13 @@ class EmbeddedServer:
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
                 "it needs an open(call) method (e.g. OpenAIRealtime)"
             )
+        if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
+            raise PatterConfigError(
+                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
+                "or on_message=... to serve()"
+            )
+        self._engines: dict[int, Engine] = {}
+        self.engine_for(agent)  # provider mistakes surface now, before the server listens
         self.carrier: CarrierAdapter = self._make_carrier()
         self._listening: asyncio.Future[int] | None = None
 
@@ -199,18 +206,23 @@ class EmbeddedServer:
             if asyncio.iscoroutine(result):
                 await result
 
-    def open_engine(self, session: CallSession) -> EngineCall:
-        engine = session.agent.engine
+    def engine_for(self, agent: Agent) -> Engine:
+        """The agent's engine: its realtime engine, or a pipeline built once from its providers."""
+        engine = agent.engine
         if engine is None:
-            raise PatterConfigError(
-                "this agent has no engine: pass engine=... to phone.agent() "
-                "(the STT → LLM → TTS pipeline arrives with stt=/tts=)"
-            )
+            engine = self._engines.get(id(agent))
+            if engine is None:
+                from getpatter.core.pipeline import PipelineEngine
+
+                engine = self._engines[id(agent)] = PipelineEngine.for_agent(agent)
         if not isinstance(engine, Engine):
             raise PatterConfigError(
                 f"engine {type(engine).__name__} has no open(call) method: it is not an engine"
             )
-        return engine.open(session)
+        return engine
+
+    def open_engine(self, session: CallSession) -> EngineCall:
+        return self.engine_for(session.agent).open(session)
 
     # --- routes --------------------------------------------------------------------------
 

@@ -1,0 +1,386 @@
+"""The pipeline engine: VAD-gated STT → on_message or LLM → TTS, one `PipelineCall` per call.
+
+Turn-taking: the VAD decides when the caller speaks. Audio is streamed to the STT while they
+do (with a little pre-roll), the STT is finalized when the VAD hears them stop, and the turn
+is taken on the final transcript. Caller speech that starts while the agent talks is a
+barge-in: the reply is cancelled first (so it can never play again), then the carrier is
+cleared, then the agent's turn is cut to the words the caller heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from getpatter.core.audio import AudioFrame, Resampler, pcm16_bytes, ulaw_encode
+from getpatter.core.chunker import ChunkerOptions
+from getpatter.core.engine import InboundAudio
+from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
+from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
+from getpatter.core.vad import VAD, VADOptions
+from getpatter.errors import PatterConfigError
+
+if TYPE_CHECKING:
+    from getpatter.agent import Agent
+    from getpatter.core.session import CallSession
+    from getpatter.core.tools import ToolOutcome
+
+log = logging.getLogger(__name__)
+
+_FINALIZE = b""  # sentinel on the STT send queue: finalize the utterance
+
+
+@dataclass(slots=True)
+class PipelineOptions:
+    barge_in: bool = True
+    # Extra caller speech (audio time) required after the VAD's start before a barge-in. The
+    # VAD itself already needs ~120 ms of voice in a 200 ms window, which rejects coughs.
+    barge_in_guard_ms: float = 0.0
+    final_transcript_wait: float = 1.5  # max seconds from end of speech to the STT's final
+    preroll_ms: int = 300
+    first_token_timeout: float = 10.0
+    first_byte_timeout: float = 6.0
+    max_tool_rounds: int = 5
+    apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    vad: VADOptions = field(default_factory=VADOptions)
+    chunker: ChunkerOptions = field(default_factory=ChunkerOptions)
+
+
+class PipelineEngine:
+    """Agent-level pipeline config: the STT, TTS and (optional) LLM every call will use."""
+
+    def __init__(
+        self, stt: STT, tts: TTS, llm: LLM | None = None, options: PipelineOptions | None = None
+    ) -> None:
+        for name, value, proto in (("stt", stt, STT), ("tts", tts, TTS)):
+            if not isinstance(value, proto):
+                raise PatterConfigError(
+                    f"{name}={type(value).__name__}(...) does not implement the {name.upper()} "
+                    "protocol (see getpatter.core.providers)"
+                )
+        if llm is not None and not isinstance(llm, LLM):
+            raise PatterConfigError(f"llm={type(llm).__name__}(...) has no chat() method")
+        self.stt, self.tts, self.llm = stt, tts, llm
+        self.options = options or PipelineOptions()
+
+    @classmethod
+    def for_agent(cls, agent: Agent, options: PipelineOptions | None = None) -> PipelineEngine:
+        """Resolve the agent's providers (instances or registered names; `local` by default)."""
+        from getpatter.core.registry import resolve
+
+        stt = resolve("stt", agent.stt if agent.stt is not None else "local")
+        tts = resolve("tts", agent.tts if agent.tts is not None else "local")
+        llm = resolve("llm", agent.llm) if agent.llm is not None else None
+        return cls(stt, tts, llm, options)
+
+    def open(self, call: CallSession) -> PipelineCall:
+        return PipelineCall(self, call)
+
+
+class PipelineCall:
+    """One call's conversation loop."""
+
+    def __init__(self, engine: PipelineEngine, call: CallSession) -> None:
+        self.engine = engine
+        self.call = call
+        self.options = opts = engine.options
+        self.vad = VAD(opts.vad, 8000)
+        self.history: list[dict[str, Any]] = []
+        self.stt_stream: STTStream | None = None
+        self.tts_stream: Any = None
+        self._send_q: asyncio.Queue[bytes] = asyncio.Queue()
+        self._preroll: deque[bytes] = deque(maxlen=max(1, opts.preroll_ms // 20))
+        self._gate_open = False
+        stt = engine.stt
+        self._stt_ulaw = stt.encoding == "mulaw" and stt.sample_rate == 8000
+        self._resampler = None if stt.sample_rate == 8000 else Resampler(8000, stt.sample_rate)
+        self._finals: list[str] = []
+        self._turn_waiter: asyncio.Task[None] | None = None
+        self._final_arrived = asyncio.Event()
+        self._reply: Reply | None = None
+        self._reply_task: asyncio.Task[None] | None = None
+        self._barge_at: float | None = None
+        self._speech_end_at: float | None = None  # loop time of the VAD's end of speech
+        self._replies = 0
+        self._pending_action: ToolOutcome | None = None
+        self.turns: list[dict[str, Any]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        agent = self.call.agent
+        self.stt_stream = await self.engine.stt.open(language=agent.language)
+        self.tts_stream = await self.engine.tts.open()
+        self.call.spawn(self._send_audio(), "stt-send")
+        self.call.spawn(self._read_transcripts(), "stt-read")
+        if self.call.first_message:
+            self._start_reply(None, self._static(self.call.first_message))
+
+    async def aclose(self) -> None:
+        for closer in (self.stt_stream, self.tts_stream):
+            if closer is not None:
+                try:
+                    await closer.aclose()
+                except Exception as exc:
+                    log.warning("call %s: provider close failed: %r", self.call.call_id, exc)
+
+    # --- caller audio --------------------------------------------------------------------
+
+    def push_audio(self, audio: InboundAudio) -> None:
+        frame = audio.frame
+        payload = self._stt_payload(audio, frame)
+        if self._gate_open:
+            self._send_q.put_nowait(payload)
+        elif payload:
+            self._preroll.append(payload)
+        for event in self.vad.process(frame):
+            if event.kind == "speech_started":
+                self._gate_open = True
+                while self._preroll:
+                    self._send_q.put_nowait(self._preroll.popleft())
+                if self._should_barge():
+                    self._barge_at = event.timestamp + self.options.barge_in_guard_ms / 1000
+            else:
+                self._gate_open = False
+                self._barge_at = None
+                self._send_q.put_nowait(_FINALIZE)
+                self._speech_end_at = asyncio.get_running_loop().time()
+                self._await_turn()
+        if self._barge_at is None and self.vad.speaking and self._should_barge():
+            # the agent started talking while the caller still is: don't talk over them
+            self._barge_at = frame.end + self.options.barge_in_guard_ms / 1000
+        if self._barge_at is not None and self.vad.speaking and frame.end >= self._barge_at:
+            self._barge_at = None
+            if self.agent_speaking:
+                self.call.spawn(self.barge_in(), "barge-in")
+
+    def _stt_payload(self, audio: InboundAudio, frame: AudioFrame) -> bytes:
+        if self._stt_ulaw:
+            return audio.payload
+        if self._resampler is not None:
+            frame = self._resampler.process(frame)
+        if self.engine.stt.encoding == "mulaw":
+            return ulaw_encode(frame.samples)
+        return pcm16_bytes(frame.samples)
+
+    async def _send_audio(self) -> None:
+        assert self.stt_stream is not None
+        while True:
+            payload = await self._send_q.get()
+            if payload is _FINALIZE:
+                await self.stt_stream.finalize()
+            elif payload:
+                await self.stt_stream.send(payload)
+
+    async def _read_transcripts(self) -> None:
+        assert self.stt_stream is not None
+        async for transcript in self.stt_stream.transcripts():
+            if transcript.is_final and transcript.text.strip():
+                self._finals.append(transcript.text.strip())
+                self._final_arrived.set()
+
+    # --- turns ---------------------------------------------------------------------------
+
+    def _await_turn(self) -> None:
+        if self._turn_waiter is None or self._turn_waiter.done():
+            self._turn_waiter = self.call.spawn(self._take_turn(), "turn")
+
+    async def _take_turn(self) -> None:
+        """End of speech: wait (bounded) for the STT's final transcript, then answer it."""
+        if not self._finals:
+            self._final_arrived.clear()
+            try:
+                await asyncio.wait_for(
+                    self._final_arrived.wait(), self.options.final_transcript_wait
+                )
+            except TimeoutError:
+                log.info("call %s: no transcript for that speech; no turn", self.call.call_id)
+                return
+        final_at = asyncio.get_running_loop().time()
+        text, self._finals = " ".join(self._finals), []
+        await self._user_turn(text, final_at=final_at)
+
+    async def _user_turn(self, text: str, *, final_at: float, dtmf: str = "") -> None:
+        self.history.append({"role": "user", "content": text})
+        extra = {"dtmf": dtmf} if dtmf else {}
+        await self.call.add_transcript("user", text, **extra)
+        if self.engine.llm is None and self.call.callbacks.on_message is not None:
+            source = self._on_message(text, dtmf)
+        elif self.engine.llm is not None:
+            source = self._llm_reply()
+        else:
+            log.error("call %s: pipeline has neither an llm nor on_message", self.call.call_id)
+            return
+        self._start_reply({"final_at": final_at, "speech_end_at": self._speech_end_at}, source)
+
+    async def on_dtmf(self, digit: str) -> None:
+        if self.agent_speaking:
+            await self.barge_in()
+        loop = asyncio.get_running_loop()
+        text = f"The caller pressed {digit} on the keypad."
+        await self._user_turn(text, final_at=loop.time(), dtmf=digit)
+
+    # --- replies -------------------------------------------------------------------------
+
+    def _should_barge(self) -> bool:
+        return self.options.barge_in and self.agent_speaking
+
+    @property
+    def agent_speaking(self) -> bool:
+        reply_running = self._reply_task is not None and not self._reply_task.done()
+        playout = self.call.playout
+        return reply_running or (playout is not None and playout.busy)
+
+    def _start_reply(self, turn: dict[str, Any] | None, source: AsyncIterator[str]) -> None:
+        if self._reply is not None:
+            self._reply.cancelled = True
+        self._replies += 1
+        tts = self.engine.tts
+        reply = Reply(
+            self.call,
+            self.tts_stream,
+            tts.sample_rate,
+            tts.encoding,
+            label=f"reply-{self._replies}",
+            chunker=self.options.chunker,
+            first_byte_timeout=self.options.first_byte_timeout,
+        )
+        self._reply = reply
+        self._reply_task = self.call.spawn(self._run_reply(reply, turn, source), reply.label)
+
+    async def _run_reply(
+        self, reply: Reply, turn: dict[str, Any] | None, source: AsyncIterator[str]
+    ) -> None:
+        self._pending_action = None
+        try:
+            await reply.speak_stream(source, self.options.first_token_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._apologise(reply, exc)
+        if reply.cancelled:
+            return
+        done = reply.finish()
+        if turn is not None and reply.first_audio_at is not None:
+            self._record_turn(turn, reply)
+        heard_all = await done  # a barge-in cancels this task while it waits here
+        if reply.text:
+            self.history.append({"role": "assistant", "content": reply.text})
+            await self.call.add_transcript("assistant", reply.text)
+        action = self._pending_action
+        if action is not None and heard_all:
+            if action.action == "end_call":
+                self.call.spawn(self.call.hangup("agent_ended_call"), "end_call")
+            elif action.action == "transfer":
+                self.call.spawn(self.call.transfer(action.target), "transfer")
+
+    async def _apologise(self, reply: Reply, exc: Exception) -> None:
+        kind = "timed out" if isinstance(exc, ReplyTimeout) else f"failed: {exc!r}"
+        log.error("call %s: reply %s; apologising", self.call.call_id, kind)
+        self.call.event("reply_error", error=repr(exc))
+        if reply.cancelled:
+            return
+        try:
+            await reply.speak(self.options.apology)
+        except Exception as again:
+            log.error("call %s: could not speak the apology either: %r", self.call.call_id, again)
+
+    def _record_turn(self, turn: dict[str, Any], reply: Reply) -> None:
+        assert reply.first_audio_at is not None
+        latency = {
+            "final_to_first_audio": reply.first_audio_at - turn["final_at"],
+        }
+        if turn.get("speech_end_at") is not None:
+            latency["speech_end_to_first_audio"] = reply.first_audio_at - turn["speech_end_at"]
+        self.turns.append(latency)
+        self.call.event("turn", **latency)
+
+    async def barge_in(self) -> None:
+        """Cancel the reply (it never plays again), clear the carrier, keep what was heard."""
+        reply, task = self._reply, self._reply_task
+        if reply is None:
+            await self.call.clear()
+            return
+        reply.cancelled = True
+        if task is not None and not task.done():
+            task.cancel()
+        await self.call.clear()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        self.call.event("barge_in", reply=reply.label)
+        heard = reply.heard_text()
+        if heard:  # the agent's turn, cut to the words the caller actually heard
+            self.history.append({"role": "assistant", "content": heard})
+            await self.call.add_transcript("assistant", heard, interrupted=True)
+        self._reply = None
+
+    # --- text sources --------------------------------------------------------------------
+
+    async def _static(self, text: str) -> AsyncIterator[str]:
+        yield text
+
+    async def _on_message(self, text: str, dtmf: str) -> AsyncIterator[str]:
+        call = self.call
+        msg = {
+            "text": text,
+            "call_id": call.call_id,
+            "caller": call.caller,
+            "callee": call.callee,
+            "history": [
+                {"role": m["role"], "content": m["content"]}
+                for m in self.history
+                if m["role"] in ("user", "assistant") and m.get("content")
+            ],
+        }
+        if dtmf:
+            msg["dtmf"] = dtmf
+        on_message = call.callbacks.on_message
+        assert on_message is not None
+        async for piece in text_pieces(await call_user(on_message, msg)):
+            yield piece
+
+    async def _llm_reply(self) -> AsyncIterator[str]:
+        from getpatter.core.tools import run_tool, tool_schemas
+
+        llm = self.engine.llm
+        assert llm is not None
+        call, agent = self.call, self.call.agent
+        tools = tool_schemas(agent)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": call.system_prompt}]
+        for _ in range(self.options.max_tool_rounds):
+            requests: list[ToolCallRequest] = []
+            async for event in llm.chat([*messages, *self.history], tools):
+                if isinstance(event, TextDelta):
+                    yield event.text
+                elif isinstance(event, ToolCallRequest):
+                    requests.append(event)
+                elif isinstance(event, Usage):
+                    call.event("llm_usage", input=event.input_tokens, output=event.output_tokens)
+            if not requests:
+                return
+            self.history.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": r.id,
+                            "type": "function",
+                            "function": {"name": r.name, "arguments": r.arguments},
+                        }
+                        for r in requests
+                    ],
+                }
+            )
+            for request in requests:
+                outcome = await run_tool(call, agent, request.name, request.arguments)
+                self.history.append(
+                    {"role": "tool", "tool_call_id": request.id, "content": outcome.output}
+                )
+                if outcome.action is not None:
+                    self._pending_action = outcome
+        log.warning("call %s: tool loop stopped after %d rounds", call.call_id, _ + 1)

@@ -1,0 +1,197 @@
+"""Scripted in-process STT, LLM and TTS that implement the provider protocols.
+
+For pipeline tests and benchmarks: no sockets, deterministic, with knobs for latency and
+failure. The wire-level fakes of real providers live beside this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from getpatter.core.audio import ulaw_encode
+from getpatter.core.providers import (
+    AudioEncoding,
+    LLMEvent,
+    TextDelta,
+    ToolCallRequest,
+    Transcript,
+    Usage,
+)
+from getpatter.testing.engines import speech_tone
+
+# --- STT -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScriptedSTT:
+    """Recognises the i-th utterance (the audio between two `finalize()`s) as `transcripts[i]`."""
+
+    transcripts: Sequence[str] = ("hello",)
+    sample_rate: int = 8000
+    encoding: AudioEncoding = "mulaw"
+    latency: float = 0.0  # seconds from finalize() to the final transcript
+    interim: bool = True
+    streams: list[ScriptedSTTStream] = field(default_factory=list)
+
+    async def open(self, *, language: str = "en") -> ScriptedSTTStream:
+        stream = ScriptedSTTStream(self)
+        self.streams.append(stream)
+        return stream
+
+
+class ScriptedSTTStream:
+    def __init__(self, stt: ScriptedSTT) -> None:
+        self.stt = stt
+        self.bytes_received = 0
+        self.utterances = 0
+        self._since_final = 0
+        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self.closed = False
+
+    def _text(self) -> str:
+        script = self.stt.transcripts
+        return script[min(self.utterances, len(script) - 1)] if script else ""
+
+    async def send(self, audio: bytes) -> None:
+        self.bytes_received += len(audio)
+        self._since_final += len(audio)
+        if (
+            self.stt.interim
+            and self._since_final // 1600 != (self._since_final - len(audio)) // 1600
+        ):
+            words = self._text().split()
+            self._queue.put_nowait(Transcript(" ".join(words[: len(words) // 2]), False))
+
+    async def finalize(self) -> None:
+        if not self._since_final:
+            return
+        self._since_final = 0
+        text = self._text()
+        self.utterances += 1
+
+        async def deliver() -> None:
+            if self.stt.latency:
+                await asyncio.sleep(self.stt.latency)
+            self._queue.put_nowait(Transcript(text, True, True))
+
+        asyncio.get_running_loop().create_task(deliver())
+
+    async def transcripts(self) -> AsyncIterator[Transcript]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._queue.put_nowait(None)
+
+
+# --- LLM -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolCallScript:
+    """A scripted model turn that calls a tool instead of answering."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = "call_1"
+
+
+@dataclass
+class ScriptedLLM:
+    """Answers the i-th request with `replies[i]`: text (streamed word by word) or tool calls."""
+
+    replies: Sequence[str | ToolCallScript | Sequence[ToolCallScript]] = ("Hello!",)
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    fail_with: BaseException | None = None
+    requests: list[list[dict[str, Any]]] = field(default_factory=list)
+    tools_seen: list[list[dict[str, Any]]] = field(default_factory=list)
+    cancelled: int = 0
+
+    async def chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] = ()
+    ) -> AsyncIterator[LLMEvent]:
+        index = len(self.requests)
+        self.requests.append([dict(m) for m in messages])
+        self.tools_seen.append(list(tools))
+        try:
+            if self.first_token_delay:
+                await asyncio.sleep(self.first_token_delay)
+            if self.fail_with is not None:
+                raise self.fail_with
+            reply = self.replies[min(index, len(self.replies) - 1)] if self.replies else ""
+            if isinstance(reply, str):
+                for i, word in enumerate(reply.split(" ")):
+                    if i and self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    yield TextDelta(word if i == 0 else " " + word)
+            else:
+                calls = [reply] if isinstance(reply, ToolCallScript) else list(reply)
+                for call in calls:
+                    yield ToolCallRequest(call.id, call.name, json.dumps(call.arguments))
+            yield Usage(input_tokens=sum(len(str(m.get("content", ""))) for m in messages) // 4)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        except GeneratorExit:
+            self.cancelled += 1
+            raise
+
+
+# --- TTS -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScriptedTTS:
+    """Speaks any text as a tone as long as the text would take to say."""
+
+    sample_rate: int = 8000
+    encoding: AudioEncoding = "mulaw"
+    first_byte_delay: float = 0.0
+    chunk_ms: int = 100
+    fail_with: BaseException | None = None
+    fail_first: int = 0  # with fail_with: only the first N syntheses fail
+    texts: list[str] = field(default_factory=list)
+    streams: int = 0
+    cancelled: int = 0
+
+    async def open(self) -> ScriptedTTSStream:
+        self.streams += 1
+        return ScriptedTTSStream(self)
+
+
+class ScriptedTTSStream:
+    def __init__(self, tts: ScriptedTTS) -> None:
+        self.tts = tts
+        self.closed = False
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        tts = self.tts
+        tts.texts.append(text)
+        try:
+            if tts.first_byte_delay:
+                await asyncio.sleep(tts.first_byte_delay)
+            if tts.fail_with is not None and (
+                not tts.fail_first or len(tts.texts) <= tts.fail_first
+            ):
+                raise tts.fail_with
+            tone = speech_tone(text, tts.sample_rate)
+            step = tts.sample_rate * tts.chunk_ms // 1000
+            for i in range(0, len(tone), step):
+                piece = tone[i : i + step]
+                yield ulaw_encode(piece) if tts.encoding == "mulaw" else piece.tobytes()
+                await asyncio.sleep(0)
+        except (asyncio.CancelledError, GeneratorExit):
+            tts.cancelled += 1
+            raise
+
+    async def aclose(self) -> None:
+        self.closed = True
