@@ -110,6 +110,7 @@ class Playout:
         self._wake: Callable[[], None] | None = None
         self.stats = PlayoutStats()
         self.closed = False
+        self._pumping = False
 
     # --- feeding audio -------------------------------------------------------------------
 
@@ -131,10 +132,16 @@ class Playout:
             return
         if self._current is None:
             self.begin(f"u{self._mark_seq}")
+        idle = not self._pending and self._carrier_end <= self._clock()
         self._pending += audio
         self._queued += len(audio)
         if self._wake is not None:
             self._wake()
+            if idle and not self._pumping:
+                # The line is silent: send now rather than on the next tick (up to 20 ms
+                # later). Once per utterance start, not per frame.
+                loop = asyncio.get_running_loop()
+                loop.create_task(self._kick(), name="playout-kick")
 
     def _to_ulaw(self, frame: AudioFrame) -> bytes:
         if frame.sample_rate != RATE:
@@ -234,12 +241,27 @@ class Playout:
 
     # --- pacing --------------------------------------------------------------------------
 
+    async def _kick(self) -> None:
+        try:
+            await self.pump(self._clock())
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("playout send failed: %s", exc)
+
     async def pump(self, now: float) -> None:
         """Send what is due: frames until the carrier holds `lead` of audio, and due marks."""
-        opts = self.options
+        if self._pumping or self.closed:
+            return
         if not self._sink.writable():
             self.stats.stalls += 1
             return
+        self._pumping = True
+        try:
+            await self._pump(now)
+        finally:
+            self._pumping = False
+
+    async def _pump(self, now: float) -> None:
+        opts = self.options
         while self._pending and self._carrier_end - now < opts.lead:
             frame = bytes(self._pending[: opts.frame_bytes])
             del self._pending[: opts.frame_bytes]
