@@ -271,3 +271,4 @@ async def test_end_call_tool_hangs_up_after_the_goodbye() -> None:
     assert h.control.hangups == [h.session.call_id]
     last_media = h.carrier.times("media")[-1]
     assert last_media < asyncio.get_running_loop().time()
+    await h.close()

@@ -297,7 +297,9 @@ class PipelineCall:
         if turn.get("speech_end_at") is not None:
             latency["speech_end_to_first_audio"] = reply.first_audio_at - turn["speech_end_at"]
         self.turns.append(latency)
-        self.call.event("turn", **latency)
+        self.call.event(
+            "turn", final_at=turn["final_at"], first_audio_at=reply.first_audio_at, **latency
+        )
 
     async def barge_in(self) -> None:
         """Cancel the reply (it never plays again), clear the carrier, keep what was heard."""
