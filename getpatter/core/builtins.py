@@ -20,6 +20,14 @@ def getpatter_providers() -> list[ProviderSpec]:
             description="Twilio Programmable Voice + Media Streams",
         ),
         ProviderSpec(
+            "carrier",
+            "telnyx",
+            "getpatter.carriers.telnyx_adapter:TelnyxAdapter",
+            extra="telnyx",
+            requires=("aiohttp", "nacl"),
+            description="Telnyx Call Control v2 + media streaming",
+        ),
+        ProviderSpec(
             "vad",
             "webrtc",
             "getpatter.core.vad:VAD",
