@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_FINALIZE = b""  # sentinel on the STT send queue: finalize the utterance
+_FINALIZE = object()  # sentinel on the STT send queue: finalize the utterance
 
 
 @dataclass(slots=True)
@@ -92,7 +92,7 @@ class PipelineCall:
         self.history: list[dict[str, Any]] = []
         self.stt_stream: STTStream | None = None
         self.tts_stream: Any = None
-        self._send_q: asyncio.Queue[bytes] = asyncio.Queue()
+        self._send_q: asyncio.Queue[bytes | object] = asyncio.Queue()
         self._preroll: deque[bytes] = deque(maxlen=max(1, opts.preroll_ms // 20))
         self._gate_open = False
         stt = engine.stt
@@ -133,7 +133,7 @@ class PipelineCall:
     def push_audio(self, audio: InboundAudio) -> None:
         frame = audio.frame
         payload = self._stt_payload(audio, frame)
-        if self._gate_open:
+        if self._gate_open and payload:
             self._send_q.put_nowait(payload)
         elif payload:
             self._preroll.append(payload)
@@ -173,7 +173,7 @@ class PipelineCall:
             payload = await self._send_q.get()
             if payload is _FINALIZE:
                 await self.stt_stream.finalize()
-            elif payload:
+            elif isinstance(payload, bytes):
                 await self.stt_stream.send(payload)
 
     async def _read_transcripts(self) -> None:
