@@ -263,6 +263,8 @@ class Playout:
     async def _pump(self, now: float) -> None:
         opts = self.options
         while self._pending and self._carrier_end - now < opts.lead:
+            if len(self._pending) < opts.frame_bytes and self._current is not None:
+                break  # hold a partial frame until more audio comes or the utterance ends
             frame = bytes(self._pending[: opts.frame_bytes])
             del self._pending[: opts.frame_bytes]
             if self._carrier_end < now - opts.frame_ms / 1000:

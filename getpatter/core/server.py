@@ -107,6 +107,7 @@ class EmbeddedServer:
         self._carrier_ids: dict[str, str] = {}  # carrier call id → session key
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
+        self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
@@ -341,6 +342,7 @@ class EmbeddedServer:
         if self.listening.done():
             self._listening = None
         self._stopped = asyncio.Event()
+        self._shutting_down = None
         self._scheduler = PlayoutScheduler()
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         try:
@@ -371,6 +373,12 @@ class EmbeddedServer:
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        """Once, however many of stop() and start()'s exit get here."""
+        if self._shutting_down is None:
+            self._shutting_down = asyncio.ensure_future(self._shutdown_once())
+        await asyncio.shield(self._shutting_down)
+
+    async def _shutdown_once(self) -> None:
         sessions = list(self.sessions.values())
         if sessions:
             await asyncio.gather(
