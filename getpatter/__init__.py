@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "ProviderError": "getpatter.errors",
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
+    "OpenAIRealtime": "getpatter.plugins.openai.realtime",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Guardrail",
     "LocalConfig",
     "MachineDetectionResult",
+    "OpenAIRealtime",
     "Patter",
     "PatterConfigError",
     "PatterConnectionError",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.openai.realtime import OpenAIRealtime
 
 
 def __getattr__(name: str) -> Any:

@@ -111,6 +111,7 @@ class Playout:
         self.stats = PlayoutStats()
         self.closed = False
         self._pumping = False
+        self._kick_task: asyncio.Task[None] | None = None
 
     # --- feeding audio -------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class Playout:
                 # The line is silent: send now rather than on the next tick (up to 20 ms
                 # later). Once per utterance start, not per frame.
                 loop = asyncio.get_running_loop()
-                loop.create_task(self._kick(), name="playout-kick")
+                self._kick_task = loop.create_task(self._kick(), name="playout-kick")
 
     def _to_ulaw(self, frame: AudioFrame) -> bytes:
         if frame.sample_rate != RATE:

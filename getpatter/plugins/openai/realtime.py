@@ -1,0 +1,261 @@
+"""OpenAI Realtime as a getpatter engine: the options, and opening the model's WebSocket.
+
+The call's G.711 μ-law goes to the model as `audio/pcmu` and the model answers in `audio/pcmu`,
+so audio crosses this engine untouched in both directions. The per-call half (events, barge-in,
+tools, guardrails, reconnect) is in `realtime_session.py`.
+
+The `openai` SDK is imported the first time a call connects, in a worker thread (importing it
+and building a client takes about a second and would otherwise stall every call on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import math
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.errors import PatterConfigError, PatterConnectionError
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.resources.realtime.realtime import AsyncRealtimeConnection
+
+    from getpatter.core.session import CallSession
+    from getpatter.plugins.openai.realtime_session import RealtimeCall
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_TURN_DETECTION", "REALTIME_VOICES", "OpenAIRealtime"]
+
+#: The voices the Realtime API accepts (a custom voice id, `voice_…`, is accepted too).
+REALTIME_VOICES: Final = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
+#: Text-to-speech voices the Realtime API refuses, and the closest voice it has.
+TTS_VOICE_MAP: Final = {"nova": "marin", "fable": "ballad", "onyx": "cedar"}
+FALLBACK_VOICE: Final = "marin"
+
+DEFAULT_TURN_DETECTION: Final[dict[str, Any]] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "create_response": True,
+    "interrupt_response": True,
+}
+
+
+def _default_turn_detection() -> dict[str, Any]:
+    return dict(DEFAULT_TURN_DETECTION)
+
+
+def realtime_voice(voice: str) -> str:
+    """`voice` if the Realtime API takes it, else the closest voice it has (with a warning).
+
+    A voice the API refuses makes its session.update fail, and the call would be silent.
+    """
+    if voice in REALTIME_VOICES or voice.startswith("voice_"):
+        return voice
+    mapped = TTS_VOICE_MAP.get(voice.lower(), FALLBACK_VOICE)
+    message = (
+        f"OpenAIRealtime: the Realtime API has no voice {voice!r} (it is a text-to-speech "
+        f"voice or unknown); using {mapped!r}. Realtime voices: {', '.join(REALTIME_VOICES)}"
+    )
+    warnings.warn(message, UserWarning, stacklevel=4)
+    log.warning("%s", message)
+    return mapped
+
+
+_preloading: threading.Thread | None = None
+
+
+def _preload_sdk() -> None:
+    """Import the SDK in the background now, so the first call does not wait ~1 s for it."""
+    global _preloading
+    if _preloading is None and "openai" not in sys.modules:
+        _preloading = threading.Thread(
+            target=importlib.import_module, args=("openai",), name="import-openai", daemon=True
+        )
+        _preloading.start()
+
+
+@dataclass(repr=False, eq=False)
+class OpenAIRealtime:
+    """Speech to speech with OpenAI's Realtime API (GA), over one WebSocket per call.
+
+    - `voice`: a Realtime voice (`marin`, `cedar`, …); a text-to-speech voice such as `nova`
+      is mapped to the closest Realtime voice, with a warning, so a call is never silent.
+    - `api_key`: defaults to `OPENAI_API_KEY`.
+    - `base_url` / `websocket_base_url`: point the SDK elsewhere (a proxy, a test fake).
+    - `turn_detection`: the model's own VAD (`server_vad` or `semantic_vad` settings); `None`
+      turns it off, and getpatter's VAD then decides when the caller has finished.
+    - `input_transcription`: the model that transcribes the caller; `None` for no user
+      transcripts.
+    - `barge_in`: the caller may interrupt the agent.
+    - `temperature`: the GA Realtime API has no temperature; it is accepted and ignored.
+    """
+
+    voice: str = "marin"
+    model: str = "gpt-realtime"
+    api_key: str | None = None
+    base_url: str = "https://api.openai.com/v1"
+    websocket_base_url: str | None = None
+    temperature: float | None = None
+    turn_detection: dict[str, Any] | None = field(default_factory=_default_turn_detection)
+    input_transcription: str | None = "gpt-4o-transcribe"
+    barge_in: bool = True
+    connect_timeout: float = 10.0
+    _secret: Secret = field(init=False, repr=False)
+    _client: AsyncOpenAI | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._secret = Secret(
+            _credential(
+                self.api_key, "OPENAI_API_KEY", "OpenAI API key", "OpenAIRealtime(api_key=...)"
+            )
+        )
+        self.api_key = None  # kept only as a Secret, so no repr, asdict or log can show it
+        if not isinstance(self.voice, str) or not self.voice.strip():
+            raise PatterConfigError(
+                f"OpenAIRealtime voice must be a voice name such as 'marin', got {self.voice!r}"
+            )
+        self.requested_voice = self.voice
+        self.voice = realtime_voice(self.voice.strip())
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise PatterConfigError(
+                "OpenAIRealtime model must be a model name, e.g. 'gpt-realtime'"
+            )
+        self.base_url = validate_http_url(self.base_url, "OpenAIRealtime base_url")
+        if self.websocket_base_url is not None:
+            ws = self.websocket_base_url
+            if not isinstance(ws, str) or urlsplit(ws).scheme not in ("ws", "wss", "http", "https"):
+                raise PatterConfigError(
+                    f"OpenAIRealtime websocket_base_url must be a ws:// or wss:// URL, got {ws!r}"
+                )
+            self.websocket_base_url = ws.rstrip("/")
+        if self.temperature is not None:
+            t = self.temperature
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+                raise PatterConfigError(f"OpenAIRealtime temperature must be a number, got {t!r}")
+            log.info("OpenAIRealtime: the GA Realtime API has no temperature; %s is ignored", t)
+        self.turn_detection = self._check_turn_detection(self.turn_detection)
+        if self.input_transcription is not None and (
+            not isinstance(self.input_transcription, str) or not self.input_transcription.strip()
+        ):
+            raise PatterConfigError(
+                "OpenAIRealtime input_transcription must be a model name such as "
+                "'gpt-4o-transcribe', or None for no caller transcripts"
+            )
+        if not isinstance(self.barge_in, bool):
+            raise PatterConfigError("OpenAIRealtime barge_in must be True or False")
+        ct = self.connect_timeout
+        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
+            raise PatterConfigError("OpenAIRealtime connect_timeout must be a positive number")
+        _preload_sdk()
+
+    @property
+    def key(self) -> Secret:
+        """The API key (call `.reveal()` where it must be sent)."""
+        return self._secret
+
+    def _check_turn_detection(self, value: object) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
+            raise PatterConfigError(
+                "OpenAIRealtime turn_detection must be None or a dict with type 'server_vad' "
+                "or 'semantic_vad', e.g. {'type': 'server_vad', 'silence_duration_ms': 500}"
+            )
+        try:
+            settings: dict[str, Any] = json.loads(json.dumps(value))
+        except (TypeError, ValueError) as exc:
+            raise PatterConfigError(f"OpenAIRealtime turn_detection: {exc}") from None
+        settings.setdefault("create_response", True)
+        settings.setdefault("interrupt_response", self.barge_in)
+        return settings
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIRealtime(model={self.model!r}, voice={self.voice!r}, "
+            f"base_url={self.base_url!r}, api_key={'<set>' if self._secret else '<unset>'})"
+        )
+
+    # --- the engine protocol -----------------------------------------------------------
+
+    def open(self, call: CallSession) -> RealtimeCall:
+        from getpatter.plugins.openai.realtime_session import RealtimeCall
+
+        return RealtimeCall(self, call)
+
+    # --- connecting --------------------------------------------------------------------
+
+    def _new_client(self) -> AsyncOpenAI:
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            api_key=self._secret.reveal(),
+            base_url=self.base_url,
+            websocket_base_url=self.websocket_base_url,
+            max_retries=0,
+        )
+
+    async def connect(self) -> AsyncRealtimeConnection:
+        """Open a Realtime WebSocket. Raises PatterConnectionError, with a message to act on."""
+        if self._client is None:
+            self._client = await asyncio.to_thread(self._new_client)
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+        manager = self._client.realtime.connect(model=self.model)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await manager.enter()
+        except InvalidStatus as exc:
+            raise PatterConnectionError(self._refusal(exc)) from None
+        except TimeoutError:
+            raise PatterConnectionError(
+                f"OpenAI Realtime did not answer within {self.connect_timeout:g}s ({self._where()})"
+            ) from None
+        except (OSError, InvalidHandshake) as exc:
+            raise PatterConnectionError(
+                f"could not connect to OpenAI Realtime at {self._where()}: {exc}"
+            ) from None
+        except Exception as exc:  # e.g. the SDK's own OpenAIError
+            raise PatterConnectionError(
+                f"could not connect to OpenAI Realtime: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _where(self) -> str:
+        return self.websocket_base_url or self.base_url
+
+    def _refusal(self, exc: Any) -> str:
+        status = exc.response.status_code
+        code, message = "", ""
+        try:
+            error = json.loads(exc.response.body or b"{}").get("error") or {}
+            code, message = str(error.get("code") or ""), str(error.get("message") or "")
+        except (ValueError, AttributeError):
+            pass
+        if status == 401:  # OpenAI's message quotes part of the key: never log it
+            return (
+                f"OpenAI Realtime refused the API key (HTTP 401 {code or 'unauthorized'}): "
+                "check OPENAI_API_KEY or OpenAIRealtime(api_key=...)"
+            )
+        return f"OpenAI Realtime refused the connection (HTTP {status} {code}): {message[:200]}"

@@ -1,0 +1,238 @@
+"""A fake OpenAI Realtime API (GA) on 127.0.0.1, for testing realtime engines over real sockets.
+
+`FakeRealtime` is an aiohttp server speaking the Realtime WebSocket protocol as documented
+(protocols.md §3), written from the wire protocol only, so it checks a client rather than
+agreeing with it. The "model" is a script: each response is either text (spoken as a tone as
+long as the text would take to say, with its transcript) or a function call.
+
+    async with FakeRealtime(responses=["Sure, booked.", FunctionCall("lookup", {"id": 7})]) as f:
+        client = AsyncOpenAI(api_key="sk-test", base_url=f.base_url, websocket_base_url=f.ws_url)
+        async with client.realtime.connect(model="gpt-realtime") as conn: ...
+
+Behaviour, where the real service is not pinned down:
+- Server VAD is an energy detector: speech starts after `vad_start_ms` of 20 ms frames whose
+  RMS is above `threshold * vad_rms_scale`, and stops after `silence_duration_ms` below it.
+  `audio_start_ms` includes `prefix_padding_ms`; `audio_end_ms` is the position at which the
+  silence was long enough (as the docs describe it).
+- A caller turn is: speech_started → speech_stopped → committed → conversation.item.added/done
+  → input transcription (if configured; the next of `transcripts`) → a response (if
+  `create_response`).
+- A response without instructions takes the next scripted reply (`default_reply` once the
+  script runs out). A `response.create` whose `response.instructions` holds a quoted passage
+  ("…" or “…”) says that passage verbatim, otherwise it says the instructions themselves.
+- Audio is generated faster than real time (`audio_speed`), in `chunk_ms` pieces, each
+  preceded by its share of the transcript.
+- `response.cancel` with no response in flight, `conversation.item.truncate` past the end of
+  an item's audio, a `response.create` while a response is active, an invalid voice or audio
+  format in `session.update` (which is then not applied): each answers an `error` event.
+
+Layout: this module is the server (auth, connections, script, faults); one connection's
+protocol is in `_openai_realtime_session`, the response lifecycle in
+`_openai_realtime_responses`, and the session rules, items and audio in `_openai_realtime_wire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from ._openai_realtime_session import FakeRealtimeSession
+from ._openai_realtime_wire import FunctionCall, Reply
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FakeRealtime", "FakeRealtimeSession", "FunctionCall", "Reply"]
+
+
+class FakeRealtime:
+    """The OpenAI Realtime API on 127.0.0.1: `ws_url` + `/realtime?model=...`.
+
+    Script: `responses` (consumed in order, across sessions), `transcripts` (what the caller
+    "said", one per turn, when input transcription is on). Knobs: `audio_speed` (× real time;
+    0 = no pacing), `chunk_ms`, `first_audio_delay`, `session_delay`, `seconds_per_char`.
+    Faults: `drop_connections()` kills every live socket; `accepting = False` refuses new ones
+    with HTTP 503.
+
+    For assertions: `sessions` (one per connection, in order), `received` (every client
+    event of every session), `truncates` (every truncate, with the item's audio length and
+    whether it was accepted), `rejected` (HTTP statuses of refused upgrades).
+    """
+
+    def __init__(
+        self,
+        api_key: str = "sk-test",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        responses: Sequence[Reply] = (),
+        transcripts: Sequence[str] = (),
+        default_reply: str = "Okay.",
+        default_transcript: str = "Hello.",
+        audio_speed: float = 4.0,
+        chunk_ms: int = 100,
+        first_audio_delay: float = 0.05,
+        session_delay: float = 0.0,
+        seconds_per_char: float = 0.06,
+        tone_hz: float = 440.0,
+        vad_start_ms: int = 100,
+        vad_rms_scale: float = 1000.0,
+    ) -> None:
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.responses: list[Reply] = list(responses)
+        self.transcripts: list[str] = list(transcripts)
+        self.default_reply = default_reply
+        self.default_transcript = default_transcript
+        self.audio_speed = audio_speed
+        self.chunk_ms = chunk_ms
+        self.first_audio_delay = first_audio_delay
+        self.session_delay = session_delay
+        self.seconds_per_char = seconds_per_char
+        self.tone_hz = tone_hz
+        self.vad_start_ms = vad_start_ms
+        self.vad_rms_scale = vad_rms_scale
+        self.accepting = True
+        self.sessions: list[FakeRealtimeSession] = []
+        self.received: list[dict[str, Any]] = []
+        self.truncates: list[dict[str, Any]] = []
+        self.rejected: list[int] = []
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- script ----------------------------------------------------------------------------
+
+    def next_reply(self) -> Reply:
+        return self.responses.pop(0) if self.responses else self.default_reply
+
+    def next_transcript(self) -> str:
+        return self.transcripts.pop(0) if self.transcripts else self.default_transcript
+
+    # --- addresses -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v1"
+
+    @property
+    def live_sessions(self) -> list[FakeRealtimeSession]:
+        return [s for s in self.sessions if not s.closed]
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/v1/realtime", self._realtime)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        for session in self.sessions:
+            if not session.ws.closed:
+                try:
+                    await session.ws.close(code=1001, message=b"server shutting down")
+                except (ConnectionError, RuntimeError):
+                    pass
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- faults ----------------------------------------------------------------------------
+
+    async def drop_connections(self) -> int:
+        """Kill every live socket at the TCP level (no close frame): a network failure."""
+        dropped = 0
+        for session in self.live_sessions:
+            session.closed = True
+            transport = session.request.transport
+            if transport is not None:
+                transport.abort()
+                dropped += 1
+        await asyncio.sleep(0)
+        return dropped
+
+    # --- the endpoint ----------------------------------------------------------------------
+
+    def _refuse(
+        self, status: int, message: str, code: str | None, param: str | None = None
+    ) -> web.Response:
+        self.rejected.append(status)
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "code": code,
+                "param": param,
+            }
+        }
+        return web.json_response(body, status=status)
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        if not auth:
+            return self._refuse(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                None,
+            )
+        scheme, _, key = auth.partition(" ")
+        if scheme != "Bearer" or key != self.api_key:
+            shown = f"{key[:3]}***{key[-4:]}" if len(key) > 8 else "***"
+            return self._refuse(
+                401,
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_api_key",
+            )
+        if request.headers.get("OpenAI-Beta"):
+            return self._refuse(
+                400, "This fake speaks the GA Realtime protocol only.", "beta_not_supported"
+            )
+        model = request.query.get("model", "")
+        if not model:
+            return self._refuse(
+                400, "Missing required parameter: 'model'.", "missing_required_parameter", "model"
+            )
+        if not self.accepting:
+            return self._refuse(503, "The service is temporarily unavailable.", "unavailable")
+        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
+        await ws.prepare(request)
+        session = FakeRealtimeSession(self, ws, request, model)
+        self.sessions.append(session)
+        try:
+            await session.run()
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+        finally:
+            session.closed = True
+            if not ws.closed:
+                try:
+                    await ws.close()
+                except (ConnectionError, RuntimeError):
+                    pass
+        return ws
