@@ -14,6 +14,8 @@ from getpatter import Patter, Twilio
 from getpatter.agent import Agent
 from getpatter.testing.twilio import FakeTwilio
 
+from carrier_nets import Network, open_network, serve_on, stop
+from carrier_nets import Served as AnyServed
 from helpers import HOST, NUMBER
 
 
@@ -66,3 +68,24 @@ async def serve(net: FakeTwilio) -> AsyncIterator[Callable[..., Any]]:
         await s.phone.disconnect()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(s.task, 5)
+
+
+@pytest.fixture(params=["twilio", "telnyx"])
+async def network(request: pytest.FixtureRequest) -> AsyncIterator[Network]:
+    """The same call tests on every carrier: a fake network of each kind."""
+    async with open_network(request.param) as net:
+        yield net
+
+
+@pytest.fixture
+async def serve_any(network: Network) -> AsyncIterator[Callable[..., Any]]:
+    served: list[AnyServed] = []
+
+    async def start(agent_kwargs: dict[str, Any], **serve_kwargs: Any) -> AnyServed:
+        s = await serve_on(network, agent_kwargs, **serve_kwargs)
+        served.append(s)
+        return s
+
+    yield start
+    for s in served:
+        await stop(s)

@@ -44,47 +44,6 @@ async def test_outbound_human_with_amd(serve: Callable[..., Any], net: FakeTwili
     assert record["answered"] and call.outcome == "hangup"
 
 
-async def test_outbound_machine_gets_the_voicemail(
-    serve: Callable[..., Any], net: FakeTwilio
-) -> None:
-    engine = ScriptedEngine()
-    s = await serve({"engine": engine})
-    net.set_callee(CALLEE, answer="machine", machine_greeting_s=0.5)
-    results: list[MachineDetectionResult] = []
-    call = await s.phone.call(
-        to=CALLEE,
-        agent=s.phone.server.agent,
-        machine_detection=True,
-        on_machine_detection=results.append,
-        voicemail_message="Please call us back at 555-000-1234.",
-    )
-    record = await call.wait(8)
-    fake = net.calls[call.call_id]
-    assert results and results[0].is_machine and results[0].answered_by == "machine_end_beep"
-    assert fake.said == ["Please call us back at 555-000-1234."]
-    assert call.outcome == "voicemail"
-    assert record["transcript"][-1]["text"] == "Please call us back at 555-000-1234."
-
-
-@pytest.mark.parametrize(
-    ("answer", "outcome"), [("busy", "busy"), ("no-answer", "no_answer"), ("failed", "failed")]
-)
-async def test_outbound_not_answered(
-    serve: Callable[..., Any], net: FakeTwilio, answer: str, outcome: str
-) -> None:
-    engine = ScriptedEngine()
-    s = await serve({"engine": engine})
-    net.set_callee(CALLEE, answer=answer)  # type: ignore[arg-type]
-    call = await s.phone.call(
-        to=CALLEE, agent=s.phone.server.agent, machine_detection=False, ring_timeout=1
-    )
-    record = await call.wait(6)
-    assert call.outcome == outcome
-    assert not record["answered"] and not engine.calls
-    create = next(r for r in net.requests if r.path.endswith("/Calls.json"))
-    assert "MachineDetection" not in create.form and create.form["Timeout"] == "1"
-
-
 async def test_ring_timeout_none_omits_the_parameter(
     serve: Callable[..., Any], net: FakeTwilio
 ) -> None:
