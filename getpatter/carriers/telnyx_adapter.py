@@ -27,7 +27,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -521,6 +521,23 @@ class TelnyxAdapter:
         self._server.bind_carrier_id(ccid, key)
         session.event("dialing")
         return session
+
+    async def point_at(self, host: str) -> Callable[[], Awaitable[None]]:
+        """Point the Call Control application's webhook at `host`; the returned coroutine
+        function puts back the URL that was there before."""
+        app_id = self._server.config.telnyx_connection_id
+        before = await self.rest.get_application(app_id)
+        previous = str(before.get("webhook_event_url") or "")
+        await self.rest.update_application(
+            app_id, webhook_event_url=f"https://{host}/webhooks/telnyx/voice"
+        )
+        log.info("Telnyx application %s now points at https://%s", app_id, host)
+
+        async def restore() -> None:
+            await self.rest.update_application(app_id, webhook_event_url=previous)
+            log.info("Telnyx application %s restored", app_id)
+
+        return restore
 
     async def aclose(self) -> None:
         """Let voicemail drops in progress finish (briefly), cancel the rest, close REST."""

@@ -160,6 +160,16 @@ class TelnyxREST:
             call_control_id, "record_start", format=format, channels=channels, command_id=command_id
         )
 
+    async def get_application(self, application_id: str) -> dict[str, Any]:
+        """A Call Control application (its id is the connection id calls are placed on)."""
+        data = await self._request("GET", f"/call_control_applications/{application_id}", {})
+        return dict(data.get("data") or {})
+
+    async def update_application(self, application_id: str, **fields: Any) -> dict[str, Any]:
+        path = f"/call_control_applications/{application_id}"
+        data = await self._request("PATCH", path, fields)
+        return dict(data.get("data") or {})
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from getpatter.core.session import (
     MachineDetectionResult,
     invoke,
 )
-from getpatter.errors import CallError
+from getpatter.errors import CallError, PatterConfigError
 
 if TYPE_CHECKING:
     from getpatter.agent import Agent
@@ -232,6 +233,33 @@ class TwilioAdapter:
         self._server.bind_carrier_id(sid, key)
         session.event("dialing", carrier_status=call.get("status", ""))
         return session
+
+    async def point_at(self, host: str) -> Callable[[], Awaitable[None]]:
+        """Point our number's voice webhook and status callback at `host`; the returned
+        coroutine function puts back what was there before."""
+        phone = self._server.config.phone_number
+        number = await self.rest.find_number(phone)
+        if number is None:
+            raise PatterConfigError(f"{phone} is not a number on this Twilio account")
+        sid = str(number["sid"])
+        before = {
+            "VoiceUrl": str(number.get("voice_url") or ""),
+            "VoiceMethod": str(number.get("voice_method") or "POST"),
+            "StatusCallback": str(number.get("status_callback") or ""),
+        }
+        await self.rest.update_number(
+            sid,
+            VoiceUrl=f"https://{host}/webhooks/twilio/voice",
+            VoiceMethod="POST",
+            StatusCallback=f"https://{host}/webhooks/twilio/status",
+        )
+        log.info("Twilio number %s now points at https://%s", phone, host)
+
+        async def restore() -> None:
+            await self.rest.update_number(sid, **before)
+            log.info("Twilio number %s restored", phone)
+
+        return restore
 
     async def aclose(self) -> None:
         await self.rest.aclose()

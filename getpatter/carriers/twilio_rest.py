@@ -107,6 +107,20 @@ class TwilioREST:
         form = [("RecordingStatusCallback", status_callback)] if status_callback else []
         return await self._request("POST", f"Calls/{call_sid}/Recordings.json", form)
 
+    async def find_number(self, phone_number: str) -> dict[str, Any] | None:
+        from urllib.parse import quote
+
+        page = await self._request(
+            "GET", f"IncomingPhoneNumbers.json?PhoneNumber={quote(phone_number)}"
+        )
+        numbers = page.get("incoming_phone_numbers") or []
+        return numbers[0] if numbers else None
+
+    async def update_number(self, number_sid: str, **fields: str) -> dict[str, Any]:
+        return await self._request(
+            "POST", f"IncomingPhoneNumbers/{number_sid}.json", list(fields.items())
+        )
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

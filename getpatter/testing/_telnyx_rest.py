@@ -68,6 +68,8 @@ def build_rest_app(tx: FakeTelnyx) -> web.Application:
     app.router.add_post("/v2/calls", api.dial)
     app.router.add_get("/v2/calls/{call}", api.get_call)
     app.router.add_post("/v2/calls/{call}/actions/{action}", api.action)
+    app.router.add_get("/v2/call_control_applications/{app}", api.application)
+    app.router.add_patch("/v2/call_control_applications/{app}", api.application)
     return app
 
 
@@ -286,6 +288,26 @@ class _Api:
                 "record_type": "call",
             }
         }
+
+    async def application(self, request: web.Request) -> web.Response:
+        """The Call Control application (id = the connection id): its webhook URL is where
+        inbound calls on numbers without their own webhook are announced."""
+        tx = self.tx
+        if request.match_info["app"] != tx.connection_id:
+            raise ApiError(404, ERR_NOT_FOUND, "Resource not found")
+        if request.method == "PATCH":
+            body = self._parse(await request.read())
+            if "webhook_event_url" in body:
+                tx.webhook_url = _url(body, "webhook_event_url", ("https", "http"))
+        data = {
+            "record_type": "call_control_application",
+            "id": tx.connection_id,
+            "application_name": "getpatter-fake",
+            "webhook_event_url": tx.webhook_url,
+            "webhook_api_version": "2",
+            "active": True,
+        }
+        return web.json_response({"data": data})
 
     async def get_call(self, request: web.Request) -> web.Response:
         call = self._call(request)
