@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml getpatter/core/_audio.c
 	$(BIN)/python -c "import getpatter.core._audio"  # the C core must build here
 	touch $(STAMP)
 
+demo: venv
+	$(BIN)/getpatter demo
+
 test: venv
 	$(BIN)/python -m pytest -q
 

@@ -1,0 +1,1 @@
+../getpatter/demo.py
