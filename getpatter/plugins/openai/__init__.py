@@ -16,4 +16,28 @@ def getpatter_providers() -> list[ProviderSpec]:
             requires=("openai", "websockets"),
             description="OpenAI Realtime speech-to-speech (G.711 end to end, no transcoding)",
         ),
+        ProviderSpec(
+            "llm",
+            "openai",
+            "getpatter.plugins.openai.llm:OpenAILLM",
+            extra="openai",
+            requires=("openai",),
+            description="Chat Completions, streamed, with tools (any OpenAI-compatible base_url)",
+        ),
+        ProviderSpec(
+            "tts",
+            "openai",
+            "getpatter.plugins.openai.tts:OpenAITTS",
+            extra="openai",
+            requires=("openai",),
+            description="OpenAI text-to-speech (gpt-4o-mini-tts), streamed 24 kHz PCM",
+        ),
+        ProviderSpec(
+            "stt",
+            "openai",
+            "getpatter.plugins.openai.stt:OpenAITranscribeSTT",
+            extra="openai",
+            requires=("openai",),
+            description="OpenAI transcription (gpt-4o-transcribe), one request per utterance",
+        ),
     ]
