@@ -1,0 +1,431 @@
+"""CartesiaTTS: Cartesia Sonic over one WebSocket per call, with continuations inside a reply.
+
+Uses the official `cartesia` SDK (4.x): `AsyncCartesia(websocket_base_url=...)` points its
+async WebSocket at any host, a loopback fake included, and `tts.websocket_connect()` gives the
+raw connection, on which this module runs its own reader. (The SDK's context helper is not
+used: it expects a whole transcript per context, while a call speaks sentence by sentence and
+must stop one the moment the caller barges in.) The SDK is imported in a worker thread on the
+first `open()`: it takes about half a second.
+
+Continuations — the rule. The pipeline calls `synthesize()` once per sentence. Sentences of one
+reply share a Cartesia context, sent with `continue: true`, so the voice's prosody carries from
+one to the next; each sentence ends with a `flush`, and its audio is the chunks with that
+flush's `flush_id`, up to its `flush_done`. A sentence continues the current context when the
+previous sentence finished normally and this one starts within `continue_within` seconds
+(default 1.0) of that: back-to-back sentences of one reply do, while the next reply (which waits
+for the caller to speak) does not. Otherwise the old context is ended (`transcript: ""`,
+`continue: false`) and a new one begins. Cancelling a sentence (closing its iterator: barge-in)
+sends `{"context_id", "cancel": true}`, and the next sentence starts a new context.
+
+Audio is asked for as `pcm_mulaw` at 8000 Hz by default: the carrier's own format, played
+untouched. A socket dropped mid-sentence is reopened once and the sentence re-requested on a new
+context, skipping the bytes already played; a refused key or exhausted quota is a
+`PatterConnectionError` naming Cartesia, never showing the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.providers import AudioEncoding
+from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
+
+if TYPE_CHECKING:
+    from cartesia import AsyncCartesia
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_VOICE_ID", "CartesiaOptions", "CartesiaStream", "CartesiaTTS"]
+
+DEFAULT_VOICE_ID: Final = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the SDK's default voice
+_WS_PATH: Final = "/tts/websocket"
+#: A sentence whose socket sends nothing for this long is treated as dropped (a dead peer
+#: that never closed the connection).
+STALL_SECONDS: Final = 10.0
+_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+_WIRE_ENCODING: Final[dict[str, str]] = {"mulaw": "pcm_mulaw", "pcm16": "pcm_s16le"}
+
+
+@dataclass(frozen=True, slots=True)
+class CartesiaOptions:
+    """Everything CartesiaTTS sends except the key (which is never stored here)."""
+
+    voice_id: str = DEFAULT_VOICE_ID
+    model_id: str = "sonic-3"
+    base_url: str = "https://api.cartesia.ai"
+    ws_url: str = "wss://api.cartesia.ai/tts/websocket"
+    version: str = "2026-08-14"
+    language: str = "en"
+    sample_rate: int = 8000
+    encoding: AudioEncoding = "mulaw"
+    continue_within: float = 1.0
+    connect_timeout: float = 5.0
+    generation_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.voice_id, str) or not self.voice_id.strip():
+            raise PatterConfigError("CartesiaTTS voice_id must be a Cartesia voice ID")
+        url = validate_http_url(self.base_url, "CartesiaTTS(base_url=...)")
+        object.__setattr__(self, "base_url", url)
+        parts = urlsplit(self.ws_url)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise PatterConfigError(
+                f"CartesiaTTS ws_url must be a ws:// or wss:// URL, got {self.ws_url!r}"
+            )
+        if not parts.path.rstrip("/").endswith(_WS_PATH):
+            raise PatterConfigError(
+                f"CartesiaTTS ws_url must end with {_WS_PATH!r}, got {self.ws_url!r}"
+            )
+        if self.encoding not in _WIRE_ENCODING:
+            raise PatterConfigError(
+                f"CartesiaTTS encoding must be 'mulaw' or 'pcm16', got {self.encoding!r}"
+            )
+        if self.sample_rate not in _RATES or (
+            self.encoding == "mulaw" and self.sample_rate != 8000
+        ):
+            raise PatterConfigError(
+                f"CartesiaTTS sample_rate must be one of {_RATES} (8000 for mulaw), "
+                f"got {self.sample_rate!r}"
+            )
+
+    @property
+    def websocket_base_url(self) -> str:
+        """What the SDK takes: the socket URL without `/tts/websocket`."""
+        return self.ws_url.rstrip("/")[: -len(_WS_PATH)]
+
+
+class CartesiaTTS:
+    """Cartesia Sonic text to speech (registered as tts ``"cartesia"``).
+
+    - `voice_id`: a Cartesia voice; `model_id`: `sonic-3`; `language`: e.g. `"en"`.
+    - `api_key`: defaults to `CARTESIA_API_KEY`; missing → `PatterConfigError` now.
+    - `base_url` / `ws_url`: the REST host and the full socket URL (a proxy, a test fake).
+    - `version`: the `Cartesia-Version` date sent on the socket.
+    - `sample_rate` / `encoding`: 8000 / "mulaw" (the carrier's format) or PCM at a listed rate.
+    - `continue_within`: see the module doc: how close sentences must be to share a context.
+    """
+
+    def __init__(
+        self,
+        voice_id: str = DEFAULT_VOICE_ID,
+        *,
+        api_key: str | None = None,
+        model_id: str = "sonic-3",
+        base_url: str = "https://api.cartesia.ai",
+        ws_url: str = "wss://api.cartesia.ai/tts/websocket",
+        version: str = "2026-08-14",
+        language: str = "en",
+        sample_rate: int = 8000,
+        encoding: AudioEncoding = "mulaw",
+        continue_within: float = 1.0,
+        connect_timeout: float = 5.0,
+        generation_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.options = CartesiaOptions(
+            voice_id=voice_id,
+            model_id=model_id,
+            base_url=base_url,
+            ws_url=ws_url,
+            version=version,
+            language=language,
+            sample_rate=sample_rate,
+            encoding=encoding,
+            continue_within=continue_within,
+            connect_timeout=connect_timeout,
+            generation_config=dict(generation_config or {}),
+        )
+        self._key = Secret(
+            _credential(api_key, "CARTESIA_API_KEY", "Cartesia API key", "CartesiaTTS(api_key=...)")
+        )
+        self.sample_rate: int = sample_rate
+        self.encoding: AudioEncoding = encoding
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"CartesiaTTS(voice_id={o.voice_id!r}, model_id={o.model_id!r}, "
+            f"encoding={o.encoding!r}, sample_rate={o.sample_rate}, api_key=<set>)"
+        )
+
+    async def open(self) -> CartesiaStream:
+        """The call's stream, connected now so the greeting does not wait for a handshake."""
+        sdk = await asyncio.to_thread(importlib.import_module, "cartesia")
+        if "websocket_base_url" not in inspect.signature(sdk.AsyncCartesia).parameters:
+            raise PatterConfigError(
+                "CartesiaTTS needs the cartesia SDK 4.x: pip install -U cartesia"
+            )
+        client = sdk.AsyncCartesia(
+            api_key=self._key.reveal(),
+            base_url=self.options.base_url,
+            websocket_base_url=self.options.websocket_base_url,
+            default_headers={"cartesia-version": self.options.version},
+        )
+        stream = CartesiaStream(self.options, self._key, client)
+        try:
+            await stream.connect()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+
+@dataclass(slots=True)
+class _Context:
+    id: str
+    flushes: int = 0  # flushes sent: the current sentence's flush_id
+    ended_at: float | None = None  # when its last sentence finished normally
+
+
+class _Dropped(Exception):
+    """The socket closed while a sentence was still waiting for audio."""
+
+
+class CartesiaStream:
+    """One call's Cartesia socket: `synthesize()` one sentence at a time, `aclose()`."""
+
+    def __init__(self, options: CartesiaOptions, key: Secret, client: AsyncCartesia) -> None:
+        self.options = options
+        self._key = key
+        self._client = client
+        self._conn: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → messages for its sentence
+        self._current: _Context | None = None
+        self._busy = 0  # sentences being synthesized right now
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    # --- synthesis ------------------------------------------------------------------------
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Audio for one sentence. Closing this iterator early cancels it at once."""
+        if self._closed:
+            raise ProviderError("Cartesia stream is closed")
+        text = " ".join(text.split())
+        if not text:
+            return
+        delivered = 0
+        self._busy += 1
+        try:
+            for attempt in (1, 2):
+                try:
+                    async with contextlib.aclosing(self._sentence(text, delivered)) as audio:
+                        async for chunk in audio:
+                            delivered += len(chunk)
+                            yield chunk
+                    return
+                except _Dropped as exc:
+                    if attempt == 2:
+                        raise PatterConnectionError(
+                            f"Cartesia: the socket dropped again ({exc})"
+                        ) from None
+                    log.warning("Cartesia socket dropped mid-sentence (%s): reconnecting", exc)
+        finally:
+            self._busy -= 1
+
+    def _context_for_sentence(self) -> tuple[_Context, list[dict[str, Any]]]:
+        """The context this sentence goes on, and any message ending the previous one."""
+        loop_now = asyncio.get_running_loop().time()
+        current = self._current
+        if (
+            current is not None
+            and current.ended_at is not None
+            and loop_now - current.ended_at <= self.options.continue_within
+            and self._busy == 1
+        ):
+            return current, []
+        ending = [self._request(current.id, "", more=False)] if current is not None else []
+        self._current = _Context(f"ctx-{uuid.uuid4().hex[:12]}")
+        return self._current, ending
+
+    def _request(
+        self, context_id: str, transcript: str, *, more: bool, flush: bool = False
+    ) -> dict[str, Any]:
+        o = self.options
+        request: dict[str, Any] = {
+            "context_id": context_id,
+            "model_id": o.model_id,
+            "transcript": transcript,
+            "voice": {"mode": "id", "id": o.voice_id},
+            "language": o.language,
+            "output_format": {
+                "container": "raw",
+                "encoding": _WIRE_ENCODING[o.encoding],
+                "sample_rate": o.sample_rate,
+            },
+            "continue": more,
+        }
+        if o.generation_config:
+            request["generation_config"] = dict(o.generation_config)
+        if flush:
+            request["flush"] = True
+        return request
+
+    async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
+        conn = await self.connect()
+        context, ending = self._context_for_sentence()
+        context.ended_at = None
+        context.flushes += 1
+        flush_id = context.flushes
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiting[context.id] = queue
+        finished = False
+        try:
+            for message in (
+                *ending,
+                self._request(context.id, text + " ", more=True),
+                self._request(context.id, "", more=True, flush=True),
+            ):
+                await self._send(conn, message)
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), STALL_SECONDS)
+                except TimeoutError:
+                    await self._drop(conn)  # a silent socket is a dead one: the retry opens anew
+                    raise _Dropped(f"no audio for {STALL_SECONDS:.0f} s") from None
+                if isinstance(item, BaseException):
+                    raise item
+                kind = item.get("type")
+                if kind == "chunk" and item.get("flush_id") in (None, flush_id):
+                    audio = base64.b64decode(item.get("data") or "")
+                    if skip:
+                        cut = min(skip, len(audio))
+                        audio, skip = audio[cut:], skip - cut
+                    if audio:
+                        yield audio
+                elif kind == "flush_done" and item.get("flush_id") == flush_id:
+                    finished = True
+                    return
+                elif kind == "done":
+                    finished = True
+                    self._current = None
+                    return
+                elif kind == "error":
+                    self._current = None
+                    raise self._error_message(item)
+        finally:
+            self._waiting.pop(context.id, None)
+            if finished:
+                context.ended_at = asyncio.get_running_loop().time()
+            else:  # cancelled, failed or dropped: stop it, and never continue it
+                if self._current is context:
+                    self._current = None
+                if self._conn is conn:
+                    with contextlib.suppress(_Dropped):
+                        await self._send(conn, {"context_id": context.id, "cancel": True})
+
+    # --- the socket ------------------------------------------------------------------------
+
+    async def _send(self, conn: Any, message: dict[str, Any]) -> None:
+        try:
+            await conn.send(message)
+        except Exception as exc:  # websockets' ConnectionClosed and friends
+            raise _Dropped(type(exc).__name__) from None
+
+    async def connect(self) -> Any:
+        """The open connection, opening it if needed (one opener at a time)."""
+        async with self._connecting:
+            if self._conn is not None:
+                return self._conn
+            from websockets.exceptions import InvalidStatus
+
+            manager = self._client.tts.websocket_connect(
+                websocket_connection_options={"max_size": 16 * 1024 * 1024}
+            )
+            try:
+                async with asyncio.timeout(self.options.connect_timeout):
+                    conn = await manager.enter()
+            except InvalidStatus as exc:
+                raise self._refused(exc.response.status_code, exc.response.body) from None
+            except (OSError, TimeoutError, Exception) as exc:
+                raise PatterConnectionError(
+                    f"Cartesia: could not connect to {self.options.ws_url} ({type(exc).__name__})"
+                ) from None
+            self._conn = conn
+            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+            return conn
+
+    async def _read(self, conn: Any) -> None:
+        """Route each message to the sentence waiting on its context; on close, tell them all."""
+        try:
+            while True:
+                raw = await conn.recv_bytes()
+                try:
+                    message = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                queue = self._waiting.get(str(message.get("context_id")))
+                if queue is not None:
+                    queue.put_nowait(message)
+                elif message.get("type") == "error" and not message.get("context_id"):
+                    log.warning("Cartesia: %s", self._error_message(message))
+        except Exception as exc:  # the socket closed: websockets' ConnectionClosed
+            reason = type(exc).__name__
+        if self._conn is conn:
+            self._conn, self._current = None, None
+        for queue in self._waiting.values():
+            queue.put_nowait(_Dropped(reason))
+
+    async def _drop(self, conn: Any) -> None:
+        """Forget a connection that went silent and close it (its reader then ends)."""
+        if self._conn is conn:
+            self._conn, self._current = None, None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 1.0)
+
+    def _refused(self, status: int, body: bytes | None) -> PatterConnectionError:
+        try:
+            detail = json.loads(body or b"{}")
+            message = str(detail.get("message") or detail.get("error") or "")
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            message = ""
+        message = self._scrub(message)[:200]
+        if status in (401, 403):
+            return PatterConnectionError(
+                f"Cartesia rejected the API key (HTTP {status}): check CARTESIA_API_KEY"
+            )
+        if status in (402, 429):
+            return PatterConnectionError(
+                f"Cartesia quota or concurrency limit (HTTP {status}): {message}"
+            )
+        return PatterConnectionError(f"Cartesia refused the connection (HTTP {status}): {message}")
+
+    def _error_message(self, message: dict[str, Any]) -> Exception:
+        status = message.get("status_code")
+        text = self._scrub(f"{message.get('title') or 'error'}: {message.get('message') or ''}")
+        if status in (401, 402, 403, 429):
+            return PatterConnectionError(f"Cartesia refused the request (status {status}): {text}")
+        return ProviderError(f"Cartesia error (status {status}): {text}")
+
+    def _scrub(self, text: str) -> str:
+        key = self._key.reveal()
+        return text.replace(key, "***") if key else text
+
+    async def aclose(self) -> None:
+        """Close the socket; syntheses still running end with an error."""
+        self._closed = True
+        for queue in self._waiting.values():
+            queue.put_nowait(ProviderError("Cartesia stream closed"))
+        conn, reader = self._conn, self._reader
+        self._conn = self._reader = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        with contextlib.suppress(Exception):
+            await self._client.close()

@@ -1,0 +1,351 @@
+"""ElevenLabsTTS: the fake service's protocol, the client over real sockets, and a whole call
+spoken by ElevenLabs (the fake) through the fake phone network."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from getpatter.core.audio import ulaw_encode
+from getpatter.core.registry import Registry
+from getpatter.errors import PatterConfigError, PatterConnectionError
+from getpatter.plugins.elevenlabs.tts import ElevenLabsStream, ElevenLabsTTS
+from getpatter.testing.elevenlabs import FakeElevenLabs
+from getpatter.testing.engines import speech_tone
+from getpatter.testing.providers import ScriptedSTT
+from getpatter.testing.twilio import FakeTwilio
+
+from helpers import CALLER, NUMBER, speech
+
+KEY = "xi-SECRET-key-do-not-print-42"
+VOICE = "voice123"
+
+
+def ulaw_len(text: str) -> int:
+    return len(speech_tone(text, 8000))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeElevenLabs]:
+    async with FakeElevenLabs(KEY) as f:
+        yield f
+
+
+def tts_for(fake: FakeElevenLabs, **kwargs: Any) -> ElevenLabsTTS:
+    return ElevenLabsTTS(VOICE, api_key=KEY, base_url=fake.base_url, **kwargs)
+
+
+async def say(stream: ElevenLabsStream, text: str) -> bytes:
+    return b"".join([chunk async for chunk in stream.synthesize(text)])
+
+
+async def socket(
+    fake: FakeElevenLabs, endpoint: str, query: str, headers: dict[str, str] | None = None
+):
+    http = aiohttp.ClientSession()
+    url = f"{fake.ws_url}/v1/text-to-speech/{VOICE}/{endpoint}?{query}"
+    return http, await http.ws_connect(url, headers=headers or {})
+
+
+async def drain(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
+    out = []
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            out.append(json.loads(msg.data))
+    return out
+
+
+# --- the fake ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["xi_api_key", "xi-api-key"])
+async def test_fake_stream_input_bos_text_flush_eos(fake: FakeElevenLabs, field: str) -> None:
+    http, ws = await socket(
+        fake, "stream-input", "model_id=eleven_flash_v2_5&output_format=ulaw_8000"
+    )
+    await ws.send_json({"text": " ", "voice_settings": {"stability": 0.5}, field: KEY})
+    await ws.send_json({"text": "Hello there. ", "flush": True})
+    first = await ws.receive_json(timeout=2)  # a flush makes audio before EOS
+    assert first["audio"] and first["isFinal"] is None and first["alignment"]["chars"]
+    await ws.send_json({"text": "Bye now. "})
+    await ws.send_json({"text": ""})
+    rest = await drain(ws)
+    await http.close()
+    assert rest[-1] == {"isFinal": True} and ws.close_code == 1000
+    audio = b"".join(base64.b64decode(m["audio"]) for m in [first, *rest[:-1]])
+    expected = ulaw_encode(speech_tone("Hello there.", 8000)) + ulaw_encode(
+        speech_tone("Bye now.", 8000)
+    )
+    assert audio == expected  # exactly the requested μ-law at 8 kHz
+
+
+async def test_fake_socket_auth_settings_and_inactivity(fake: FakeElevenLabs) -> None:
+    async with aiohttp.ClientSession() as http:
+        url = f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream-input?output_format=ulaw_8000"
+        async with http.get(url, headers={"xi-api-key": "wrong"}) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["detail"]["status"] == "invalid_api_key"
+    http, ws = await socket(fake, "stream-input", "output_format=ulaw_8000")
+    await ws.send_json({"text": " ", "xi_api_key": "wrong"})
+    messages = await drain(ws)
+    assert messages[0]["error"] == "invalid_api_key" and ws.close_code == 1008
+    await http.close()
+    http, ws = await socket(fake, "stream-input", "output_format=ulaw_8000", {"xi-api-key": KEY})
+    await ws.send_json({"text": " ", "voice_settings": {"stability": 0.5}})
+    await ws.send_json({"text": "Hi. ", "voice_settings": {"stability": 0.9}})
+    messages = await drain(ws)
+    assert "voice_settings" in messages[-1]["message"] and ws.close_code == 1008
+    await http.close()
+    http, ws = await socket(
+        fake, "stream-input", "output_format=ulaw_8000&inactivity_timeout=1", {"xi-api-key": KEY}
+    )
+    await ws.send_json({"text": " "})
+    await drain(ws)
+    assert ws.close_code == 1008
+    await http.close()
+
+
+async def test_fake_multi_context_finals_and_the_context_limit(fake: FakeElevenLabs) -> None:
+    http, ws = await socket(
+        fake, "multi-stream-input", "output_format=pcm_16000", {"xi-api-key": KEY}
+    )
+    for ctx in ("a", "b"):
+        await ws.send_json({"text": " ", "context_id": ctx})
+        await ws.send_json({"text": f"Context {ctx}. ", "context_id": ctx, "flush": True})
+        await ws.send_json({"context_id": ctx, "close_context": True})
+    seen: dict[str, int] = {}
+    finals: list[str] = []
+    while len(finals) < 2:
+        msg = await ws.receive_json(timeout=2)
+        if msg.get("isFinal"):
+            finals.append(msg["contextId"])
+        else:
+            seen[msg["contextId"]] = seen.get(msg["contextId"], 0) + len(
+                base64.b64decode(msg["audio"])
+            )
+    assert sorted(finals) == ["a", "b"]
+    assert seen == {c: 2 * len(speech_tone(f"Context {c}.", 16000)) for c in "ab"}
+    for ctx in "cdefgh":
+        await ws.send_json({"text": "Held open. ", "context_id": ctx})
+    messages = await drain(ws)
+    assert messages[-1]["error"] == "max_active_conversations" and ws.close_code == 1008
+    await http.close()
+
+
+async def test_fake_http_stream(fake: FakeElevenLabs) -> None:
+    url = f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url,
+            params={"output_format": "pcm_16000"},
+            json={"text": "Hi."},
+            headers={"xi-api-key": KEY},
+        ) as resp:
+            assert resp.status == 200 and len(await resp.read()) == 2 * len(
+                speech_tone("Hi.", 16000)
+            )
+        async with http.post(url, json={"text": "Hi."}, headers={"xi-api-key": "nope"}) as resp:
+            assert resp.status == 401
+        async with http.post(
+            url, params={"output_format": "ulaw_8000"}, json={}, headers={"xi-api-key": KEY}
+        ) as resp:
+            assert resp.status == 422 and (await resp.json())["detail"][0]["loc"] == [
+                "body",
+                "text",
+            ]
+        fake.quota_exceeded = True
+        async with http.post(
+            url,
+            params={"output_format": "ulaw_8000"},
+            json={"text": "x"},
+            headers={"xi-api-key": KEY},
+        ) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["detail"]["status"] == "quota_exceeded"
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+async def test_one_socket_per_call_one_context_per_sentence(fake: FakeElevenLabs) -> None:
+    tts = tts_for(fake, voice_settings={"stability": 0.4})
+    assert (tts.sample_rate, tts.encoding) == (8000, "mulaw")
+    stream = await tts.open()
+    assert await say(stream, "Hello there.") == ulaw_encode(speech_tone("Hello there.", 8000))
+    assert len(await say(stream, "  How can   I help?")) == ulaw_len("How can I help?")
+    await stream.aclose()
+    assert len(fake.sessions) == 1
+    session = fake.sessions[0]
+    assert session.endpoint == "multi-stream-input" and session.headers["xi-api-key"] == KEY
+    assert session.query["output_format"] == "ulaw_8000"
+    assert session.query["model_id"] == "eleven_flash_v2_5"
+    sent = session.received
+    assert sent[0] == {"text": " ", "context_id": "s1", "voice_settings": {"stability": 0.4}}
+    assert sent[1] == {"text": "Hello there. ", "context_id": "s1", "flush": True}
+    assert sent[2] == {"context_id": "s1", "close_context": True}
+    assert sent[3] == {"text": " ", "context_id": "s2"}  # settings on the first message only
+    assert sent[-1] == {"close_socket": True}
+    assert session.finals == ["s1", "s2"]
+    assert session.close_code == 1000
+
+
+async def test_closing_the_iterator_cancels_at_once_and_the_socket_carries_on() -> None:
+    async with FakeElevenLabs(KEY, audio_speed=1.0, chunk_ms=50) as fake:
+        stream = await tts_for(fake).open()
+        loop = asyncio.get_running_loop()
+        for _ in range(6):  # more than the 5 contexts a socket may hold
+            sentence = stream.synthesize("This is a long sentence that the caller interrupts.")
+            await anext(sentence)
+            started = loop.time()
+            await sentence.aclose()
+            assert loop.time() - started < 0.1
+        after = await say(stream, "Sure.")
+        assert after == ulaw_encode(speech_tone("Sure.", 8000))  # none of the cancelled audio
+        assert not any(m.get("error") for s in fake.sessions for m in s.received)
+        assert len(fake.sessions) == 2  # replaced once, when 4 cancelled contexts were open
+        await stream.aclose()
+
+
+async def test_bad_key_fails_at_open_without_showing_it(fake: FakeElevenLabs) -> None:
+    wrong = "xi-WRONG-secret-777"
+    with pytest.raises(PatterConnectionError, match="ElevenLabs") as err:
+        await ElevenLabsTTS(api_key=wrong, base_url=fake.base_url).open()
+    assert wrong not in str(err.value) and "ELEVENLABS_API_KEY" in str(err.value)
+    stream = await ElevenLabsTTS(api_key=wrong, base_url=fake.base_url, transport="http").open()
+    with pytest.raises(PatterConnectionError, match="invalid_api_key") as err:
+        await say(stream, "Hi.")
+    assert wrong not in str(err.value)
+    await stream.aclose()
+    fake.quota_exceeded = True
+    stream = await tts_for(fake).open()
+    with pytest.raises(PatterConnectionError, match="quota"):
+        await say(stream, "Hi.")
+    await stream.aclose()
+
+
+async def test_a_socket_dropped_mid_sentence_reconnects_once_and_carries_on() -> None:
+    async with FakeElevenLabs(KEY, audio_speed=4.0, chunk_ms=50) as fake:
+        stream = await tts_for(fake).open()
+        text = "This sentence is cut by the network halfway through."
+        got = b""
+        async for chunk in stream.synthesize(text):
+            got += chunk
+            if len(got) == 800:
+                assert await fake.drop_connections() == 1
+        assert got == ulaw_encode(speech_tone(text, 8000))  # whole, and nothing twice
+        assert len(fake.sessions) == 2
+        assert await say(stream, "Still here.") == ulaw_encode(speech_tone("Still here.", 8000))
+        await stream.aclose()
+
+
+async def test_http_fallback_when_the_socket_is_refused(fake: FakeElevenLabs) -> None:
+    fake.refuse_sockets = 503
+    stream = await tts_for(fake, socket_retry_after=0.3).open()  # sentences go over HTTP
+    assert await say(stream, "Over HTTP.") == ulaw_encode(speech_tone("Over HTTP.", 8000))
+    request = fake.http_requests[0]
+    assert request["query"]["output_format"] == "ulaw_8000"
+    assert request["body"] == {"text": "Over HTTP.", "model_id": "eleven_flash_v2_5"}
+    fake.refuse_sockets = None
+    assert len(await say(stream, "Still HTTP.")) == ulaw_len("Still HTTP.")
+    assert len(fake.http_requests) == 2 and fake.rejected == [503]  # not retried at once
+    await asyncio.sleep(0.35)
+    assert len(await say(stream, "Socket again.")) == ulaw_len("Socket again.")
+    assert len(fake.sessions) == 1 and len(fake.http_requests) == 2
+    await stream.aclose()
+
+
+async def test_http_transport_streams_and_cancels() -> None:
+    async with FakeElevenLabs(KEY, audio_speed=1.0, chunk_ms=50) as fake:
+        tts = tts_for(fake, transport="http", output_format="pcm_16000")
+        assert (tts.sample_rate, tts.encoding) == (16000, "pcm16")
+        stream = await tts.open()
+        assert len(await say(stream, "Hi.")) == 2 * len(speech_tone("Hi.", 16000))
+        sentence = stream.synthesize("A long answer the caller will not wait for at all.")
+        await anext(sentence)
+        await sentence.aclose()
+        for _ in range(50):
+            if fake.http_cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.http_cancelled == 1
+        await stream.aclose()
+
+
+def test_config_errors_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
+    with pytest.raises(PatterConfigError, match="ELEVENLABS_API_KEY"):
+        ElevenLabsTTS()
+    with pytest.raises(PatterConfigError, match="ulaw_8000"):
+        ElevenLabsTTS(api_key=KEY, output_format="mp3_44100_128")
+    tts = ElevenLabsTTS(api_key=KEY)
+    assert KEY not in repr(tts) and KEY not in repr(tts.options)
+    assert tts.options.base_url == "https://api.elevenlabs.io"
+    assert tts.options.ws_base == "wss://api.elevenlabs.io"
+
+
+def test_registered_and_lazy() -> None:
+    assert Registry().load("tts", "elevenlabs") is ElevenLabsTTS
+    code = (
+        "import getpatter, sys\nfrom getpatter.plugins.elevenlabs import *\n"
+        "print([m for m in sys.modules if m.startswith(('elevenlabs', 'aiohttp'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- a whole call ----------------------------------------------------------------------------
+
+
+async def test_a_call_spoken_by_elevenlabs(serve: Callable[..., Any], net: FakeTwilio) -> None:
+    async with FakeElevenLabs(KEY, audio_speed=4.0) as fake:
+        stt = ScriptedSTT(["what time do you open"])
+        s = await serve(
+            {"stt": stt, "tts": tts_for(fake), "first_message": "Acme, how can I help?"},
+            on_message=lambda msg: "We open at nine. See you then!",
+        )
+        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
+        await call.wait_for(lambda: bool(fake.sessions) and len(fake.sessions[0].finals) >= 3, 15)
+        await asyncio.sleep(2.5)
+        await call.hangup()
+        await call.wait_ended()
+        for _ in range(50):
+            if s.events.get("on_call_end") and fake.sessions[0].closed:
+                break
+            await asyncio.sleep(0.05)
+        assert len(fake.sessions) == 1  # one socket for the whole call
+        texts = [m["text"] for m in fake.sessions[0].received if m.get("flush")]
+        assert texts == ["Acme, how can I help? ", "We open at nine. ", "See you then! "]
+        assert fake.sessions[0].closed  # closed at the end of the call
+        record = s.events["on_call_end"][0]
+        said = [(e["role"], e["text"]) for e in record["transcript"]]
+        assert said[:2] == [
+            ("assistant", "Acme, how can I help?"),
+            ("user", "what time do you open"),
+        ]
+        heard = call.heard_audio()
+        assert np.abs(heard.astype(np.int32)).max() > 2000
+        expected = sum(
+            ulaw_len(t) for t in ["Acme, how can I help?", "We open at nine.", "See you then!"]
+        )
+        assert len(heard) >= 0.9 * expected
+
+
+async def test_a_silent_socket_counts_as_dropped(
+    fake: FakeElevenLabs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("getpatter.plugins.elevenlabs.tts.STALL_SECONDS", 0.3)
+    stream = await tts_for(fake).open()
+    fake.stall_next(after_chunks=2)
+    text = "The service goes quiet in the middle of this one."
+    assert await say(stream, text) == ulaw_encode(speech_tone(text, 8000))
+    assert len(fake.sessions) == 2
+    await stream.aclose()
