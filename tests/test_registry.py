@@ -131,3 +131,36 @@ def test_cli_lists_the_plugin(plugin_site: Path) -> None:
         r[:3] == ["stt", "acme-cloud", "getpatter-acme"] and r[3] == "missing:" for r in rows
     )
     assert any(r[:2] == ["carrier", "twilio"] for r in rows)
+
+
+def test_example_plugin_package_is_used_by_name(tmp_path: Path) -> None:
+    """examples/third_party_plugin installs like any package and speaks through the registry."""
+    example = Path(__file__).parent.parent / "examples" / "third_party_plugin"
+    subprocess.run(["cp", "-r", str(example), str(tmp_path / "pkg")], check=True)
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
+            *("--no-build-isolation", "--target", str(site), str(tmp_path / "pkg")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = _run(
+        site,
+        """
+        import asyncio
+        from getpatter.core.pipeline import PipelineEngine
+        from getpatter.agent import Agent
+        from getpatter.testing.providers import ScriptedSTT
+
+        async def main():
+            engine = PipelineEngine.for_agent(Agent(stt=ScriptedSTT(), tts="beep"))
+            stream = await engine.tts.open()
+            audio = b"".join([c async for c in stream.synthesize("one two three")])
+            print(type(engine.tts).__name__, engine.tts.encoding, len(audio))
+
+        asyncio.run(main())
+        """,
+    )
+    assert out.split() == ["BeepTTS", "mulaw", str(3 * 2000)]
