@@ -36,6 +36,14 @@ class Served:
         return {k: make(k) for k in ("on_call_start", "on_call_end", "on_transcript")}
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_history(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Call history of apps built without persist= goes to a temp dir, not ~/.getpatter."""
+    monkeypatch.setenv("PATTER_LOG_DIR", str(tmp_path_factory.mktemp("history")))
+
+
 @pytest.fixture
 async def net() -> AsyncIterator[FakeTwilio]:
     async with FakeTwilio() as tw:

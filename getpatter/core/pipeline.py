@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from getpatter.core.audio import AudioFrame, Resampler, pcm16_bytes, ulaw_encode
 from getpatter.core.chunker import ChunkerOptions
 from getpatter.core.engine import InboundAudio
+from getpatter.core.metrics import TurnTimes
 from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
 from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
 from getpatter.core.vad import VAD, VADOptions
@@ -84,6 +85,8 @@ class PipelineEngine:
 class PipelineCall:
     """One call's conversation loop."""
 
+    reports_turns = True  # it times its own turns (the session need not guess them)
+
     def __init__(self, engine: PipelineEngine, call: CallSession) -> None:
         self.engine = engine
         self.call = call
@@ -105,6 +108,9 @@ class PipelineCall:
         self._reply_task: asyncio.Task[None] | None = None
         self._barge_at: float | None = None
         self._speech_end_at: float | None = None  # loop time of the VAD's end of speech
+        self._caller_stopped_at: float | None = None  # loop time of their last voiced audio
+        self._onset_at: float | None = None  # loop time the caller's speech began
+        self._stt_bytes_per_s = stt.sample_rate * (1 if stt.encoding == "mulaw" else 2)
         self._replies = 0
         self._pending_action: ToolOutcome | None = None
         self.turns: list[dict[str, Any]] = []
@@ -121,6 +127,8 @@ class PipelineCall:
             self._start_reply(None, self._static(self.call.first_message))
 
     async def aclose(self) -> None:
+        if self._reply is not None:  # hung up during a reply: its turn ends here
+            self._complete_turn(self._reply, interrupted=False)
         for closer in (self.stt_stream, self.tts_stream):
             if closer is not None:
                 try:
@@ -138,7 +146,10 @@ class PipelineCall:
         elif payload:
             self._preroll.append(payload)
         for event in self.vad.process(frame):
+            # the VAD decides a little after the fact: map its audio time to loop time
+            at = asyncio.get_running_loop().time() - max(0.0, frame.end - event.timestamp)
             if event.kind == "speech_started":
+                self._onset_at = at
                 self._gate_open = True
                 while self._preroll:
                     self._send_q.put_nowait(self._preroll.popleft())
@@ -149,6 +160,7 @@ class PipelineCall:
                 self._barge_at = None
                 self._send_q.put_nowait(_FINALIZE)
                 self._speech_end_at = asyncio.get_running_loop().time()
+                self._caller_stopped_at = at
                 self._await_turn()
         if self._barge_at is None and self.vad.speaking and self._should_barge():
             # the agent started talking while the caller still is: don't talk over them
@@ -174,6 +186,7 @@ class PipelineCall:
             if payload is _FINALIZE:
                 await self.stt_stream.finalize()
             elif isinstance(payload, bytes):
+                self.call.metrics.add_stt_audio(len(payload) / self._stt_bytes_per_s)
                 await self.stt_stream.send(payload)
 
     async def _read_transcripts(self) -> None:
@@ -215,7 +228,13 @@ class PipelineCall:
         else:
             log.error("call %s: pipeline has neither an llm nor on_message", self.call.call_id)
             return
-        self._start_reply({"final_at": final_at, "speech_end_at": self._speech_end_at}, source)
+        turn = {
+            "final_at": final_at,
+            "speech_end_at": None if dtmf else self._speech_end_at,
+            "caller_stopped_at": None if dtmf else self._caller_stopped_at,
+            "text": text,
+        }
+        self._start_reply(turn, source)
 
     async def on_dtmf(self, digit: str) -> None:
         if self.agent_speaking:
@@ -248,6 +267,7 @@ class PipelineCall:
             label=f"reply-{self._replies}",
             chunker=self.options.chunker,
             first_byte_timeout=self.options.first_byte_timeout,
+            turn=turn,
         )
         self._reply = reply
         self._reply_task = self.call.spawn(self._run_reply(reply, turn, source), reply.label)
@@ -262,12 +282,14 @@ class PipelineCall:
             raise
         except Exception as exc:
             await self._apologise(reply, exc)
-        if reply.cancelled:
+        if reply.cancelled:  # a newer turn took over before this reply was all spoken
+            self._complete_turn(reply, interrupted=True)
             return
         done = reply.finish()
         if turn is not None and reply.first_audio_at is not None:
             self._record_turn(turn, reply)
         heard_all = await done  # a barge-in cancels this task while it waits here
+        self._complete_turn(reply, interrupted=not heard_all)
         if reply.text:
             self.history.append({"role": "assistant", "content": reply.text})
             await self.call.add_transcript("assistant", reply.text)
@@ -301,6 +323,32 @@ class PipelineCall:
             "turn", final_at=turn["final_at"], first_audio_at=reply.first_audio_at, **latency
         )
 
+    def _complete_turn(
+        self, reply: Reply, *, interrupted: bool, cleared_at: float | None = None
+    ) -> None:
+        if reply.turn_done:
+            return
+        reply.turn_done = True
+        turn = reply.turn or {}
+        self.call.complete_turn(
+            TurnTimes(
+                engine="pipeline",
+                label=reply.label,
+                user_text=turn.get("text", ""),
+                agent_text=reply.heard_text() if interrupted else reply.text,
+                caller_stopped_at=turn.get("caller_stopped_at"),
+                endpointed_at=turn.get("speech_end_at"),
+                final_at=turn.get("final_at"),
+                text_first_at=reply.text_first_at,
+                text_done_at=reply.text_done_at,
+                tts_ttfb=reply.tts_ttfb,
+                first_audio_at=reply.first_audio_at,
+                barge_onset_at=self._onset_at if cleared_at is not None else None,
+                cleared_at=cleared_at,
+                interrupted=interrupted,
+            )
+        )
+
     async def barge_in(self) -> None:
         """Cancel the reply (it never plays again), clear the carrier, keep what was heard."""
         reply, task = self._reply, self._reply_task
@@ -311,9 +359,11 @@ class PipelineCall:
         if task is not None and not task.done():
             task.cancel()
         await self.call.clear()
+        cleared_at = asyncio.get_running_loop().time()
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
         self.call.event("barge_in", reply=reply.label)
+        self._complete_turn(reply, interrupted=True, cleared_at=cleared_at)
         heard = reply.heard_text()
         if heard:  # the agent's turn, cut to the words the caller actually heard
             self.history.append({"role": "assistant", "content": heard})
@@ -361,7 +411,12 @@ class PipelineCall:
                 elif isinstance(event, ToolCallRequest):
                     requests.append(event)
                 elif isinstance(event, Usage):
-                    call.event("llm_usage", input=event.input_tokens, output=event.output_tokens)
+                    call.event(
+                        "llm_usage",
+                        input=event.input_tokens,
+                        output=event.output_tokens,
+                        cached=int(event.details.get("cached_tokens") or 0),
+                    )
             if not requests:
                 return
             self.history.append(

@@ -51,6 +51,12 @@ class Reply:
     cancelled: bool = False
     blocked_by: str = ""
     first_audio_at: float | None = None
+    # for the turn's metrics (loop times): reply text first / last, TTS time to first byte
+    text_first_at: float | None = None
+    text_done_at: float | None = None
+    tts_ttfb: float | None = None
+    turn: dict[str, Any] | None = None  # the caller's turn this reply answers (None: greeting)
+    turn_done: bool = False
     spoken: list[_Spoken] = field(default_factory=list)
     _begun: bool = False
     _carry: bytes = b""
@@ -76,9 +82,12 @@ class Reply:
                     else:
                         piece = await anext(iterator)
                 except StopAsyncIteration:
+                    self.text_done_at = asyncio.get_running_loop().time()
                     break
                 except TimeoutError:
                     raise ReplyTimeout("no reply text in time") from None
+                if first:
+                    self.text_first_at = asyncio.get_running_loop().time()
                 first = False
                 for sentence in chunker.push(piece):
                     if not await self.speak(sentence):
@@ -100,6 +109,8 @@ class Reply:
             self.blocked_by = guardrail.name
         spoken = _Spoken(text)
         self.spoken.append(spoken)
+        self.call.metrics.add_tts_chars(len(text))
+        asked_at = asyncio.get_running_loop().time()
         stream = self.tts.synthesize(text).__aiter__()
         try:
             first = True
@@ -113,6 +124,8 @@ class Reply:
                     break
                 except TimeoutError:
                     raise ReplyTimeout("no speech audio in time") from None
+                if first and self.tts_ttfb is None:
+                    self.tts_ttfb = asyncio.get_running_loop().time() - asked_at
                 first = False
                 if self.cancelled:
                     return False

@@ -36,6 +36,9 @@ from getpatter.errors import PatterConfigError
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.config import LocalConfig
+    from getpatter.core.pricing import PriceTable
+    from getpatter.core.store import Store
+    from getpatter.dashboard.routes import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ TOKEN_TTL = 60.0  # seconds between the carrier's webhook and its media socket
 MAX_MALFORMED = 50  # malformed media messages tolerated on one socket before it is closed
 START_TIMEOUT = 10.0  # seconds for the carrier to send `start` after the socket opens
 HISTORY_LIMIT = 1000
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class CarrierAdapter(CallControl, Protocol):
@@ -89,6 +93,8 @@ class EmbeddedServer:
         dashboard: bool = True,
         dashboard_token: str = "",
         host: str = "127.0.0.1",
+        pricing: PriceTable | None = None,
+        mask_phone_numbers: bool = False,
     ) -> None:
         self.config = config
         self.agent = agent
@@ -96,8 +102,15 @@ class EmbeddedServer:
         self.voicemail_message = voicemail_message
         self.callbacks = callbacks or CallCallbacks()
         self.dashboard = dashboard
+        if not isinstance(dashboard_token, str):
+            raise PatterConfigError("dashboard_token must be a str (empty: none)")
         self._dashboard_token = dashboard_token
         self.host = host
+        self.pricing = pricing
+        self.mask_phone_numbers = mask_phone_numbers
+        self.store: Store | None = None  # call history, opened by start()
+        self._dashboard_ui: Dashboard | None = None
+        self._history_sink: Callable[[dict[str, Any]], Any] | None = None
         self.port: int | None = None
         self.sessions: dict[str, CallSession] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
@@ -175,6 +188,7 @@ class EmbeddedServer:
             scheduler=self._scheduler,
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
+            pricing=self.pricing,
         )
         session.key = key
         self.sessions[key] = session
@@ -236,6 +250,8 @@ class EmbeddedServer:
                 *self.carrier.routes(),
             ]
         )
+        if self._dashboard_ui is not None:
+            app.add_routes(self._dashboard_ui.routes())
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -344,6 +360,7 @@ class EmbeddedServer:
         self._stopped = asyncio.Event()
         self._shutting_down = None
         self._scheduler = PlayoutScheduler()
+        await self._open_history()
         self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
         try:
             await self._runner.setup()
@@ -355,11 +372,22 @@ class EmbeddedServer:
         except BaseException as exc:
             await self._runner.cleanup()
             self._runner = None
+            await self._close_history()
             if not self.listening.done():
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
         log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        ui = self._dashboard_ui
+        if ui is not None and ui.token and not self._dashboard_token:
+            # generated for a server reachable beyond this machine: shown once, to its owner
+            log.warning(
+                "dashboard token (generated; pass dashboard_token= to choose one): %s  "
+                "— open http://<this host>:%s/dashboard?token=%s",
+                ui.token,
+                self.port,
+                ui.token,
+            )
         self.listening.set_result(self.port)
         try:
             await self._stopped.wait()
@@ -386,7 +414,48 @@ class EmbeddedServer:
             )
         if self._scheduler is not None:
             await self._scheduler.aclose()
+        if self._dashboard_ui is not None:
+            await self._dashboard_ui.close()  # event streams end, so cleanup needn't wait
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         await self.carrier.aclose()
+        await self._close_history()
+
+    # --- history and dashboard -----------------------------------------------------------
+
+    async def _open_history(self) -> None:
+        """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
+        from getpatter.core.store import Scrubber, open_store, secret_values
+
+        token = self._dashboard_token
+        if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:
+            token = secrets.token_urlsafe(24)
+        scrub = Scrubber(
+            [*secret_values(self.config), token], mask_phone_numbers=self.mask_phone_numbers
+        )
+        store = self.store = await open_store(self.config.persist_root, scrub)
+
+        async def keep(record: dict[str, Any]) -> None:
+            try:
+                await store.write(record)
+            except Exception:
+                log.exception("call %s: storing the call record failed", record.get("call_id"))
+            if self._dashboard_ui is not None:
+                self._dashboard_ui.changed()
+
+        self._history_sink = keep
+        self.record_sinks.append(keep)
+        if self.dashboard:
+            from getpatter.dashboard.routes import Dashboard
+
+            self._dashboard_ui = Dashboard(self, store, scrub, token)
+
+    async def _close_history(self) -> None:
+        sink, self._history_sink = self._history_sink, None
+        if sink is not None and sink in self.record_sinks:
+            self.record_sinks.remove(sink)
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
+        self._dashboard_ui = None

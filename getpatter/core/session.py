@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from getpatter.core.audio import AudioFrame
 from getpatter.core.engine import EngineCall, InboundAudio
+from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
 
 if TYPE_CHECKING:
     from getpatter.agent import Agent
+    from getpatter.core.pricing import PriceTable
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class CallSession:
         scheduler: PlayoutScheduler,
         on_record: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
         recording: bool = False,
+        pricing: PriceTable | None = None,
     ) -> None:
         self.info = info
         self.key = info.call_id  # the server's handle for this call (the media socket path)
@@ -128,6 +131,11 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
         self.ended = asyncio.get_running_loop().create_future()
+        self.metrics = CallMetrics(
+            pricing, carrier=str(getattr(control, "name", "")), direction=info.direction
+        )
+        self._turns: UtteranceTurns | None = None  # for engines that don't report turns
+        self._metric_tasks: set[asyncio.Task[Any]] = set()
 
     # --- identity ------------------------------------------------------------------------
 
@@ -159,6 +167,28 @@ class CallSession:
 
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"t": time.time(), "kind": kind, **data})
+        self.metrics.on_event(kind, data)
+        if kind == "usage" and self._turns is not None:
+            self._turns.model_done()
+
+    # --- metrics -------------------------------------------------------------------------
+
+    def call_seconds(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return max(0.0, (self.ended_at or time.time()) - self.started_at)
+
+    def complete_turn(self, times: TurnTimes) -> None:
+        """A turn is over: keep its metrics and hand them to `on_metrics` (once per turn)."""
+        event = self.metrics.complete(times, self.call_seconds())
+        if event is None or self.callbacks.on_metrics is None:
+            return
+        event["call_id"] = self.call_id
+        task = asyncio.get_running_loop().create_task(
+            invoke(self.callbacks.on_metrics, event, what="on_metrics")
+        )
+        self._metric_tasks.add(task)
+        task.add_done_callback(self._metric_tasks.discard)
 
     # --- tasks ---------------------------------------------------------------------------
 
@@ -191,6 +221,9 @@ class CallSession:
         self.playout = Playout(encoder, sink)
         self._scheduler.attach(self.playout)
         self.engine = engine
+        self.metrics.identify(engine)
+        if not getattr(engine, "reports_turns", False):
+            self._turns = UtteranceTurns("realtime", self.complete_turn)
         self.event("media_started", stream_id=stream_id)
         await invoke(
             self.callbacks.on_call_start,
@@ -210,6 +243,8 @@ class CallSession:
     def push_audio(self, audio: InboundAudio) -> None:
         if self.engine is not None and self.state == "live":
             self.engine.push_audio(audio)
+            if self._turns is not None:
+                self._turns.audio(audio.frame)
 
     def on_mark(self, name: str) -> None:
         if self.playout is not None:
@@ -225,6 +260,8 @@ class CallSession:
     def begin_utterance(self, label: str) -> None:
         if self.playout is not None:
             self.playout.begin(label)
+            if self._turns is not None:
+                self._turns.audio_started(label)
 
     def play(self, audio: bytes | AudioFrame) -> None:
         """Queue agent audio: μ-law bytes at 8 kHz, or int16 frames at any rate."""
@@ -237,13 +274,23 @@ class CallSession:
             fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             fut.set_result(False)
             return fut
-        return self.playout.end(label)
+        done = self.playout.end(label)
+        if self._turns is not None:
+            turns = self._turns
+            done.add_done_callback(
+                lambda f: turns.audio_settled(
+                    label, not f.cancelled() and f.exception() is None and f.result() is True
+                )
+            )
+        return done
 
     async def clear(self) -> None:
         """Barge-in: drop every bit of agent audio the caller has not heard yet."""
         if self.playout is not None:
             await self.playout.clear()
             self.event("clear")
+            if self._turns is not None:
+                self._turns.cleared()
 
     def heard_seconds(self, label: str) -> float:
         return self.playout.heard_seconds(label) if self.playout is not None else 0.0
@@ -251,6 +298,11 @@ class CallSession:
     async def add_transcript(self, role: str, text: str, **extra: Any) -> None:
         entry = {"role": role, "text": text, "t": time.time(), **extra}
         self.transcript.append(entry)
+        if self._turns is not None:
+            if role == "user":
+                self._turns.user_transcript(text)
+            else:
+                self._turns.agent_text(text)
         await invoke(
             self.callbacks.on_transcript,
             {"call_id": self.call_id, "role": role, "text": text, **extra},
@@ -309,6 +361,10 @@ class CallSession:
                 self.playout.close()
                 self._scheduler.detach(self.playout)
         finally:
+            if self._turns is not None:
+                self._turns.close()
+            if self._metric_tasks:  # on_metrics of the last turns lands before on_call_end
+                await asyncio.wait(set(self._metric_tasks), timeout=5)
             record = self.record()
             try:
                 if self._on_record is not None:
@@ -336,4 +392,6 @@ class CallSession:
             "answered": self.started_at is not None,
             "transcript": [{"role": e["role"], "text": e["text"]} for e in self.transcript],
             "events": list(self.events),
+            "created_at": self.created_at,
+            "metrics": self.metrics.summary(self.call_seconds()),
         }

@@ -1,0 +1,123 @@
+"""The dashboard in a real browser (Chromium, driven by Playwright) while a call runs through the
+fake phone network: the call appears live, its transcript opens, the latency chart draws.
+
+Needs Playwright for Python and a Chromium binary from the system's packages (Debian:
+`apt-get install chromium`); Playwright's own browser download is never used. Skipped, saying
+why, only when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from getpatter.testing.providers import ScriptedLLM, ScriptedSTT, ScriptedTTS
+from getpatter.testing.twilio import FakeTwilio
+
+from helpers import CALLER, NUMBER, speech
+
+TOKEN = "browser-test-token-42"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "chromium"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async_api = pytest.importorskip(
+        "playwright.async_api", reason="Playwright is not installed (pip install playwright)"
+    )
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium binary (apt-get install chromium, or set CHROMIUM=/path)")
+    async with async_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def test_a_live_call_in_the_dashboard(
+    browser: Any, serve: Callable[..., Any], net: FakeTwilio
+) -> None:
+    stt = ScriptedSTT(["what are your hours", "thank you"])
+    llm = ScriptedLLM(["We are open nine to five.", "You're welcome, goodbye."])
+    s = await serve(
+        {"stt": stt, "tts": ScriptedTTS(), "llm": llm, "first_message": "Acme, how can I help?"},
+        dashboard_token=TOKEN,
+    )
+    base = f"http://127.0.0.1:{s.phone.port}"
+
+    # without the token: nothing
+    context = await browser.new_context()
+    page = await context.new_page()
+    response = await page.goto(base + "/dashboard")
+    assert response is not None and response.status == 401
+    await context.close()
+
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    await page.goto(base + f"/dashboard?token={TOKEN}")
+    assert page.url == base + "/dashboard"  # the token is gone from the address bar
+    await page.wait_for_selector("#live-status.on", timeout=5000)
+    assert await page.locator("#active-empty").is_visible()
+
+    # a call comes in: it shows up live
+    audio = np.concatenate([speech(lead=2.5, tail=2.5), speech(lead=0.0, tail=3.0)])
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=audio)
+    row = page.locator(f'#active-calls tr[data-call-id="{call.call_sid}"]')
+    await row.wait_for(timeout=8000)
+    assert CALLER in await row.inner_text()
+
+    # its transcript, live
+    await row.click()
+    await page.locator("#detail").wait_for(state="visible", timeout=5000)
+    assert await page.locator("#detail-id").inner_text() == call.call_sid
+    await page.locator("#transcript li", has_text="Acme, how can I help?").wait_for(timeout=8000)
+    await page.locator("#transcript li", has_text="We are open nine to five.").wait_for(
+        timeout=15000
+    )
+
+    # the call ends: it leaves the live list and joins the history, chart drawn
+    await call.wait_for(lambda: len(stt.streams) > 0 and stt.streams[0].utterances >= 2, 15)
+    await page.locator("#transcript li", has_text="goodbye").wait_for(timeout=10000)
+    await call.hangup()
+    await page.locator(f'#calls tr[data-call-id="{call.call_sid}"]').wait_for(timeout=8000)
+    await row.wait_for(state="detached", timeout=8000)
+    await page.locator("#detail-state", has_text="hangup").wait_for(timeout=5000)
+    path = page.locator("#turn-chart path.series").first
+    await path.wait_for(state="attached", timeout=5000)  # a flat line has no height
+    d = await path.get_attribute("d")
+    assert d is not None and d.startswith("M") and d.count("L") >= 1  # two answered turns
+    assert await page.locator("#turn-chart circle.point").count() >= 2
+    assert await page.locator("#turns tbody tr").count() == 3  # greeting + two answers
+    assert await page.locator("#calls-chart path.series").count() >= 1
+    assert "ms" in await page.locator("#detail-meta").inner_text()
+    # search narrows the list to calls whose words match
+    await page.fill("#search", "no such words anywhere")
+    await page.locator("#calls-empty").wait_for(state="visible", timeout=5000)
+    await page.fill("#search", "nine to five")
+    await page.locator(f'#calls tr[data-call-id="{call.call_sid}"]').wait_for(timeout=5000)
+    assert not errors, errors
+    await context.close()
