@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,11 @@ from getpatter.core.session import AmdCallback, CallCallbacks, CallSession, Mach
 from getpatter.errors import CallError, PatterConfigError
 
 if TYPE_CHECKING:
+    from getpatter.core.pricing import PriceTable
     from getpatter.core.server import EmbeddedServer
+    from getpatter.tunnel import Tunnel
+
+Restore = Callable[[], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ class Patter:
         persist: str | bool | None = None,
         *,
         require_signature: bool = True,
+        pricing: dict[str, Any] | None = None,
+        mask_phone_numbers: bool = False,
     ) -> None:
         if carrier is None:
             raise PatterConfigError(
@@ -82,7 +88,18 @@ class Patter:
             persist_root=resolve_persist_root(persist),
             require_signature=require_signature,
         )
-        self._tunnel = tunnel
+        # prices merged over the dated default table (checked now: a typo fails here)
+        self.pricing: PriceTable | None = None
+        if pricing is not None:
+            from getpatter.core.pricing import load_pricing
+
+            self.pricing = load_pricing(pricing)
+        if not isinstance(mask_phone_numbers, bool):
+            raise PatterConfigError("mask_phone_numbers must be True or False")
+        self.mask_phone_numbers = mask_phone_numbers  # in stored history and the dashboard
+        from getpatter.tunnel import as_tunnel
+
+        self._tunnel = as_tunnel(tunnel)
         self._server: EmbeddedServer | None = None
         self._ready: asyncio.Future[str] | None = None
         self._tunnel_ready: asyncio.Future[str] | None = None
@@ -167,11 +184,9 @@ class Patter:
                 raise PatterConfigError(
                     "serve(tunnel=True) and webhook_url= are mutually exclusive: drop one"
                 )
-            if tunnel or self._tunnel:
-                raise PatterConfigError(
-                    "tunnel=True is not available in this version: run a tunnel yourself "
-                    "(e.g. `ngrok http 8000`) and pass its hostname as webhook_url="
-                )
+            from getpatter.tunnel import as_tunnel
+
+            the_tunnel = as_tunnel(tunnel) or self._tunnel
             if self._server is not None:
                 raise PatterConfigError("this Patter is already serving; call disconnect() first")
             from getpatter.core.server import EmbeddedServer  # the aiohttp server stack, on use
@@ -192,6 +207,8 @@ class Patter:
                 dashboard=dashboard,
                 dashboard_token=dashboard_token,
                 host=host,
+                pricing=self.pricing,
+                mask_phone_numbers=self.mask_phone_numbers,
             )
         except BaseException as exc:
             self._settle(exc)
@@ -202,13 +219,16 @@ class Patter:
             fut = self.tunnel_ready
             if not fut.done():
                 fut.set_result(self.config.webhook_url)
+        restore: Restore | None = None
         serving = asyncio.ensure_future(server.start(port))
         listening = server.listening
         try:
             waiters: set[asyncio.Future[Any]] = {serving, listening}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if listening.done() and not listening.cancelled() and listening.exception() is None:
-                if not self.config.webhook_url:
+                if the_tunnel is not None:
+                    restore = await self._open_tunnel(the_tunnel, server)
+                elif not self.config.webhook_url:
                     log.warning(
                         "no webhook_url: the carrier cannot reach this server; "
                         "only local tests (the fake network) will"
@@ -218,11 +238,42 @@ class Patter:
         except BaseException as exc:
             self._settle(exc)
             if not serving.done():
+                await server.stop()
                 serving.cancel()
                 await asyncio.gather(serving, return_exceptions=True)
             raise
         finally:
             self._server = None
+            if the_tunnel is not None:
+                await self._close_tunnel(the_tunnel, restore)
+
+    async def _open_tunnel(self, tunnel: Tunnel, server: EmbeddedServer) -> Restore | None:
+        """Bring the tunnel up, then point the carrier's number at it (spec order: the
+        hostname is known first — `tunnel_ready` — and `ready` waits for the carrier)."""
+        from getpatter.tunnel import check_public_host
+
+        assert server.port is not None
+
+        async def repoint(host: str) -> None:  # a restarted quick tunnel has a new hostname
+            self.config.webhook_url = check_public_host(host)
+            await server.carrier.point_at(host)  # type: ignore[attr-defined]
+
+        host = check_public_host(await tunnel.start(server.port, repoint))
+        self.config.webhook_url = host
+        fut = self.tunnel_ready
+        if not fut.done():
+            fut.set_result(host)
+        restore: Restore = await server.carrier.point_at(host)  # type: ignore[attr-defined]
+        return restore
+
+    @staticmethod
+    async def _close_tunnel(tunnel: Tunnel, restore: Restore | None) -> None:
+        if restore is not None:
+            try:
+                await restore()
+            except Exception as exc:
+                log.warning("could not restore the carrier's webhook: %s", exc)
+        await tunnel.stop()
 
     # --- outbound ------------------------------------------------------------------------
 

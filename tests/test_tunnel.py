@@ -110,3 +110,51 @@ async def test_carrier_is_pointed_at_the_tunnel_and_restored(kind: str) -> None:
         await restore()
         assert current() == before
         await server.carrier.aclose()
+
+
+@pytest.mark.parametrize("kind", ["twilio", "telnyx"])
+async def test_serve_with_tunnel_true_end_to_end(standin: Path, kind: str) -> None:
+    """serve(tunnel=True): the stand-in tunnel comes up, the number is pointed at it, a call
+    placed through it works, and the number is restored on exit."""
+    from getpatter import Patter
+
+    async with open_network(kind) as network:
+        fake = network.fake
+        if kind == "telnyx":
+            fake.add_number(NUMBER)  # announced at the application's webhook, not its own
+        before = fake.number(NUMBER).voice_url if kind == "twilio" else fake.webhook_url
+        phone = Patter(carrier=network.carrier(), phone_number=NUMBER, persist=False)
+        engine = ScriptedEngine()
+        agent = phone.agent(engine=engine, first_message="Hello through the tunnel")
+        task = asyncio.create_task(phone.serve(agent, port=0, host="127.0.0.1", tunnel=True))
+        host = await asyncio.wait_for(phone.tunnel_ready, 10)
+        assert host.endswith(".trycloudflare.com")
+        assert await asyncio.wait_for(phone.ready, 10) == host
+        now = fake.number(NUMBER).voice_url if kind == "twilio" else fake.webhook_url
+        assert now == f"https://{host}/webhooks/{kind}/voice"
+        fake.route(host, f"127.0.0.1:{phone.port}")  # the tunnel's other end
+        call = await fake.place_call(from_="+15557654321", to=NUMBER)
+        await call.wait_for(lambda: len(call.played) > 1600, 5)  # signed, streamed, spoken
+        await call.hangup()
+        await phone.disconnect()
+        await asyncio.wait_for(task, 10)
+        after = fake.number(NUMBER).voice_url if kind == "twilio" else fake.webhook_url
+        assert after == before
+    pids = [int(line.rsplit("pid=", 1)[1]) for line in standin.read_text().splitlines()]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_tunnel_and_webhook_url_are_exclusive() -> None:
+    from getpatter import Patter, Twilio
+
+    carrier = Twilio("AC" + "0" * 32, "token")
+    with pytest.raises(PatterConfigError, match="not both"):
+        Patter(carrier=carrier, phone_number=NUMBER, webhook_url="abc.ngrok.io", tunnel=True)
+    phone = Patter(carrier=carrier, phone_number=NUMBER, webhook_url="abc.ngrok.io")
+    agent = phone.agent(engine=ScriptedEngine())
+    with pytest.raises(PatterConfigError, match="mutually exclusive"):
+        await phone.serve(agent, port=0, tunnel=True)
+    with pytest.raises(PatterConfigError, match="mutually exclusive"):
+        await phone.ready
