@@ -176,7 +176,12 @@ class TwilioMediaEncoder:
         return f'{{"event":"media","streamSid":"{self.stream_sid}","media":{{"payload":"{b64}"}}}}'
 
     def mark(self, name: str) -> str:
-        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+        # playout names its marks "g<generation>-<n>": plain ASCII, safe to splice
+        if not name.replace("-", "").isalnum():
+            return json.dumps(
+                {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
+            )
+        return f'{{"event":"mark","streamSid":"{self.stream_sid}","mark":{{"name":"{name}"}}}}'
 
     def clear(self) -> str:
         return f'{{"event":"clear","streamSid":"{self.stream_sid}"}}'

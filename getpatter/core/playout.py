@@ -75,7 +75,7 @@ class PlayoutStats:
     underruns: int = 0
     stalls: int = 0
     # the latest frames' lateness against their schedule (bounded: calls can run for hours)
-    send_lateness: deque[float] = field(default_factory=lambda: deque(maxlen=3000))
+    send_lateness: deque[float] = field(default_factory=lambda: deque(maxlen=500))
 
 
 class Playout:
@@ -246,7 +246,7 @@ class Playout:
         try:
             await self.pump(self._clock())
         except (ConnectionError, RuntimeError) as exc:
-            log.warning("playout send failed: %s", exc)
+            log.debug("playout send failed: %s", exc)
 
     async def pump(self, now: float) -> None:
         """Send what is due: frames until the carrier holds `lead` of audio, and due marks."""
@@ -263,9 +263,15 @@ class Playout:
 
     async def _pump(self, now: float) -> None:
         opts = self.options
-        while self._pending and self._carrier_end - now < opts.lead:
+        # Half a frame of slack: a tick a few microseconds late must not send two frames
+        # in one tick and none in the next (40 ms gaps at the carrier).
+        horizon = opts.lead - opts.frame_ms / 2000
+        while self._pending and self._carrier_end - now < horizon:
             if len(self._pending) < opts.frame_bytes and self._current is not None:
                 break  # hold a partial frame until more audio comes or the utterance ends
+            if not self._sink.writable():  # re-checked per frame: never wait on a slow peer
+                self.stats.stalls += 1
+                break
             frame = bytes(self._pending[: opts.frame_bytes])
             del self._pending[: opts.frame_bytes]
             if self._carrier_end < now - opts.frame_ms / 1000:
@@ -337,7 +343,8 @@ class PlayoutScheduler:
                 try:
                     await playout.pump(now)
                 except (ConnectionError, RuntimeError) as exc:
-                    log.warning("playout send failed, dropping that call's audio: %s", exc)
+                    # usually a hang-up racing the socket's close; the session ends the call
+                    log.debug("playout send failed, dropping that call's audio: %s", exc)
                     playout.close()
                     self.detach(playout)
             self.ticks += 1

@@ -61,18 +61,25 @@ class CarrierAdapter(CallControl, Protocol):
 
 
 class _SocketSink:
-    """The playout's view of a media socket: skip sends while the peer is not reading."""
+    """The playout's view of a media socket: refuse sends while the peer is not reading.
 
-    HIGH_WATER = 256 * 1024
+    The shared playout tick awaits each call's sends in turn, so a send must never wait for
+    a peer to drain: we stop well below the size at which asyncio pauses the transport (and
+    aiohttp's send would wait), and one stalled caller cannot hold up every other call.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self._ws = ws
         self._transport = request.transport
+        high = 64 * 1024
+        if self._transport is not None:
+            high = self._transport.get_write_buffer_limits()[1] or high
+        self._limit = max(4096, high // 2)
 
     def writable(self) -> bool:
         if self._ws.closed or self._transport is None or self._transport.is_closing():
             return False
-        return self._transport.get_write_buffer_size() < self.HIGH_WATER
+        return self._transport.get_write_buffer_size() < self._limit
 
     async def send(self, message: str) -> None:
         if not self._ws.closed:

@@ -118,6 +118,8 @@ class EchoEngine:
 
 
 class EchoCall:
+    reports_turns = True  # an echo has no turns: the session need not look for them
+
     def __init__(self, call: CallSession) -> None:
         self.call = call
 
