@@ -16,22 +16,35 @@ Processes (all on 127.0.0.1):
 A fresh server and fresh fakes are started for every N, so RSS and CPU of one N do not leak
 into the next. The measuring window opens `--warmup` seconds after every call is streaming.
 
+Two groups of calls: a plain echo cannot build the 100 ms lead the playout keeps (its audio
+arrives in real time, each frame is sent at the first tick after it came in), so half the
+calls (`--prime-share`) get `--prime-ms` of silence queued ahead of the echo through the
+public `CallSession.play`: their playout then runs as it does behind a TTS that is ahead of
+real time, the lead full and audio always queued. That "lead full" group is the one judged.
+
 Figures:
   CPU        server process CPU (user+sys, time.process_time() in the server) over the window
              / (N x window): "% of one core per active call". Target <= 0.25 %.
   RSS        (server VmRSS at the end of the window - VmRSS before the calls) / N, in KiB. The
              baseline is taken after two warm-up calls, so one-off imports are not counted.
   pacing     at the fake, |inter-arrival - 20 ms| of consecutive agent `media` frames of each
-             call within the window, p50 / p99 / max. Target: p99 <= 10 ms at the largest N.
+             call within the window, p50 / p99 / max, and how far frames lag behind a 20 ms
+             grid. Target: p99 <= 10 ms at the largest N, lead-full calls.
              The fake stamps a frame when its event loop reads it, so a busy fake inflates
              the figure: its own CPU and the jitter of its own 20 ms sends are printed, and a
              fake using >= 90 % of a core is named as the bottleneck.
-  server     the server's own view: Playout.stats.send_lateness in the window (how late each
-             frame left against the 100 ms lead the playout aims for: with an echo the lead
-             can never build up, since each frame is sent as soon as it arrives, so expect
-             ~80-100 ms; its spread is what matters), underruns, and scheduler ticks achieved
-             against the 50 a second it aims for.
+  server     the server's own view: Playout.stats.send_lateness over the window (how long
+             after the carrier's buffer fell below the lead each frame left; with the lead
+             full that is about one tick, 20 ms, and its spread is the server's own send
+             jitter; with a plain echo ~80-100 ms, meaningless), the share of lead-full
+             frames sent in the same tick as the frame before, underruns, and scheduler
+             ticks achieved against the 50 a second it aims for.
   msg/s      media + mark messages through the server's sockets, both directions.
+  log        warnings the server and the fake logged, counted by phase (ramp, window, hangup).
+
+The machine is read from /proc/stat over the window too: CPU used by anything but the server
+and the fakes is printed, and flagged when it could have disturbed the figures. Exit status 1
+when a target is missed. `--profile PATH` profiles the server over each window.
 
 The fake's cyclic GC is off (it keeps every message it sent or received; collections of that
 heap would stall its loop and distort the timestamps it takes). The server is left as it is.
@@ -42,15 +55,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
+import io
 import logging
 import multiprocessing as mp
 import os
 import platform
+import pstats
 import resource
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -74,18 +91,37 @@ Handler = Callable[..., Awaitable[Any]]
 # --- workers (child processes) ---------------------------------------------------------------
 
 
+class _LogCounter(logging.Handler):
+    """Counts warnings by logger and message (up to its first colon) for the report; errors
+    are printed as well."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(logging.WARNING)
+        self.kind = kind
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage().split(":", 1)[0][:80]
+        self.counts[f"{record.levelname} {record.name}: {msg}"] += 1
+        if record.levelno >= logging.ERROR:
+            print(f"[{self.kind}] {record.levelname} {record.name}: {record.getMessage()}")
+
+    async def take(self) -> dict[str, int]:
+        counts, self.counts = dict(self.counts), Counter()
+        return counts
+
+
 def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
     """Entry point of a child: run its command loop on a fresh event loop."""
-    logging.basicConfig(
-        level=logging.WARNING, format=f"[{kind}] %(levelname)s %(name)s: %(message)s"
-    )
+    counter = _LogCounter(kind)
+    logging.basicConfig(level=logging.WARNING, handlers=[counter])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     side: _ServerSide | _FakeSide = _ServerSide() if kind == "server" else _FakeSide(**args)
     if kind != "server":
         gc.disable()
-    asyncio.run(_command_loop(conn, side.handlers()))
+    asyncio.run(_command_loop(conn, {**side.handlers(), "logs": counter.take}))
 
 
 async def _command_loop(conn: Connection, handlers: dict[str, Handler]) -> None:
@@ -120,6 +156,7 @@ class _ServerSide:
     def __init__(self) -> None:
         self.phone: Any = None
         self.task: asyncio.Task[None] | None = None
+        self.profiler: Any = None
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -130,8 +167,35 @@ class _ServerSide:
             "prime": self.prime,
             "lateness": self.lateness,
             "gc": self.collect,
+            "profile": self.profile,
             "exit": self.exit,
         }
+
+    async def profile(self, path: str = "") -> str:
+        """Start profiling (no path), or stop, save to `path` and return the hottest frames.
+        pyinstrument (a sampler: little overhead) if installed, else cProfile."""
+        if not path:
+            try:
+                from pyinstrument import Profiler
+            except ImportError:
+                self.profiler = cProfile.Profile()
+                self.profiler.enable()
+            else:
+                self.profiler = Profiler(interval=0.0005, async_mode="disabled")
+                self.profiler.start()
+            return ""
+        prof, self.profiler = self.profiler, None
+        if isinstance(prof, cProfile.Profile):
+            prof.disable()
+            prof.dump_stats(path)
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+            return "cProfile, wall clock (epoll.poll is the idle time):\n" + out.getvalue()
+        prof.stop()
+        prof.last_session.save(path)
+        text = prof.output_text(flat=True, time="percent_of_total", short_mode=True)
+        head = "\n".join(text.splitlines()[:40])
+        return "pyinstrument, self time, % of the window (select/poll is the idle time):\n" + head
 
     async def start(self, account_sid: str, auth_token: str, base_url: str) -> dict[str, Any]:
         from getpatter import Patter, Twilio
@@ -177,21 +241,25 @@ class _ServerSide:
 
     async def mark(self) -> dict[str, Any]:
         """A snapshot for the window's edges: CPU, loop time and the playout counters."""
-        cpu, t = time.process_time(), asyncio.get_running_loop().time()
+        cpu, t, times = time.process_time(), asyncio.get_running_loop().time(), os.times()
         sessions = self._sessions()
         stats = [s.playout.stats for s in sessions if s.playout is not None]
         scheduler = getattr(self.phone.server, "_scheduler", None)
         return {
             "cpu": cpu,
             "t": t,
+            "user": times.user,
+            "sys": times.system,
             "calls": len(sessions),
             "frames": sum(st.frames_sent for st in stats),
             "marks": sum(st.marks_sent for st in stats),
             "underruns": sum(st.underruns for st in stats),
             "stalls": sum(st.stalls for st in stats),
             "ticks": getattr(scheduler, "ticks", 0),
-            "lateness_len": {
-                s.key: len(s.playout.stats.send_lateness) for s in sessions if s.playout
+            "per_call": {
+                s.key: (s.playout.stats.frames_sent, s.playout.stats.underruns)
+                for s in sessions
+                if s.playout is not None
             },
         }
 
@@ -205,20 +273,30 @@ class _ServerSide:
             s.play(b"\xff" * (8 * ms))
         return [s.call_id for s in chosen]
 
-    async def lateness(self, since: dict[str, int], primed: list[str]) -> dict[str, Any]:
-        """send_lateness entries appended after the `since` snapshot, by group, in ms."""
+    async def lateness(
+        self, since: dict[str, tuple[int, int]], primed: list[str]
+    ) -> dict[str, Any]:
+        """send_lateness entries appended since the `since` snapshot, by group, in ms. Every
+        frame sent appends one, except those that restart after an underrun."""
         values: dict[str, list[float]] = {"lead": [], "echo": []}
         total = 0
         lead = set(primed)
         for s in self._sessions():
-            if s.playout is None:
+            if s.playout is None or s.key not in since:
                 continue
-            lst = s.playout.stats.send_lateness
-            total += len(lst)
-            if s.key in since:
-                values["lead" if s.call_id in lead else "echo"].extend(lst[since[s.key] :])
+            st = s.playout.stats
+            total += len(st.send_lateness)
+            frames, underruns = since[s.key]
+            fresh = min(len(st.send_lateness), st.frames_sent - frames - (st.underruns - underruns))
+            if fresh > 0:
+                group = values["lead" if s.call_id in lead else "echo"]
+                group.extend(list(st.send_lateness)[-fresh:])
         groups = {k: _quantiles(np.asarray(v) * 1000) for k, v in values.items()}
-        return {"ms": groups, "entries": total}
+        # With the lead full, a frame is due when the carrier holds < lead: its lateness is
+        # ~one tick (20 ms); a second frame sent in the same tick shows as ~0.
+        lead_ms = np.asarray(values["lead"])
+        double = float(np.mean(lead_ms < 0.010)) if len(lead_ms) else float("nan")
+        return {"ms": groups, "entries": total, "double": double}
 
     async def collect(self) -> None:
         gc.collect()
@@ -414,7 +492,9 @@ class Result:
     window: float
     streaming: int
     ramp_s: float
+    primed: int  # calls whose playout was primed (lead full)
     server_cpu: float  # share of one core
+    server_sys: float  # share of it spent in the kernel
     fake_cpu: list[float]  # share of one core, per fake process
     machine_cpu: float  # cores busy, whole machine
     rss_base: int
@@ -422,14 +502,15 @@ class Result:
     msgs_in: float  # per second, fake -> server
     msgs_out: float  # per second, server -> fake
     frames_out: float  # per second, the server's own count of media frames sent
-    jitter: dict[str, float]
-    lag: dict[str, float]
-    own: dict[str, float]
-    lateness: dict[str, float]
+    pacing: dict[str, dict[str, float]]  # lead_jitter, lead_lag, echo_jitter, echo_lag, own
+    lateness: dict[str, dict[str, float]]  # lead, echo
     lateness_entries: int
     underruns: int
     stalls: int
     ticks_per_s: float
+    double_sends: float  # share of lead-full frames sent in the same tick as the one before
+    logs: dict[str, dict[str, int]]  # phase -> warning -> count
+    profile: str
     problems: list[str]
 
     @property
@@ -441,24 +522,49 @@ class Result:
         return (self.rss_loaded - self.rss_base) / self.n
 
     @property
+    def other_cpu(self) -> float:
+        """Cores busy with anything but the server and the fakes during the window."""
+        return max(0.0, self.machine_cpu - self.server_cpu - sum(self.fake_cpu))
+
+    @property
     def fake_bottleneck(self) -> bool:
         return max(self.fake_cpu) >= FAKE_SATURATED
+
+    @property
+    def verdict_jitter(self) -> dict[str, float]:
+        """The pacing figure judged: calls with the lead full, else plain echo calls."""
+        lead = self.pacing["lead_jitter"]
+        return lead if lead["n"] else self.pacing["echo_jitter"]
+
+
+def _rates(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> float:
+    return sum((y[key] - x[key]) / (y["t"] - x["t"]) for x, y in zip(a, b, strict=True))
+
+
+def _logs(workers: list[Worker]) -> dict[str, int]:
+    """Warnings logged by the workers since the last call, "[kind] level logger: message"."""
+    counts: Counter[str] = Counter()
+    for w in workers:
+        counts.update({f"[{w.kind}] {k}": v for k, v in w.call("logs").items()})
+    return dict(counts)
 
 
 def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
     """One N: fresh fake(s) and server, warm-up, ramp, window, hang up, stop."""
     fakes = [Worker(ctx, "fake", index=i) for i in range(args.fakes)]
     server: Worker | None = None
+    problems: list[str] = []
     try:
         creds = fakes[0].call("start", account_sid=None, auth_token=None)
         for f in fakes[1:]:
             f.call("start", account_sid=creds["account_sid"], auth_token=creds["auth_token"])
         server = Worker(ctx, "server")
-        up = server.call(
-            "start", timeout=60, **{k: creds[k] for k in ("account_sid", "auth_token", "base_url")}
-        )
+        keys = ("account_sid", "auth_token", "base_url")
+        up = server.call("start", timeout=60, **{k: creds[k] for k in keys})
         all_call(fakes, "route", public_host=up["public_host"], local=f"127.0.0.1:{up['port']}")
         pid = up["pid"]
+        fake_pids = " ".join(str(f.proc.pid) for f in fakes)
+        print(f"   server pid {pid}, fake pid(s) {fake_pids}", flush=True)
 
         # Two warm-up calls (first-call imports and allocations), then the baseline.
         fakes[0].call("place", timeout=30, n=2, rate=args.rate, audio_seconds=2)
@@ -479,25 +585,35 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
             f.send("place", n=k, rate=args.rate / len(active), audio_seconds=audio_seconds)
         placed = [f.reply(ramp + 60) for f in active]
         streaming = sum(p["streaming"] for p in placed)
-        problems = [e for p in placed for e in p["errors"]]
+        problems += [e for p in placed for e in p["errors"]]
         ramp_s = max(p["seconds"] for p in placed)
         live = server.call("wait_live", timeout=40, n=streaming, limit=30)
         if live < n:
             problems.append(f"only {live} of {n} calls live at the server")
+        primed = server.call("prime", share=args.prime_share, ms=args.prime_ms)
         time.sleep(args.warmup)
+        logs = {"ramp": _logs([server, *fakes])}
 
         # The measuring window.
-        m0_busy = machine_busy()
+        if args.profile:
+            server.call("profile")
+        m0 = machine_busy()
         s0 = server.call("mark")
         f0 = all_call(active, "mark")
         time.sleep(args.seconds)
         s1 = server.call("mark")
         f1 = all_call(active, "mark")
-        m1_busy = machine_busy()
+        m1 = machine_busy()
+        profile = ""
+        if args.profile:
+            path = f"{args.profile}.{n}"
+            profile = f"server profile over the window, saved to {path}:\n"
+            profile += server.call("profile", timeout=60, path=path)
+        logs["window"] = _logs([server, *fakes])
         rss_loaded = rss_kib(pid)
-        late = server.call("lateness", timeout=60, since=s0["lateness_len"])
+        late = server.call("lateness", timeout=60, since=s0["per_call"], primed=primed)
         pacing = [
-            f.call("pacing", timeout=60, t0=a["t"], t1=b["t"])
+            f.call("pacing", timeout=60, t0=a["t"], t1=b["t"], primed=primed)
             for f, a, b in zip(active, f0, f1, strict=True)
         ]
         still_open = sum(b["open"] for b in f1)
@@ -511,6 +627,7 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         left = server.call("wait_idle", timeout=40, limit=30)
         if left:
             problems.append(f"{left} calls still open at the server after the hangups")
+        logs["hangup"] = _logs([server, *fakes])
     finally:
         if server is not None:
             server.close()
@@ -518,35 +635,44 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
             f.close()
 
     elapsed = s1["t"] - s0["t"]
-    fake_elapsed = [b["t"] - a["t"] for a, b in zip(f0, f1, strict=True)]
-    busy = (m1_busy[0] - m0_busy[0]) / max(1.0, m1_busy[1] - m0_busy[1]) * (os.cpu_count() or 1)
-    cat = np.concatenate
+    cores = os.cpu_count() or 1
+    frames_out = (s1["frames"] - s0["frames"]) / elapsed
+    ticks_per_s = (s1["ticks"] - s0["ticks"]) / elapsed
+    if ticks_per_s < 0.9 / FRAME_S:
+        problems.append(
+            f"the playout scheduler ticked {ticks_per_s:.1f} times/s of {1 / FRAME_S:.0f}: "
+            "it fell behind or was blocked"
+        )
+    if frames_out < 0.95 * n / FRAME_S:
+        problems.append(
+            f"short load: the server sent {frames_out:,.0f} media frames/s of {n / FRAME_S:,.0f} "
+            "(the fake or the machine could not keep up): CPU per call is understated"
+        )
     return Result(
         n=n,
         window=elapsed,
         streaming=streaming,
         ramp_s=ramp_s,
+        primed=len(primed),
         server_cpu=(s1["cpu"] - s0["cpu"]) / elapsed,
-        fake_cpu=[(b["cpu"] - a["cpu"]) / e for a, b, e in zip(f0, f1, fake_elapsed, strict=True)],
-        machine_cpu=busy,
+        server_sys=(s1["sys"] - s0["sys"])
+        / max(1e-9, s1["user"] + s1["sys"] - s0["user"] - s0["sys"]),
+        fake_cpu=[(b["cpu"] - a["cpu"]) / (b["t"] - a["t"]) for a, b in zip(f0, f1, strict=True)],
+        machine_cpu=(m1[0] - m0[0]) / max(1.0, m1[1] - m0[1]) * cores,
         rss_base=rss_base,
         rss_loaded=rss_loaded,
-        msgs_in=sum(
-            (b["sent"] - a["sent"]) / e for a, b, e in zip(f0, f1, fake_elapsed, strict=True)
-        ),
-        msgs_out=sum(
-            (b["received"] - a["received"]) / e
-            for a, b, e in zip(f0, f1, fake_elapsed, strict=True)
-        ),
-        frames_out=(s1["frames"] - s0["frames"]) / elapsed,
-        jitter=_quantiles(cat([p["jitter"] for p in pacing])),
-        lag=_quantiles(cat([p["lag"] for p in pacing])),
-        own=_quantiles(cat([p["own"] for p in pacing])),
+        msgs_in=_rates(f0, f1, "sent"),
+        msgs_out=_rates(f0, f1, "received"),
+        frames_out=frames_out,
+        pacing={k: _quantiles(np.concatenate([p[k] for p in pacing])) for k in pacing[0]},
         lateness=late["ms"],
         lateness_entries=late["entries"],
         underruns=s1["underruns"] - s0["underruns"],
         stalls=s1["stalls"] - s0["stalls"],
-        ticks_per_s=(s1["ticks"] - s0["ticks"]) / elapsed,
+        ticks_per_s=ticks_per_s,
+        double_sends=late["double"],
+        logs=logs,
+        profile=profile,
         problems=problems,
     )
 
@@ -567,105 +693,132 @@ def machine_facts(args: argparse.Namespace) -> list[str]:
         f"{platform.system()} {platform.release()}",
         f"software  Python {platform.python_version()} ({platform.python_implementation()}), "
         f"getpatter {getpatter.__version__}, aiohttp {aiohttp.__version__}, "
-        f"numpy {np.__version__}, asyncio default loop",
+        f"numpy {np.__version__}",
         f"setup     server: 1 process (measured); fake Twilio: {args.fakes} process(es); "
-        f"calls placed at {args.rate:g}/s; window {args.seconds:g} s after {args.warmup:g} s "
-        "warm-up; loopback only",
+        "asyncio event loops; "
+        f"calls placed at {args.rate:g}/s; {args.warmup:g} s warm-up, then a "
+        f"{args.seconds:g} s window; {100 * args.prime_share:.0f} % of the calls primed with "
+        f"{args.prime_ms} ms of silence; loopback only",
     ]
 
 
 def fmt_q(q: dict[str, float]) -> str:
-    return f"{q['p50']:6.2f} / {q['p99']:6.2f} / {q['max']:6.1f}"
+    return f"{q['p50']:6.2f} / {q['p99']:6.2f} / {q['max']:6.1f} ms"
 
 
-def report(results: list[Result], args: argparse.Namespace) -> None:
+def report(results: list[Result], args: argparse.Namespace) -> bool:
+    """Print every figure and the verdicts; True when every target is met."""
+    cores = os.cpu_count() or 1
     print()
     for r in results:
-        fake_cpu = " + ".join(f"{100 * c:.0f}" for c in r.fake_cpu)
-        print(
+        pc, late = r.pacing, r.lateness
+        fake_cpu = " + ".join(f"{100 * c:.0f} %" for c in r.fake_cpu)
+        lines = [
             f"== N = {r.n} calls ({r.streaming} streaming after a {r.ramp_s:.1f} s ramp), "
-            f"window {r.window:.1f} s"
-        )
-        print(
-            f"  server CPU       {100 * r.server_cpu:6.1f} % of one core = "
-            f"{r.cpu_per_call:.3f} % of one core per active call"
-        )
-        print(
-            f"  fake CPU         {fake_cpu} % of one core; whole machine busy "
-            f"{r.machine_cpu:.2f} of {os.cpu_count()} cores"
-        )
-        print(
-            f"  server RSS       {r.rss_base / 1024:.1f} MiB idle -> {r.rss_loaded / 1024:.1f} MiB "
-            f"loaded = {r.rss_per_call:.1f} KiB per call"
-        )
-        print(
-            f"  messages         {r.msgs_in + r.msgs_out:,.0f} msg/s through the server "
-            f"(in {r.msgs_in:,.0f}, out {r.msgs_out:,.0f}; server sent {r.frames_out:,.0f} "
-            "media frames/s)"
-        )
-        print(
-            "  pacing at fake   |inter-arrival - 20 ms| p50 / p99 / max "
-            f"{fmt_q(r.jitter)} ms over {r.jitter['n']:,} gaps"
-        )
-        print(f"                   lag behind a 20 ms grid  p50 / p99 / max {fmt_q(r.lag)} ms")
-        print(
-            f"                   fake's own 20 ms sends   p50 / p99 / max {fmt_q(r.own)} ms"
-            " (its loop's health)"
-        )
-        print(
-            f"  server view      send_lateness p50 / p99 / max {fmt_q(r.lateness)} ms "
-            f"(vs the 100 ms lead); underruns {r.underruns}, stalls {r.stalls}; "
-            f"scheduler {r.ticks_per_s:.1f} ticks/s of 50"
-        )
-        print(
-            f"                   send_lateness holds {r.lateness_entries:,} floats "
-            f"({r.lateness_entries / r.n:,.0f} per call: it is never trimmed)"
-        )
+            f"window {r.window:.1f} s",
+            f"  server CPU        {100 * r.server_cpu:5.1f} % of one core = "
+            f"{r.cpu_per_call:.3f} % of one core per active call ({100 * r.server_sys:.0f} % of "
+            "it in the kernel)",
+            f"  other CPU         fake {fake_cpu} of one core; anything else "
+            f"{100 * r.other_cpu:.0f} %; machine busy {r.machine_cpu:.2f} of {cores} cores",
+            f"  server RSS        {r.rss_base / 1024:.1f} MiB idle -> {r.rss_loaded / 1024:.1f} "
+            f"MiB with the calls = {r.rss_per_call:.1f} KiB per call (send_lateness alone: "
+            f"{r.lateness_entries / r.n * 32 / 1024:.0f} KiB a call now, ~96 KiB once full)",
+            f"  messages          {r.msgs_in + r.msgs_out:,.0f} msg/s through the server (in "
+            f"{r.msgs_in:,.0f}, out {r.msgs_out:,.0f}; {r.frames_out:,.0f} media frames/s sent)",
+            "  pacing at fake    |inter-arrival - 20 ms| p50 / p99 / max; lag behind a 20 ms grid",
+            f"    lead full       {fmt_q(pc['lead_jitter'])};  lag {fmt_q(pc['lead_lag'])}  "
+            f"({r.primed} calls, {pc['lead_jitter']['n']:,} gaps)",
+            f"    plain echo      {fmt_q(pc['echo_jitter'])};  lag {fmt_q(pc['echo_lag'])}  "
+            f"({r.n - r.primed} calls, {pc['echo_jitter']['n']:,} gaps)",
+            f"    fake's sends    {fmt_q(pc['own'])}  (the fake's own 20 ms media: its loop's "
+            "health)",
+            "  server view       Playout.stats.send_lateness p50 / p99 / max (vs the 100 ms lead)",
+            f"    lead full       {fmt_q(late['lead'])}",
+            f"    plain echo      {fmt_q(late['echo'])}",
+            f"    lead full       {100 * r.double_sends:.1f} % of frames left in the same tick "
+            "as the frame before (lateness < 10 ms)",
+            f"    playout         underruns {r.underruns}, stalls {r.stalls}; scheduler "
+            f"{r.ticks_per_s:.1f} ticks/s of 50; send_lateness holds {r.lateness_entries:,} "
+            f"floats ({r.lateness_entries / r.n:,.0f} a call)",
+        ]
+        for phase, counts in r.logs.items():
+            for what, count in sorted(counts.items()):
+                lines.append(f"  log ({phase:6}) {count:5} x {what}")
         if r.fake_bottleneck:
-            print(
-                f"  NOTE the fake was the bottleneck: {100 * max(r.fake_cpu):.0f} % of a core; "
-                "its timestamps (pacing) and send rate are distorted at this N"
+            lines.append(
+                f"  NOTE the fake was the bottleneck ({100 * max(r.fake_cpu):.0f} % of a core): "
+                "its timestamps and its send rate are distorted at this N"
             )
-        for p in r.problems:
-            print(f"  PROBLEM {p}")
-        print()
+        if r.other_cpu > 0.15:
+            lines.append(
+                f"  NOTE other processes used {100 * r.other_cpu:.0f} % of a core during the "
+                "window: the figures are disturbed"
+            )
+        lines += [f"  PROBLEM {p}" for p in r.problems]
+        print("\n".join(lines) + "\n")
+        if r.profile:
+            print(r.profile)
 
-    worst_cpu = max(results, key=lambda r: r.cpu_per_call)
+    worst = max(results, key=lambda r: r.cpu_per_call)
+    ok = True
     cpu_ok = all(r.cpu_per_call <= CPU_TARGET for r in results)
+    ok &= cpu_ok
     cpus = ", ".join(f"N={r.n}: {r.cpu_per_call:.3f} %" for r in results)
     print(
         f"VERDICT server CPU per call-second <= {CPU_TARGET} % of a core: "
-        f"{'PASS' if cpu_ok else 'FAIL'} ({cpus}; worst N={worst_cpu.n})"
+        f"{'PASS' if cpu_ok else 'FAIL'} ({cpus}; worst at N={worst.n})"
     )
     top = max(results, key=lambda r: r.n)
-    jit_ok = top.jitter["p99"] <= JITTER_TARGET_MS
-    note = ""
+    q = top.verdict_jitter
+    ok &= q["p99"] <= JITTER_TARGET_MS
+    which = "lead-full calls" if top.pacing["lead_jitter"]["n"] else "echo calls"
+    notes = []
     if top.fake_bottleneck:
-        note = (
-            f"; the fake was the bottleneck ({100 * max(top.fake_cpu):.0f} % of a core), "
-            "so this measures the fake as much as the server"
+        notes.append(
+            f"the fake was the bottleneck ({100 * max(top.fake_cpu):.0f} % of a core): this "
+            "measures the fake as much as the server"
         )
-    elif top.machine_cpu >= 0.9 * (os.cpu_count() or 1):
-        note = f"; the machine was saturated ({top.machine_cpu:.2f} cores busy)"
+    if top.machine_cpu >= 0.9 * cores:
+        notes.append(f"the machine was saturated ({top.machine_cpu:.2f} of {cores} cores busy)")
+    note = "".join(f"; {x}" for x in notes)
     print(
-        f"VERDICT pacing jitter p99 <= {JITTER_TARGET_MS:g} ms at N={top.n}: "
-        f"{'PASS' if jit_ok else 'FAIL'} (p99 {top.jitter['p99']:.2f} ms{note})"
+        f"VERDICT pacing jitter p99 <= {JITTER_TARGET_MS:g} ms at N={top.n} ({which}): "
+        f"{'PASS' if q['p99'] <= JITTER_TARGET_MS else 'FAIL'} (p99 {q['p99']:.2f} ms{note})"
     )
-    if any(r.problems for r in results):
-        print("VERDICT run health: FAIL (see PROBLEM lines)")
+    print(
+        f"        server side at N={top.n}: scheduler {top.ticks_per_s:.1f} ticks/s of 50, "
+        f"lead-full send_lateness p99 - p50 = "
+        f"{top.lateness['lead']['p99'] - top.lateness['lead']['p50']:.1f} ms, "
+        f"{100 * top.double_sends:.1f} % of lead-full frames sent two to a tick"
+    )
+    healthy = not any(r.problems for r in results)
+    if not healthy:
+        print("VERDICT run health: FAIL (see the PROBLEM lines)")
     print()
     for line in machine_facts(args):
         print(line)
+    return ok and healthy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--calls", type=int, nargs="+", default=[10, 100, 300], metavar="N")
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window per N")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds after the ramp")
     p.add_argument("--rate", type=float, default=50.0, help="calls placed per second")
     p.add_argument("--fakes", type=int, default=1, choices=(1, 2), help="fake processes")
+    p.add_argument(
+        "--prime-share", type=float, default=0.5, help="share of calls primed (lead full)"
+    )
+    p.add_argument("--prime-ms", type=int, default=200, help="silence queued on primed calls")
     p.add_argument("--quick", action="store_true", help="smoke run: N=5, 3 s window")
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="profile the server over each window (pyinstrument if installed, else cProfile), "
+        "save to PATH.<N>; inflates the server's CPU figure",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.calls, args.seconds = [5], 3.0
@@ -678,13 +831,15 @@ def main(argv: list[str] | None = None) -> int:
     for line in machine_facts(args):
         print(line)
     results = []
+    started = time.monotonic()
     for n in args.calls:
         t = time.monotonic()
-        print(f"-- N = {n}: starting ...", flush=True)
+        print(f"-- N = {n}: starting", flush=True)
         results.append(run_round(ctx, n, args))
         print(f"-- N = {n}: done in {time.monotonic() - t:.1f} s", flush=True)
-    report(results, args)
-    return 0
+    ok = report(results, args)
+    print(f"run time  {time.monotonic() - started:.0f} s")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
