@@ -272,3 +272,34 @@ async def test_end_call_tool_hangs_up_after_the_goodbye() -> None:
     last_media = h.carrier.times("media")[-1]
     assert last_media < asyncio.get_running_loop().time()
     await h.close()
+
+
+class _TalkThenTool:
+    """A model that speaks, calls a tool in the same turn, then answers in the next round."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    async def chat(self, messages: Any, tools: Any = ()) -> AsyncIterator[Any]:
+        from getpatter.core.providers import TextDelta, ToolCallRequest
+
+        self.rounds += 1
+        if self.rounds == 1:
+            yield TextDelta("Let me check.")
+            yield ToolCallRequest("call_1", "lookup", "{}")
+        else:
+            yield TextDelta("We open at nine.")
+
+
+@virtual
+async def test_text_of_separate_tool_rounds_keeps_its_words_apart() -> None:
+    async def lookup(args: dict[str, Any], ctx: dict[str, Any]) -> str:
+        return "9am"
+
+    tool = Tool(name="lookup", description="Look up.", handler=lookup)
+    h = await open_call(stt=ScriptedSTT(["hours?"]), llm=_TalkThenTool(), tools=[tool])  # type: ignore[arg-type]
+    await h.feed(SPEECH)
+    await settle(h)
+    assert h.tts.texts == ["Let me check.", "We open at nine."]
+    assert h.transcripts[-1]["text"] == "Let me check. We open at nine."
+    await h.close()

@@ -403,11 +403,18 @@ class PipelineCall:
         call, agent = self.call, self.call.agent
         tools = tool_schemas(agent)
         messages: list[dict[str, Any]] = [{"role": "system", "content": call.system_prompt}]
+        said = ""  # what this reply has said so far, across tool rounds
         for _ in range(self.options.max_tool_rounds):
             requests: list[ToolCallRequest] = []
+            round_start = True
             async for event in llm.chat([*messages, *self.history], tools):
                 if isinstance(event, TextDelta):
-                    yield event.text
+                    text = event.text
+                    if round_start and said and not said[-1].isspace() and text[:1].isalnum():
+                        text = " " + text  # rounds are separate messages: keep the words apart
+                    round_start = round_start and not text
+                    said += text
+                    yield text
                 elif isinstance(event, ToolCallRequest):
                     requests.append(event)
                 elif isinstance(event, Usage):
