@@ -303,3 +303,24 @@ async def test_text_of_separate_tool_rounds_keeps_its_words_apart() -> None:
     assert h.tts.texts == ["Let me check.", "We open at nine."]
     assert h.transcripts[-1]["text"] == "Let me check. We open at nine."
     await h.close()
+
+
+@virtual
+async def test_a_burst_of_buffered_frames_barges_in_once() -> None:
+    from getpatter.core.audio import ulaw_encode
+    from getpatter.core.engine import InboundAudio
+
+    h = await open_call(
+        stt=ScriptedSTT(["stop"]),
+        on_message=lambda msg: "ok",
+        first_message="A long announcement that keeps going for quite a while, on and on.",
+    )
+    await h.silence(0.5)
+    voiced = SPEECH[int(0.2 * 8000) + 2000 :]
+    for i in range(0, 20 * 160, 160):  # 400 ms of speech arriving in one network burst
+        h.session.push_audio(InboundAudio(ulaw_encode(voiced[i : i + 160]), h.t))
+        h.t += 0.02
+    await h.silence(2.0)
+    assert len(h.carrier.times("clear")) == 1
+    assert len([t for t in h.transcripts if t.get("interrupted")]) == 1
+    await h.close()

@@ -113,6 +113,7 @@ class PipelineCall:
         self._stt_bytes_per_s = stt.sample_rate * (1 if stt.encoding == "mulaw" else 2)
         self._replies = 0
         self._pending_action: ToolOutcome | None = None
+        self._barging = False
         self.turns: list[dict[str, Any]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -167,7 +168,8 @@ class PipelineCall:
             self._barge_at = frame.end + self.options.barge_in_guard_ms / 1000
         if self._barge_at is not None and self.vad.speaking and frame.end >= self._barge_at:
             self._barge_at = None
-            if self.agent_speaking:
+            if self.agent_speaking and not self._barging:
+                self._barging = True  # a burst of buffered frames must not barge in twice
                 self.call.spawn(self.barge_in(), "barge-in")
 
     def _stt_payload(self, audio: InboundAudio, frame: AudioFrame) -> bytes:
@@ -246,7 +248,7 @@ class PipelineCall:
     # --- replies -------------------------------------------------------------------------
 
     def _should_barge(self) -> bool:
-        return self.options.barge_in and self.agent_speaking
+        return self.options.barge_in and not self._barging and self.agent_speaking
 
     @property
     def agent_speaking(self) -> bool:
@@ -351,6 +353,12 @@ class PipelineCall:
 
     async def barge_in(self) -> None:
         """Cancel the reply (it never plays again), clear the carrier, keep what was heard."""
+        try:
+            await self._barge_in()
+        finally:
+            self._barging = False
+
+    async def _barge_in(self) -> None:
         reply, task = self._reply, self._reply_task
         if reply is None:
             await self.call.clear()

@@ -196,7 +196,10 @@ class Playout:
         self._current = None
         self._resamplers.clear()
         self.stats.clears += 1
-        await self._sink.send(self._encoder.clear())
+        try:
+            await self._sink.send(self._encoder.clear())
+        except (ConnectionError, RuntimeError) as exc:  # the caller hung up as they spoke
+            log.debug("clear not sent: %s", exc)
 
     # --- what was heard ------------------------------------------------------------------
 

@@ -78,7 +78,8 @@ class Reply:
             while True:
                 try:
                     if first:
-                        piece = await asyncio.wait_for(anext(iterator), first_token_timeout)
+                        async with asyncio.timeout(first_token_timeout):  # no extra task
+                            piece = await anext(iterator)
                     else:
                         piece = await anext(iterator)
                 except StopAsyncIteration:
@@ -117,7 +118,8 @@ class Reply:
             while True:
                 try:
                     if first:
-                        chunk = await asyncio.wait_for(anext(stream), self.first_byte_timeout)
+                        async with asyncio.timeout(self.first_byte_timeout):
+                            chunk = await anext(stream)
                     else:
                         chunk = await anext(stream)
                 except StopAsyncIteration:
