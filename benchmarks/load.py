@@ -3,6 +3,7 @@
 Run: .venv/bin/python benchmarks/load.py            N = 10, 100, 300; 10 s windows (~1.5 min)
      .venv/bin/python benchmarks/load.py --quick    N = 5, 3 s window: a smoke run (~10 s)
      .venv/bin/python benchmarks/load.py --calls 50 200 --seconds 20 --fakes 2
+     .venv/bin/python benchmarks/load.py --engine both --calls 10 100 --seconds 10
 
 Processes (all on 127.0.0.1):
   this one   the orchestrator: spawns the others, marks the measuring window, reads /proc and
@@ -13,6 +14,11 @@ Processes (all on 127.0.0.1):
   fake       `FakeTwilio` (the testing fake of the Twilio network) placing the inbound calls at
              `--rate` calls/s, streaming quiet noise and recording when each agent frame
              arrived. `--fakes 2` splits the calls across two fake processes (same account).
+  model      with `--engine realtime`: `FakeRealtime` (the testing fake of the OpenAI Realtime
+             API); the server then runs `OpenAIRealtime(voice="marin")` pointed at it, and the
+             callers say a 0.4 s loud burst every 4 s, which the fake's energy VAD takes as a
+             turn and answers with 2.7 s of audio. `--engine both` runs echo then realtime at
+             each N and judges realtime / echo, CPU per call-second and RSS per call, <= 1.5x.
 A fresh server and fresh fakes are started for every N, so RSS and CPU of one N do not leak
 into the next. The measuring window opens `--warmup` seconds after every call is streaming.
 
@@ -85,6 +91,15 @@ FRAME_S = 0.020
 CPU_TARGET = 0.25  # % of one core per active call
 JITTER_TARGET_MS = 10.0
 FAKE_SATURATED = 0.90  # share of one core above which the fake is called the bottleneck
+RATIO_TARGET = 1.5  # realtime / echo, CPU per call and RSS per call (--engine both)
+MODEL_KEY = "sk-bench-fake-realtime"
+# Realtime callers: every PERIOD_S a SPEECH_S burst of loud noise (well over the fake model's
+# energy VAD threshold, RMS 500), the rest quiet noise (RMS 300); the model's turn detection
+# ends the turn SILENCE_S after the burst and it answers with REPLY_S of audio, which ends
+# before the next burst (no barge-in).
+PERIOD_S, SPEECH_S, SILENCE_S, REPLY_S = 4.0, 0.4, 0.5, 2.7
+SECONDS_PER_CHAR = 0.06  # the fake's speaking rate (its default)
+MAX_GAP_S = 0.2  # realtime pacing: longer gaps between agent frames are pauses between replies
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -118,7 +133,13 @@ def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    side: _ServerSide | _FakeSide = _ServerSide() if kind == "server" else _FakeSide(**args)
+    side: _ServerSide | _FakeSide | _ModelSide
+    if kind == "server":
+        side = _ServerSide()
+    elif kind == "model":
+        side = _ModelSide()
+    else:
+        side = _FakeSide(**args)
     if kind != "server":
         gc.disable()
     asyncio.run(_command_loop(conn, {**side.handlers(), "logs": counter.take}))
@@ -151,7 +172,7 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
 
 
 class _ServerSide:
-    """The process under test: a Patter serving EchoEngine."""
+    """The process under test: a Patter serving EchoEngine, or OpenAIRealtime on the fake."""
 
     def __init__(self) -> None:
         self.phone: Any = None
@@ -197,9 +218,24 @@ class _ServerSide:
         head = "\n".join(text.splitlines()[:40])
         return "pyinstrument, self time, % of the window (select/poll is the idle time):\n" + head
 
-    async def start(self, account_sid: str, auth_token: str, base_url: str) -> dict[str, Any]:
+    async def start(
+        self, account_sid: str, auth_token: str, base_url: str, model: dict[str, str] | None
+    ) -> dict[str, Any]:
         from getpatter import Patter, Twilio
         from getpatter.testing.engines import EchoEngine
+
+        engine: Any
+        if model is None:
+            engine = EchoEngine()
+        else:
+            from getpatter.plugins.openai.realtime import OpenAIRealtime
+
+            engine = OpenAIRealtime(
+                api_key=MODEL_KEY,
+                voice="marin",
+                base_url=model["base_url"],
+                websocket_base_url=model["ws_url"],
+            )
 
         self.phone = Patter(
             carrier=Twilio(account_sid, auth_token, base_url=base_url),
@@ -207,7 +243,7 @@ class _ServerSide:
             webhook_url=HOST,
             persist=False,
         )
-        agent = self.phone.agent(engine=EchoEngine())
+        agent = self.phone.agent(engine=engine)
         self.task = asyncio.create_task(self.phone.serve(agent, port=0, host="127.0.0.1"))
         host = await asyncio.wait_for(self.phone.ready, 10)
         return {"port": self.phone.port, "public_host": host, "pid": os.getpid()}
@@ -267,6 +303,8 @@ class _ServerSide:
         """Queue `ms` of silence ahead of the echo on `share` of the calls (public
         CallSession.play): their playout then runs as with a TTS ahead of real time, the
         lead full and audio always queued. Returns their call ids."""
+        if share <= 0:
+            return []
         sessions = sorted(self._sessions(), key=lambda s: s.call_id)
         chosen = [s for i, s in enumerate(sessions) if int((i + 1) * share) > int(i * share)]
         for s in chosen:
@@ -317,6 +355,7 @@ class _FakeSide:
         self.fake: Any = None
         self.calls: list[Any] = []
         self.audio = b""
+        self.pattern = ""
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -351,14 +390,22 @@ class _FakeSide:
     async def route(self, public_host: str, local: str) -> None:
         self.fake.route(public_host, local)
 
-    async def place(self, n: int, rate: float, audio_seconds: float) -> dict[str, Any]:
-        """Place n calls, `rate` a second; returns once every one is streaming (or failed)."""
+    async def place(
+        self, n: int, rate: float, audio_seconds: float, pattern: str = "noise"
+    ) -> dict[str, Any]:
+        """Place n calls, `rate` a second; returns once every one is streaming (or failed).
+        `pattern`: "noise" (quiet throughout) or "bursts" (a loud burst every PERIOD_S)."""
         from getpatter.core.audio import ulaw_encode
 
-        if len(self.audio) < audio_seconds * 8000:
+        if len(self.audio) < audio_seconds * 8000 or pattern != self.pattern:
             rng = np.random.default_rng(1234 + self.index)
-            noise = rng.normal(0, 300, int(audio_seconds * 8000)).clip(-32768, 32767)
-            self.audio = ulaw_encode(noise.astype(np.int16))
+            samples = int(audio_seconds * 8000)
+            sigma = np.full(samples, 300.0)
+            if pattern == "bursts":
+                t = np.arange(samples) / 8000
+                sigma[(t % PERIOD_S) < SPEECH_S] = 3000.0
+            noise = (rng.normal(0, 1, samples) * sigma).clip(-32768, 32767)
+            self.audio, self.pattern = ulaw_encode(noise.astype(np.int16)), pattern
         started = time.monotonic()
         tasks = []
         for i in range(n):
@@ -388,9 +435,13 @@ class _FakeSide:
             "open": sum(1 for c in self.calls if c.stream_open),
         }
 
-    async def pacing(self, t0: float, t1: float, primed: list[str]) -> dict[str, np.ndarray]:
+    async def pacing(
+        self, t0: float, t1: float, primed: list[str], max_gap: float = 0.0
+    ) -> dict[str, np.ndarray]:
         """Over [t0, t1], in ms: |inter-arrival - 20 ms| of agent media and the lag behind a
-        20 ms grid, for primed ("lead") and plain echo calls; the jitter of our own sends."""
+        20 ms grid, for primed ("lead") and plain echo calls; the jitter of our own sends.
+        `max_gap` > 0: agent audio comes in runs (replies), split at gaps above it, each run
+        judged on its own (the pauses between replies are not jitter)."""
         parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("lead_jitter", "lead_lag", "echo_jitter", "echo_lag", "own")
         }
@@ -398,11 +449,15 @@ class _FakeSide:
         for c in self.calls:
             group = "lead" if c.call_sid in lead else "echo"
             rx = np.array([t for t, ev, _ in c.received if ev == "media" and t0 <= t <= t1])
-            if len(rx) >= 2:
-                parts[f"{group}_jitter"].append(np.abs(np.diff(rx) - FRAME_S))
-                # lag behind a perfect 20 ms grid anchored on the call's earliest frame
-                grid = rx - FRAME_S * np.arange(len(rx))
-                parts[f"{group}_lag"].append(grid - grid.min())
+            runs = [rx]
+            if max_gap > 0 and len(rx) >= 2:
+                runs = np.split(rx, np.flatnonzero(np.diff(rx) > max_gap) + 1)
+            for run in runs:
+                if len(run) >= 2:
+                    parts[f"{group}_jitter"].append(np.abs(np.diff(run) - FRAME_S))
+                    # lag behind a perfect 20 ms grid anchored on the run's earliest frame
+                    grid = run - FRAME_S * np.arange(len(run))
+                    parts[f"{group}_lag"].append(grid - grid.min())
             tx = np.array([t for t, ev, _ in c.sent if ev == "media" and t0 <= t <= t1])
             if len(tx) >= 2:
                 parts["own"].append(np.abs(np.diff(tx) - FRAME_S))
@@ -418,6 +473,40 @@ class _FakeSide:
             self.fake.calls.pop(c.call_sid, None)
             self.fake._ctl.pop(c.call_sid, None)
         return {"hung_up": len(calls) - failed, "failed": failed}
+
+    async def exit(self) -> None:
+        if self.fake is not None:
+            await self.fake.stop()
+
+
+class _ModelSide:
+    """One FakeRealtime process: the OpenAI Realtime API the realtime engine talks to. Every
+    caller turn gets the same reply, REPLY_S of audio."""
+
+    def __init__(self) -> None:
+        self.fake: Any = None
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"start": self.start, "mark": self.mark, "exit": self.exit}
+
+    async def start(self) -> dict[str, Any]:
+        from getpatter.testing.openai_realtime import FakeRealtime
+
+        words = "Sure, I can help you with that booking today. " * 10
+        reply = words[: int(REPLY_S / SECONDS_PER_CHAR)].strip()
+        self.fake = FakeRealtime(MODEL_KEY, default_reply=reply, seconds_per_char=SECONDS_PER_CHAR)
+        await self.fake.start()
+        return {"base_url": self.fake.base_url, "ws_url": self.fake.ws_url, "pid": os.getpid()}
+
+    async def mark(self) -> dict[str, Any]:
+        sessions = self.fake.sessions
+        self.fake.received.clear()  # every client event is kept: do not let it grow
+        return {
+            "cpu": time.process_time(),
+            "t": asyncio.get_running_loop().time(),
+            "sessions": len(sessions),
+            "live": len(self.fake.live_sessions),
+        }
 
     async def exit(self) -> None:
         if self.fake is not None:
@@ -488,6 +577,7 @@ def machine_busy() -> tuple[float, float]:
 
 @dataclass
 class Result:
+    engine: str  # "echo" or "realtime"
     n: int
     window: float
     streaming: int
@@ -512,6 +602,8 @@ class Result:
     logs: dict[str, dict[str, int]]  # phase -> warning -> count
     profile: str
     problems: list[str]
+    model_cpu: float = 0.0  # share of one core, the fake model's process (realtime)
+    model_sessions: int = 0  # WebSocket sessions the fake model saw (realtime)
 
     @property
     def cpu_per_call(self) -> float:
@@ -524,7 +616,7 @@ class Result:
     @property
     def other_cpu(self) -> float:
         """Cores busy with anything but the server and the fakes during the window."""
-        return max(0.0, self.machine_cpu - self.server_cpu - sum(self.fake_cpu))
+        return max(0.0, self.machine_cpu - self.server_cpu - sum(self.fake_cpu) - self.model_cpu)
 
     @property
     def fake_bottleneck(self) -> bool:
@@ -549,25 +641,44 @@ def _logs(workers: list[Worker]) -> dict[str, int]:
     return dict(counts)
 
 
-def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
-    """One N: fresh fake(s) and server, warm-up, ramp, window, hang up, stop."""
+def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") -> Result:
+    """One N: fresh fake(s), fake model (realtime) and server, warm-up, ramp, window, hang
+    up, stop."""
+    realtime = engine == "realtime"
+    pattern = "bursts" if realtime else "noise"
     fakes = [Worker(ctx, "fake", index=i) for i in range(args.fakes)]
     server: Worker | None = None
+    model: Worker | None = None
     problems: list[str] = []
+    model_urls = None
     try:
         creds = fakes[0].call("start", account_sid=None, auth_token=None)
         for f in fakes[1:]:
             f.call("start", account_sid=creds["account_sid"], auth_token=creds["auth_token"])
+        if realtime:
+            model = Worker(ctx, "model")
+            model_urls = model.call("start", timeout=30)
         server = Worker(ctx, "server")
         keys = ("account_sid", "auth_token", "base_url")
-        up = server.call("start", timeout=60, **{k: creds[k] for k in keys})
+        up = server.call(
+            "start",
+            timeout=60,
+            model=None
+            if model_urls is None
+            else {k: model_urls[k] for k in ("base_url", "ws_url")},
+            **{k: creds[k] for k in keys},
+        )
         all_call(fakes, "route", public_host=up["public_host"], local=f"127.0.0.1:{up['port']}")
         pid = up["pid"]
         fake_pids = " ".join(str(f.proc.pid) for f in fakes)
-        print(f"   server pid {pid}, fake pid(s) {fake_pids}", flush=True)
+        model_pid = f", fake model pid {model.proc.pid}" if model is not None else ""
+        print(f"   server pid {pid}, fake pid(s) {fake_pids}{model_pid}", flush=True)
+        others = [*fakes, *([model] if model is not None else [])]
 
         # Two warm-up calls (first-call imports and allocations), then the baseline.
-        fakes[0].call("place", timeout=30, n=2, rate=args.rate, audio_seconds=2)
+        fakes[0].call(
+            "place", timeout=30, n=2, rate=args.rate, audio_seconds=PERIOD_S, pattern=pattern
+        )
         server.call("wait_live", timeout=15, n=2, limit=10)
         time.sleep(1.0)
         fakes[0].call("hangup", timeout=20, limit=10)
@@ -582,7 +693,13 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         audio_seconds = ramp + args.warmup + args.seconds + 3
         active = [f for f, k in zip(fakes, shares, strict=True) if k]
         for f, k in zip(active, shares, strict=False):
-            f.send("place", n=k, rate=args.rate / len(active), audio_seconds=audio_seconds)
+            f.send(
+                "place",
+                n=k,
+                rate=args.rate / len(active),
+                audio_seconds=audio_seconds,
+                pattern=pattern,
+            )
         placed = [f.reply(ramp + 60) for f in active]
         streaming = sum(p["streaming"] for p in placed)
         problems += [e for p in placed for e in p["errors"]]
@@ -590,9 +707,12 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         live = server.call("wait_live", timeout=40, n=streaming, limit=30)
         if live < n:
             problems.append(f"only {live} of {n} calls live at the server")
-        primed = server.call("prime", share=args.prime_share, ms=args.prime_ms)
+        # Realtime: the model's replies keep the lead full by themselves (it sends audio ahead
+        # of real time), and silence queued through play() would sit under its barge-in.
+        share = 0.0 if realtime else args.prime_share
+        primed = server.call("prime", share=share, ms=args.prime_ms)
         time.sleep(args.warmup)
-        logs = {"ramp": _logs([server, *fakes])}
+        logs = {"ramp": _logs([server, *others])}
 
         # The measuring window.
         if args.profile:
@@ -600,20 +720,29 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         m0 = machine_busy()
         s0 = server.call("mark")
         f0 = all_call(active, "mark")
+        d0 = model.call("mark") if model is not None else None
         time.sleep(args.seconds)
         s1 = server.call("mark")
         f1 = all_call(active, "mark")
+        d1 = model.call("mark") if model is not None else None
         m1 = machine_busy()
         profile = ""
         if args.profile:
             path = f"{args.profile}.{n}"
             profile = f"server profile over the window, saved to {path}:\n"
             profile += server.call("profile", timeout=60, path=path)
-        logs["window"] = _logs([server, *fakes])
+        logs["window"] = _logs([server, *others])
         rss_loaded = rss_kib(pid)
         late = server.call("lateness", timeout=60, since=s0["per_call"], primed=primed)
         pacing = [
-            f.call("pacing", timeout=60, t0=a["t"], t1=b["t"], primed=primed)
+            f.call(
+                "pacing",
+                timeout=60,
+                t0=a["t"],
+                t1=b["t"],
+                primed=primed,
+                max_gap=MAX_GAP_S if realtime else 0.0,
+            )
             for f, a, b in zip(active, f0, f1, strict=True)
         ]
         still_open = sum(b["open"] for b in f1)
@@ -627,28 +756,38 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         left = server.call("wait_idle", timeout=40, limit=30)
         if left:
             problems.append(f"{left} calls still open at the server after the hangups")
-        logs["hangup"] = _logs([server, *fakes])
+        logs["hangup"] = _logs([server, *others])
     finally:
         if server is not None:
             server.close()
         for f in fakes:
             f.close()
+        if model is not None:
+            model.close()
 
     elapsed = s1["t"] - s0["t"]
     cores = os.cpu_count() or 1
     frames_out = (s1["frames"] - s0["frames"]) / elapsed
     ticks_per_s = (s1["ticks"] - s0["ticks"]) / elapsed
-    if ticks_per_s < 0.9 / FRAME_S:
+    # Realtime: the agent speaks REPLY_S of every PERIOD_S; the scheduler may idle between
+    # replies when no call has audio queued (all calls speak at about the same moments).
+    duty = REPLY_S / PERIOD_S if realtime else 1.0
+    if not realtime and ticks_per_s < 0.9 / FRAME_S:
         problems.append(
             f"the playout scheduler ticked {ticks_per_s:.1f} times/s of {1 / FRAME_S:.0f}: "
             "it fell behind or was blocked"
         )
-    if frames_out < 0.95 * n / FRAME_S:
+    if frames_out < (0.95 if not realtime else 0.8) * duty * n / FRAME_S:
         problems.append(
-            f"short load: the server sent {frames_out:,.0f} media frames/s of {n / FRAME_S:,.0f} "
+            f"short load: the server sent {frames_out:,.0f} media frames/s of "
+            f"{duty * n / FRAME_S:,.0f} "
             "(the fake or the machine could not keep up): CPU per call is understated"
         )
+    model_cpu = 0.0
+    if d0 is not None and d1 is not None:
+        model_cpu = (d1["cpu"] - d0["cpu"]) / (d1["t"] - d0["t"])
     return Result(
+        engine=engine,
         n=n,
         window=elapsed,
         streaming=streaming,
@@ -674,6 +813,8 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace) -> Result:
         logs=logs,
         profile=profile,
         problems=problems,
+        model_cpu=model_cpu,
+        model_sessions=d1["sessions"] if d1 is not None else 0,
     )
 
 
@@ -707,19 +848,72 @@ def fmt_q(q: dict[str, float]) -> str:
 
 
 def report(results: list[Result], args: argparse.Namespace) -> bool:
-    """Print every figure and the verdicts; True when every target is met."""
+    """Print every figure and the verdicts, per engine, then the realtime / echo ratios when
+    both ran; True when every target is met."""
+    ok = True
+    engines = [e for e in ("echo", "realtime") if any(r.engine == e for r in results)]
+    for engine in engines:
+        ok &= report_engine([r for r in results if r.engine == engine])
+    if len(engines) == 2:
+        ok &= report_ratios(results)
+    print()
+    for line in machine_facts(args):
+        print(line)
+    return ok
+
+
+def report_ratios(results: list[Result]) -> bool:
+    """Realtime / echo at each N, for CPU per call-second and RSS per call."""
+    echo = {r.n: r for r in results if r.engine == "echo"}
+    rt = {r.n: r for r in results if r.engine == "realtime"}
+    ok = True
+    print(f"== realtime / echo (target <= {RATIO_TARGET:g}x)")
+    print("  N      CPU %/call echo  realtime  ratio    RSS KiB/call echo  realtime  ratio")
+    for n in sorted(set(echo) & set(rt)):
+        e, r = echo[n], rt[n]
+        cpu_ratio = r.cpu_per_call / e.cpu_per_call if e.cpu_per_call > 0 else float("inf")
+        # RSS per call can be ~0 or negative for echo at small N (allocator noise): the ratio
+        # is taken against at least 1 KiB per call.
+        rss_ratio = r.rss_per_call / max(e.rss_per_call, 1.0)
+        print(
+            f"  {n:<6} {e.cpu_per_call:15.3f} {r.cpu_per_call:9.3f} {cpu_ratio:6.2f}x   "
+            f"{e.rss_per_call:17.1f} {r.rss_per_call:9.1f} {rss_ratio:6.2f}x"
+        )
+        for what, ratio in (("CPU per call-second", cpu_ratio), ("RSS per call", rss_ratio)):
+            good = ratio <= RATIO_TARGET
+            ok &= good
+            print(
+                f"VERDICT realtime/echo {what} <= {RATIO_TARGET:g}x at N={n}: "
+                f"{'PASS' if good else 'FAIL'} ({ratio:.2f}x)"
+            )
+    print(
+        f"  (realtime calls: the agent speaks {REPLY_S:g} s of every {PERIOD_S:g} s, "
+        f"the echo calls all the time: compare the media frames/s above)"
+    )
+    return ok
+
+
+def report_engine(results: list[Result]) -> bool:
+    """One engine's figures and verdicts; True when its targets are met."""
     cores = os.cpu_count() or 1
+    engine = results[0].engine
+    print()
+    print(f"==== engine: {engine}")
     print()
     for r in results:
         pc, late = r.pacing, r.lateness
         fake_cpu = " + ".join(f"{100 * c:.0f} %" for c in r.fake_cpu)
+        model_cpu = ""
+        if r.engine == "realtime":
+            model_cpu = f"; fake model {100 * r.model_cpu:.0f} % ({r.model_sessions} sessions)"
         lines = [
-            f"== N = {r.n} calls ({r.streaming} streaming after a {r.ramp_s:.1f} s ramp), "
+            f"== {r.engine}, N = {r.n} calls ({r.streaming} streaming after a "
+            f"{r.ramp_s:.1f} s ramp), "
             f"window {r.window:.1f} s",
             f"  server CPU        {100 * r.server_cpu:5.1f} % of one core = "
             f"{r.cpu_per_call:.3f} % of one core per active call ({100 * r.server_sys:.0f} % of "
             "it in the kernel)",
-            f"  other CPU         fake {fake_cpu} of one core; anything else "
+            f"  other CPU         fake {fake_cpu} of one core{model_cpu}; anything else "
             f"{100 * r.other_cpu:.0f} %; machine busy {r.machine_cpu:.2f} of {cores} cores",
             f"  server RSS        {r.rss_base / 1024:.1f} MiB idle -> {r.rss_loaded / 1024:.1f} "
             f"MiB with the calls = {r.rss_per_call:.1f} KiB per call (send_lateness alone: "
@@ -766,13 +960,15 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
     ok &= cpu_ok
     cpus = ", ".join(f"N={r.n}: {r.cpu_per_call:.3f} %" for r in results)
     print(
-        f"VERDICT server CPU per call-second <= {CPU_TARGET} % of a core: "
+        f"VERDICT {engine}: server CPU per call-second <= {CPU_TARGET} % of a core: "
         f"{'PASS' if cpu_ok else 'FAIL'} ({cpus}; worst at N={worst.n})"
     )
     top = max(results, key=lambda r: r.n)
     q = top.verdict_jitter
     ok &= q["p99"] <= JITTER_TARGET_MS
     which = "lead-full calls" if top.pacing["lead_jitter"]["n"] else "echo calls"
+    if engine == "realtime":
+        which = f"model replies, gaps > {1000 * MAX_GAP_S:.0f} ms left out"
     notes = []
     if top.fake_bottleneck:
         notes.append(
@@ -783,7 +979,8 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
         notes.append(f"the machine was saturated ({top.machine_cpu:.2f} of {cores} cores busy)")
     note = "".join(f"; {x}" for x in notes)
     print(
-        f"VERDICT pacing jitter p99 <= {JITTER_TARGET_MS:g} ms at N={top.n} ({which}): "
+        f"VERDICT {engine}: pacing jitter p99 <= {JITTER_TARGET_MS:g} ms at N={top.n} "
+        f"({which}): "
         f"{'PASS' if q['p99'] <= JITTER_TARGET_MS else 'FAIL'} (p99 {q['p99']:.2f} ms{note})"
     )
     print(
@@ -794,10 +991,7 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
     )
     healthy = not any(r.problems for r in results)
     if not healthy:
-        print("VERDICT run health: FAIL (see the PROBLEM lines)")
-    print()
-    for line in machine_facts(args):
-        print(line)
+        print(f"VERDICT {engine}: run health: FAIL (see the PROBLEM lines)")
     return ok and healthy
 
 
@@ -812,6 +1006,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prime-share", type=float, default=0.5, help="share of calls primed (lead full)"
     )
     p.add_argument("--prime-ms", type=int, default=200, help="silence queued on primed calls")
+    p.add_argument(
+        "--engine",
+        choices=("echo", "realtime", "both"),
+        default="echo",
+        help="the server's engine: EchoEngine, OpenAIRealtime on a fake model (own process), "
+        "or both back to back at each N with the realtime / echo ratios",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: N=5, 3 s window")
     p.add_argument(
         "--profile",
@@ -832,11 +1033,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     results = []
     started = time.monotonic()
+    engines = ["echo", "realtime"] if args.engine == "both" else [args.engine]
     for n in args.calls:
-        t = time.monotonic()
-        print(f"-- N = {n}: starting", flush=True)
-        results.append(run_round(ctx, n, args))
-        print(f"-- N = {n}: done in {time.monotonic() - t:.1f} s", flush=True)
+        for engine in engines:
+            t = time.monotonic()
+            print(f"-- {engine}, N = {n}: starting", flush=True)
+            results.append(run_round(ctx, n, args, engine))
+            print(f"-- {engine}, N = {n}: done in {time.monotonic() - t:.1f} s", flush=True)
     ok = report(results, args)
     print(f"run time  {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
