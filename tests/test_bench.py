@@ -233,12 +233,17 @@ async def openai(monkeypatch: pytest.MonkeyPatch) -> Any:
 def _assert_tracks(measured: list[float], injected: list[float]) -> None:
     """Each sample is its request's injected delay plus the client's few milliseconds (the
     SDK building the request, loopback HTTP; ~5 ms here): the ±20 ms of jitter shows up
-    sample by sample. The bound on a single sample allows for a busy test machine."""
+    sample by sample. One sample may be an outlier: a busy test machine can stall any single
+    request (a 150 ms stall was seen with a load benchmark running beside the suite)."""
     assert len(measured) == len(injected)
     over = [m - i for m, i in zip(measured, injected, strict=True)]
-    assert all(0 <= d < 40 for d in over), over
+    assert all(d >= 0 for d in over), over  # never faster than what was injected
+    worst = over.index(max(over))
+    kept = [k for k in range(len(over)) if k != worst]
+    assert all(over[k] < 40 for k in kept), over
     assert statistics.median(over) < 10, over
-    assert statistics.correlation(measured, injected) > 0.8, (measured, injected)
+    m, i = [measured[k] for k in kept], [injected[k] for k in kept]
+    assert statistics.correlation(m, i) > 0.8, (measured, injected)
 
 
 def _built(kind: str, base_url: str) -> Any:
