@@ -140,6 +140,28 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
     def progress(label: str, total: int) -> Progress:
         return Progress(label, total, enabled=options.progress)
 
+    async def each(
+        kind: str, specs: Sequence[str], items: Sequence[Any], bench: Any, **extra: Any
+    ) -> None:
+        """Build each provider of `kind` (skipping those without keys) and bench it."""
+        for spec in specs:
+            built = make(kind, spec)
+            if built is None:
+                continue
+            bar = progress(f"{kind} {built.label}", options.runs * len(items))
+            try:
+                result = await bench(
+                    built.provider,
+                    items,
+                    label=built.label,
+                    progress=bar.update,
+                    **extra,
+                    **common.kwargs(),
+                )
+            finally:
+                bar.close()
+            _finish(result, built, report)
+
     common = Common(options.runs, options.concurrency, options.warmup, options.timeout)
     sections = report.meta.setdefault("sections", {})
 
@@ -153,23 +175,7 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
             "the carrier's 8 kHz μ-law, converted once to each STT's format; finalize() "
             f"{end_silence * 1000:.0f} ms after the end of speech, as the VAD would"
         )
-        for spec in stt_specs:
-            built = make("stt", spec)
-            if built is None:
-                continue
-            bar = progress(f"stt {built.label}", options.runs * len(utterances))
-            try:
-                result = await bench_stt(
-                    built.provider,
-                    utterances,
-                    label=built.label,
-                    end_silence=end_silence,
-                    progress=bar.update,
-                    **common.kwargs(),
-                )
-            finally:
-                bar.close()
-            _finish(result, built, report)
+        await each("stt", stt_specs, utterances, bench_stt, end_silence=end_silence)
 
     if llm_specs:
         from getpatter.bench.llm import bench_llm
@@ -179,22 +185,7 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
             f"{len(prompts)} short caller turns, each with the receptionist system prompt and "
             "a booking tool's schema; streamed"
         )
-        for spec in llm_specs:
-            built = make("llm", spec)
-            if built is None:
-                continue
-            bar = progress(f"llm {built.label}", options.runs * len(prompts))
-            try:
-                result = await bench_llm(
-                    built.provider,
-                    prompts,
-                    label=built.label,
-                    progress=bar.update,
-                    **common.kwargs(),
-                )
-            finally:
-                bar.close()
-            _finish(result, built, report)
+        await each("llm", llm_specs, prompts, bench_llm)
 
     if tts_specs:
         from getpatter.bench.tts import bench_tts
@@ -204,22 +195,7 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
             f"{len(sentences)} sentences, one after another on one stream per run; in the "
             "carrier's 8 kHz μ-law where the provider can"
         )
-        for spec in tts_specs:
-            built = make("tts", spec)
-            if built is None:
-                continue
-            bar = progress(f"tts {built.label}", options.runs * len(sentences))
-            try:
-                result = await bench_tts(
-                    built.provider,
-                    sentences,
-                    label=built.label,
-                    progress=bar.update,
-                    **common.kwargs(),
-                )
-            finally:
-                bar.close()
-            _finish(result, built, report)
+        await each("tts", tts_specs, sentences, bench_tts)
 
     if want_turn:
         await _turns(options, utterances, make, progress, report, common)
