@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -348,12 +347,6 @@ async def test_call_refusals_carry_telnyx_errors_not_the_key(net: FakeTelnyx) ->
 
 
 # --- the spec's examples, on Telnyx ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- wire helpers ---------------------------------------------------------------------------

@@ -275,6 +275,7 @@ async def simulate(
             net.route(PUBLIC_HOST, f"127.0.0.1:{phone.port}")
             if serve_kwargs.get("dashboard", True):
                 result.dashboard_url = f"http://127.0.0.1:{phone.port}/dashboard"
+                say(f"  dashboard while the call runs: {result.dashboard_url}")
             call = await _connect(net, phone, agent, cfg.phone_number, outbound, answered_by)
             result.call = call
             loop = asyncio.get_running_loop()
