@@ -73,6 +73,7 @@ import resource
 import sys
 import time
 import traceback
+import tracemalloc
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -178,6 +179,7 @@ class _ServerSide:
         self.phone: Any = None
         self.task: asyncio.Task[None] | None = None
         self.profiler: Any = None
+        self.memory_base: Any = None
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -189,6 +191,7 @@ class _ServerSide:
             "lateness": self.lateness,
             "gc": self.collect,
             "profile": self.profile,
+            "memory": self.memory,
             "exit": self.exit,
         }
 
@@ -217,6 +220,28 @@ class _ServerSide:
         text = prof.output_text(flat=True, time="percent_of_total", short_mode=True)
         head = "\n".join(text.splitlines()[:40])
         return "pyinstrument, self time, % of the window (select/poll is the idle time):\n" + head
+
+    async def memory(self, stop: bool = False, top: int = 25) -> str:
+        """Start tracing allocations (tracemalloc), or stop and return what the calls hold
+        now that they did not at the start, by source line."""
+        if not stop:
+            tracemalloc.start(1)
+            self.memory_base = tracemalloc.take_snapshot()
+            return ""
+        snap = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        calls = max(1, len(self._sessions()))
+        diff = snap.compare_to(self.memory_base, "lineno")
+        total = sum(d.size_diff for d in diff)
+        lines = [f"tracemalloc: {total / 1024 / calls:.1f} KiB a call held since the baseline"]
+        for d in diff[:top]:
+            frame = d.traceback[0]
+            where = "/".join(Path(frame.filename).parts[-2:])
+            lines.append(
+                f"  {d.size_diff / 1024 / calls:8.2f} KiB/call {d.count_diff / calls:7.1f} "
+                f"blocks/call  {where}:{frame.lineno}"
+            )
+        return "\n".join(lines)
 
     async def start(
         self, account_sid: str, auth_token: str, base_url: str, model: dict[str, str] | None
@@ -686,6 +711,8 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
         server.call("gc")
         time.sleep(0.5)
         rss_base = rss_kib(pid)
+        if args.memory:
+            server.call("memory")
 
         # Ramp: n calls at `rate` a second in total, split across the fakes.
         shares = [n // len(fakes) + (i < n % len(fakes)) for i in range(len(fakes))]
@@ -733,6 +760,8 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
             profile += server.call("profile", timeout=60, path=path)
         logs["window"] = _logs([server, *others])
         rss_loaded = rss_kib(pid)
+        if args.memory:
+            profile += server.call("memory", timeout=120, stop=True) + "\n"
         late = server.call("lateness", timeout=60, since=s0["per_call"], primed=primed)
         pacing = [
             f.call(
@@ -1014,6 +1043,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or both back to back at each N with the realtime / echo ratios",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: N=5, 3 s window")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="trace the server's allocations (tracemalloc) from the baseline to the window's "
+        "end and print what the calls hold, by source line (slows the server: its figures "
+        "are then not comparable)",
+    )
     p.add_argument(
         "--profile",
         metavar="PATH",
