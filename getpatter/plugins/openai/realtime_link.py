@@ -4,9 +4,14 @@ One `RealtimeLink` lives as long as the call; each `open()` is a new WebSocket a
 Realtime session (`number` counts them). Every client event goes through the outbox and one
 sender task, so events reach the model in the order they were queued and the socket has one
 writer. The caller's audio waits in the outbox while the link is down (up to
-`MAX_QUEUED_AUDIO`, oldest dropped first); control events queued for a session that is gone are
-dropped when the next one opens. Audio flows only after `session.updated`: before it, the
+`MAX_QUEUED_AUDIO_MS`, oldest dropped first); control events queued for a session that is gone
+are dropped when the next one opens. Audio flows only after `session.updated`: before it, the
 model would read our μ-law as its default 24 kHz PCM.
+
+Caller audio goes out in `APPEND_MS` appends, not one per 20 ms carrier frame: each WebSocket
+message costs about as much CPU as everything else the bridge does with a frame, and the model
+gains nothing from smaller pieces. A control event first flushes the audio before it, so the
+model sees events and audio in the order they happened.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_QUEUED_AUDIO: Final = 500  # 10 s of 20 ms frames while the model is unreachable
+APPEND_MS: Final = 40  # caller audio per input_audio_buffer.append
+APPEND_BYTES: Final = APPEND_MS * 8  # audio/pcmu: 8 kHz, one byte a sample
+MAX_QUEUED_AUDIO_MS: Final = 10_000  # kept while the model is unreachable, oldest dropped
+MAX_QUEUED_APPENDS: Final = MAX_QUEUED_AUDIO_MS // APPEND_MS
 SESSION_TIMEOUT: Final = 10.0  # session.update → session.updated
 
 EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
@@ -44,29 +52,39 @@ class RealtimeLink:
         self._handle = handle
         self._conn: AsyncRealtimeConnection | None = None
         self._outbox: deque[str | dict[str, Any]] = deque()
-        self._audio_queued = 0
+        self._audio_queued = 0  # appends in the outbox
+        self._batch = bytearray()  # caller audio not yet in an append
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
 
     # --- sending -------------------------------------------------------------------------
 
     def send(self, event: dict[str, Any]) -> None:
-        """Queue a client event (never blocks)."""
+        """Queue a client event (never blocks), after the caller audio that came before it."""
+        self._flush_audio()
         self._outbox.append(event)
         self._wake.set()
 
     def send_audio(self, payload: bytes) -> None:
         """Queue caller audio exactly as the carrier sent it (never blocks)."""
-        b64 = base64.b64encode(payload).decode("ascii")  # base64 needs no JSON escaping
+        self._batch += payload
+        if len(self._batch) >= APPEND_BYTES:
+            self._flush_audio()
+            self._wake.set()
+
+    def _flush_audio(self) -> None:
+        if not self._batch:
+            return
+        b64 = base64.b64encode(self._batch).decode("ascii")  # base64 needs no JSON escaping
+        self._batch.clear()
         self._outbox.append(f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}')
         self._audio_queued += 1
-        if self._audio_queued > MAX_QUEUED_AUDIO:
+        if self._audio_queued > MAX_QUEUED_APPENDS:
             for i, item in enumerate(self._outbox):
                 if isinstance(item, str):
                     del self._outbox[i]
                     self._audio_queued -= 1
                     break
-        self._wake.set()
 
     async def _send_loop(self, conn: AsyncRealtimeConnection) -> None:
         while True:
