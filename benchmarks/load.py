@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/load.py            N = 10, 100, 300; 10 s windows (~1.5 min)
      .venv/bin/python benchmarks/load.py --quick    N = 5, 3 s window: a smoke run (~10 s)
      .venv/bin/python benchmarks/load.py --calls 50 200 --seconds 20 --fakes 2
-     .venv/bin/python benchmarks/load.py --engine both --calls 10 100 --seconds 10
+     .venv/bin/python benchmarks/load.py --engine both --calls 10 100 --seconds 10 --repeat 3
 
 Processes (all on 127.0.0.1):
   this one   the orchestrator: spawns the others, marks the measuring window, reads /proc and
@@ -127,8 +127,25 @@ class _LogCounter(logging.Handler):
         return counts
 
 
+def _cpus_for(kind: str) -> set[int] | None:
+    """The server gets a core to itself, the fakes share the others (None: no pinning).
+
+    Unpinned, the figures for the server depend on what the fakes do next to it: the realtime
+    rounds run a third busy process (the fake model), and the server's CPU time per unit of
+    work grows with the contention, which would be charged to the engine."""
+    if os.environ.get("LOAD_NO_PIN") or not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]} if kind == "server" else set(cpus[1:])
+
+
 def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
     """Entry point of a child: run its command loop on a fresh event loop."""
+    cpus = _cpus_for(kind)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     counter = _LogCounter(kind)
     logging.basicConfig(level=logging.WARNING, handlers=[counter])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -241,6 +258,11 @@ class _ServerSide:
                 f"  {d.size_diff / 1024 / calls:8.2f} KiB/call {d.count_diff / calls:7.1f} "
                 f"blocks/call  {where}:{frame.lineno}"
             )
+        by_file = snap.compare_to(self.memory_base, "filename")
+        lines.append("  by file:")
+        for d in by_file[:top]:
+            where = "/".join(Path(d.traceback[0].filename).parts[-2:])
+            lines.append(f"  {d.size_diff / 1024 / calls:8.2f} KiB/call  {where}")
         return "\n".join(lines)
 
     async def start(
@@ -755,7 +777,7 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
         m1 = machine_busy()
         profile = ""
         if args.profile:
-            path = f"{args.profile}.{n}"
+            path = f"{args.profile}.{engine}.{n}"
             profile = f"server profile over the window, saved to {path}:\n"
             profile += server.call("profile", timeout=60, path=path)
         logs["window"] = _logs([server, *others])
@@ -869,6 +891,13 @@ def machine_facts(args: argparse.Namespace) -> list[str]:
         f"calls placed at {args.rate:g}/s; {args.warmup:g} s warm-up, then a "
         f"{args.seconds:g} s window; {100 * args.prime_share:.0f} % of the calls primed with "
         f"{args.prime_ms} ms of silence; loopback only",
+        "pinning   "
+        + (
+            f"server on CPU {sorted(_cpus_for('server') or [])}, fakes on CPUs "
+            f"{sorted(_cpus_for('fake') or [])} (LOAD_NO_PIN=1 to turn off)"
+            if _cpus_for("server") is not None
+            else "none (one CPU, or LOAD_NO_PIN set)"
+        ),
     ]
 
 
@@ -892,22 +921,42 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
 
 
 def report_ratios(results: list[Result]) -> bool:
-    """Realtime / echo at each N, for CPU per call-second and RSS per call."""
-    echo = {r.n: r for r in results if r.engine == "echo"}
-    rt = {r.n: r for r in results if r.engine == "realtime"}
+    """Realtime / echo at each N, for CPU per call-second and RSS per call: the medians over
+    the `--repeat` rounds of each (the rounds alternate engines, so a disturbance of the
+    machine lands on both)."""
+
+    def medians(engine: str) -> dict[int, tuple[float, float, list[Result]]]:
+        out = {}
+        for n in sorted({r.n for r in results if r.engine == engine}):
+            rounds = [r for r in results if r.engine == engine and r.n == n]
+            cpu = float(np.median([r.cpu_per_call for r in rounds]))
+            rss = float(np.median([r.rss_per_call for r in rounds]))
+            out[n] = (cpu, rss, rounds)
+        return out
+
+    echo, rt = medians("echo"), medians("realtime")
     ok = True
-    print(f"== realtime / echo (target <= {RATIO_TARGET:g}x)")
+    repeats = max(len(v[2]) for v in (*echo.values(), *rt.values()))
+    print(
+        f"== realtime / echo (target <= {RATIO_TARGET:g}x)"
+        + (f", medians of {repeats} rounds each" if repeats > 1 else "")
+    )
     print("  N      CPU %/call echo  realtime  ratio    RSS KiB/call echo  realtime  ratio")
     for n in sorted(set(echo) & set(rt)):
-        e, r = echo[n], rt[n]
-        cpu_ratio = r.cpu_per_call / e.cpu_per_call if e.cpu_per_call > 0 else float("inf")
+        (e_cpu, e_rss, e_rounds), (r_cpu, r_rss, r_rounds) = echo[n], rt[n]
+        cpu_ratio = r_cpu / e_cpu if e_cpu > 0 else float("inf")
         # RSS per call can be ~0 or negative for echo at small N (allocator noise): the ratio
         # is taken against at least 1 KiB per call.
-        rss_ratio = r.rss_per_call / max(e.rss_per_call, 1.0)
+        rss_ratio = r_rss / max(e_rss, 1.0)
         print(
-            f"  {n:<6} {e.cpu_per_call:15.3f} {r.cpu_per_call:9.3f} {cpu_ratio:6.2f}x   "
-            f"{e.rss_per_call:17.1f} {r.rss_per_call:9.1f} {rss_ratio:6.2f}x"
+            f"  {n:<6} {e_cpu:15.3f} {r_cpu:9.3f} {cpu_ratio:6.2f}x   "
+            f"{e_rss:17.1f} {r_rss:9.1f} {rss_ratio:6.2f}x"
         )
+        if repeats > 1:
+            for name, rounds in (("echo", e_rounds), ("realtime", r_rounds)):
+                cpus = ", ".join(f"{r.cpu_per_call:.3f}" for r in rounds)
+                rsss = ", ".join(f"{r.rss_per_call:.1f}" for r in rounds)
+                print(f"         {name:<8} rounds: CPU {cpus}; RSS {rsss}")
         for what, ratio in (("CPU per call-second", cpu_ratio), ("RSS per call", rss_ratio)):
             good = ratio <= RATIO_TARGET
             ok &= good
@@ -1042,6 +1091,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the server's engine: EchoEngine, OpenAIRealtime on a fake model (own process), "
         "or both back to back at each N with the realtime / echo ratios",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run every N (and engine) K times, alternating engines; the realtime / echo "
+        "ratios are taken between medians",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: N=5, 3 s window")
     p.add_argument(
         "--memory",
@@ -1054,7 +1111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         metavar="PATH",
         help="profile the server over each window (pyinstrument if installed, else cProfile), "
-        "save to PATH.<N>; inflates the server's CPU figure",
+        "save to PATH.<engine>.<N>; inflates the server's CPU figure",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -1071,11 +1128,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     engines = ["echo", "realtime"] if args.engine == "both" else [args.engine]
     for n in args.calls:
-        for engine in engines:
-            t = time.monotonic()
-            print(f"-- {engine}, N = {n}: starting", flush=True)
-            results.append(run_round(ctx, n, args, engine))
-            print(f"-- {engine}, N = {n}: done in {time.monotonic() - t:.1f} s", flush=True)
+        for rep in range(args.repeat):
+            for engine in engines:
+                t = time.monotonic()
+                tag = f"-- {engine}, N = {n}" + (f", round {rep + 1}" if args.repeat > 1 else "")
+                print(f"{tag}: starting", flush=True)
+                results.append(run_round(ctx, n, args, engine))
+                print(f"{tag}: done in {time.monotonic() - t:.1f} s", flush=True)
     ok = report(results, args)
     print(f"run time  {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
