@@ -100,6 +100,25 @@ async def test_hangup_by_the_agent(serve_any: Callable[..., Any], network: Netwo
     assert (await s.ended())[0]["end_reason"] == "dtmf_hangup"
 
 
+async def test_hangup_with_last_words_in_the_carriers_voice(
+    serve_any: Callable[..., Any], network: Network
+) -> None:
+    """An engine that can no longer speak (its model is gone) still says goodbye: the carrier
+    speaks the words, then hangs up."""
+    engine = ScriptedEngine(goodbye="Sorry, we have to end this call. Goodbye.")
+    s = await serve_any({"engine": engine})
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: bool(engine.calls), 3)
+    await call.send_dtmf("#")
+    await call.wait_ended(8)
+    assert call.status == "completed"
+    assert call.said == ["Sorry, we have to end this call. Goodbye."]
+    [record] = await s.ended()
+    assert record["end_reason"] == "dtmf_hangup"
+    assert record["transcript"][-1]["text"] == "Sorry, we have to end this call. Goodbye."
+    assert s.events["on_transcript"][-1]["carrier_voice"] is True
+
+
 async def test_recording_is_started_when_media_starts(
     serve_any: Callable[..., Any], network: Network
 ) -> None:

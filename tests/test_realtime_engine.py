@@ -281,6 +281,57 @@ async def test_barge_in_truncates_at_what_the_caller_heard(
     assert kinds(record, "barge_in")[0]["heard_ms"] == truncate["audio_end_ms"]
 
 
+async def test_our_vad_barges_in_before_a_slow_model_vad(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """Whichever is first: the model's VAD here needs 400 ms of speech to say so, ours 120 ms,
+    so the agent stops when ours hears the caller, and the model is told by our cancel."""
+    fake.vad_start_ms = 400
+    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 6
+    fake.responses = ["Sorry, go ahead."]
+    s = await serve({"engine": realtime(fake), "first_message": greeting.strip()})
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(1.8, 0.8))
+    await call.wait_for(lambda: call.clears >= 1, 8)
+    heard_at_clear_ms = len(call.played) / 8
+    await call.wait_for(has_transcript(s, "assistant", "Sorry, go ahead."), 8)
+    await call.hangup()
+    record = await ended(s, call)
+
+    clear_at = next(t for t, kind, _ in call.received if kind == "clear")
+    media_sent = [t for t, kind, _ in call.sent if kind == "media"]
+    onset = media_sent[int(1.8 / 0.020)]  # the caller's first frame of speech
+    assert 0.1 < clear_at - onset < 0.3  # our VAD's 120 ms, not the model's 400 ms
+    session = fake.sessions[0]
+    kinds_received = [e["type"] for e in session.received]
+    assert "response.cancel" in kinds_received
+    [truncate] = fake.truncates
+    assert truncate["ok"] and abs(truncate["audio_end_ms"] - heard_at_clear_ms) <= 100
+    assert kinds(record, "barge_in")[0]["heard_ms"] == truncate["audio_end_ms"]
+    first = s.events["on_transcript"][0]
+    assert first["role"] == "assistant" and first["interrupted"] is True
+
+
+async def test_our_vad_leaves_a_reply_being_thought_about_to_the_model(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """The caller makes a short sound before any of the reply has played: nothing to cut, so
+    our VAD does not cancel (whether it was a turn is the model's VAD's call: here it was
+    too short for it), and the reply is heard in full."""
+    fake.vad_start_ms = 400
+    fake.first_audio_delay = 1.5  # the model thinks for a while before speaking
+    fake.responses = ["Of course."]
+    s = await serve({"engine": realtime(fake)})
+    # "Hello" then, while the model is still thinking, a short "hm" the model's VAD ignores
+    audio = np.concatenate([hello(0.3, 0.9), hello(0.0, 2.0)[:2400]])
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=audio)
+    await call.wait_for(has_transcript(s, "assistant", "Of course."), 10)
+    await call.hangup()
+    await ended(s, call)
+
+    assert call.clears == 0
+    assert "response.cancel" not in [e["type"] for e in fake.sessions[0].received]
+
+
 async def test_guardrail_replaces_the_reply(
     serve: Serve, net: FakeTwilio, fake: FakeRealtime
 ) -> None:
@@ -342,7 +393,11 @@ async def test_when_the_model_cannot_be_reached_again_the_call_ends(
     await fake.drop_connections()
     record = await ended(s, call)
     assert record["end_reason"] == "engine_failed"
+    await call.wait_ended(5)
     assert call.status == "completed"
+    # the model that would apologise is gone: the carrier says goodbye in its own voice
+    assert call.said == [OpenAIRealtime.failure_message]
+    assert record["transcript"][-1]["text"] == OpenAIRealtime.failure_message
     assert fake.rejected == [503]
     assert "OpenAI Realtime failed" in caplog.text
 
@@ -351,10 +406,12 @@ async def test_a_bad_key_ends_the_call_with_a_clear_error(
     serve: Serve, net: FakeTwilio, fake: FakeRealtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    s = await serve({"engine": realtime(fake, api_key="sk-wrong-key-9876"), "first_message": "Hi"})
+    engine = realtime(fake, api_key="sk-wrong-key-9876", failure_message="Sorry, goodbye.")
+    s = await serve({"engine": engine, "first_message": "Hi"})
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech())
     record = await ended(s, call, 5)
     assert record["end_reason"] == "engine_failed"
+    assert call.said == ["Sorry, goodbye."]
     assert "refused the API key (HTTP 401" in caplog.text and "OPENAI_API_KEY" in caplog.text
     assert "sk-wrong" not in caplog.text and "9876" not in caplog.text
     [error] = kinds(record, "error")

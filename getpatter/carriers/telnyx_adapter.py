@@ -125,7 +125,7 @@ class _CallState:
     dtmf_delivered: int = 0
     amd_reported: bool = False
     human: bool = False  # the AMD verdict was a human
-    voicemail: asyncio.Task[None] | None = None
+    last_words: asyncio.Task[None] | None = None  # a voicemail drop or a goodbye being spoken
     greeting_ended: asyncio.Event = field(default_factory=asyncio.Event)
     speak_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -160,7 +160,7 @@ class TelnyxAdapter:
         self._hangups_sent = _Recent()  # call_control_ids we asked Telnyx to hang up
         self._initiated = _Recent()  # inbound call_control_ids already given a session
         self._calls: dict[str, _CallState] = {}  # session key → state, while the call lives
-        self._voicemail: dict[str, _CallState] = {}  # call_control_id → state, while dropping
+        self._last_words: dict[str, _CallState] = {}  # call_control_id → state, while speaking
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned_unsigned = False
@@ -315,9 +315,9 @@ class TelnyxAdapter:
         ccid = str(payload.get("call_control_id") or "")
         if event_type == "call.hangup":
             self._hung_up.add(ccid)
-        vm = self._voicemail.get(ccid)
-        if vm is not None and event_type == "call.speak.ended":
-            vm.speak_ended.set()
+        speaking = self._last_words.get(ccid)
+        if speaking is not None and event_type == "call.speak.ended":
+            speaking.speak_ended.set()
             return
         session = self._session_for(payload)
         if session is None:
@@ -408,9 +408,9 @@ class TelnyxAdapter:
             )
         message = session.info.voicemail_message
         wanted = is_machine or (greeting and not state.human)
-        if wanted and message and state.voicemail is None:
-            self._voicemail[session.call_id] = state
-            state.voicemail = self._spawn(
+        if wanted and message and state.last_words is None:
+            self._last_words[session.call_id] = state
+            state.last_words = self._spawn(
                 self._leave_voicemail(session, state, message), f"voicemail:{session.call_id}"
             )
 
@@ -427,22 +427,27 @@ class TelnyxAdapter:
             await session.clear()
             await session.add_transcript("assistant", text, voicemail=True)
             await session.end("voicemail")
-            try:
-                await self.rest.speak(ccid, text)
-            except _CARRIER_ERRORS as exc:
-                log.warning("call %s: voicemail speak failed: %s", ccid, exc)
-            else:
-                deadline = 5.0 + SPEAK_SECONDS_PER_CHAR * len(text)
-                try:
-                    await asyncio.wait_for(state.speak_ended.wait(), deadline)
-                except TimeoutError:
-                    log.info("call %s: no call.speak.ended; hanging up", ccid)
-            try:
-                await self.hangup(session)
-            except _CARRIER_ERRORS as exc:
-                log.info("call %s: hangup after voicemail: %s", ccid, exc)
+            await self._speak_then_hang_up(session, state, text)
         finally:
-            self._voicemail.pop(ccid, None)
+            self._last_words.pop(ccid, None)
+
+    async def _speak_then_hang_up(self, session: CallSession, state: _CallState, text: str) -> None:
+        """Telnyx speaks `text`; we hang up on `call.speak.ended` (or after a deadline)."""
+        ccid = session.call_id
+        try:
+            await self.rest.speak(ccid, text)
+        except _CARRIER_ERRORS as exc:
+            log.warning("call %s: speak failed: %s", ccid, exc)
+        else:
+            deadline = 5.0 + SPEAK_SECONDS_PER_CHAR * len(text)
+            try:
+                await asyncio.wait_for(state.speak_ended.wait(), deadline)
+            except TimeoutError:
+                log.info("call %s: no call.speak.ended; hanging up", ccid)
+        try:
+            await self.hangup(session)
+        except _CARRIER_ERRORS as exc:
+            log.info("call %s: hangup after speaking: %s", ccid, exc)
 
     # --- call control (CallControl) ------------------------------------------------------
 
@@ -466,6 +471,23 @@ class TelnyxAdapter:
 
     async def transfer(self, call: CallSession, to: str) -> None:
         await self.rest.transfer(call.call_id, to)
+
+    async def say_and_hangup(self, call: CallSession, text: str) -> None:
+        """Last words in Telnyx's own voice, then hang up; returns once they are under way
+        (the speaking outlives the session, like a voicemail drop)."""
+        ccid = call.call_id
+        state = self._state(call)
+        if state.last_words is not None:
+            return  # already saying goodbye (or leaving a voicemail)
+
+        async def speak() -> None:
+            try:
+                await self._speak_then_hang_up(call, state, text)
+            finally:
+                self._last_words.pop(ccid, None)
+
+        self._last_words[ccid] = state
+        state.last_words = self._spawn(speak(), f"last-words:{ccid}")
 
     async def start_recording(self, call: CallSession) -> None:
         await self.rest.record_start(call.call_id, format="mp3", channels="dual")
@@ -540,8 +562,9 @@ class TelnyxAdapter:
         return restore
 
     async def aclose(self) -> None:
-        """Let voicemail drops in progress finish (briefly), cancel the rest, close REST."""
-        drops = [s.voicemail for s in self._voicemail.values() if s.voicemail is not None]
+        """Let last words in progress (voicemail drops, goodbyes) finish (briefly), cancel the
+        rest, close REST."""
+        drops = [s.last_words for s in self._last_words.values() if s.last_words is not None]
         if drops:
             await asyncio.wait(drops, timeout=VOICEMAIL_DRAIN)
         tasks = list(self._tasks)

@@ -180,6 +180,11 @@ class TwilioAdapter:
     async def transfer(self, call: CallSession, to: str) -> None:
         await self.rest.redirect(call.call_id, twiml_dial(to))
 
+    async def say_and_hangup(self, call: CallSession, text: str) -> None:
+        """Last words in Twilio's own voice, then hang up: the call leaves our stream for
+        `<Say>` + `<Hangup/>`."""
+        await self.rest.redirect(call.call_id, twiml_say_hangup(text))
+
     async def start_recording(self, call: CallSession) -> None:
         recording = await self.rest.start_recording(
             call.call_id, self._server.public_url("/webhooks/twilio/recording")

@@ -31,12 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from getpatter.core.pricing import PriceTable, load_pricing
-
-if TYPE_CHECKING:
-    from getpatter.core.audio import AudioFrame
 
 LATENCY_FIELDS = (
     "endpoint_ms",
@@ -368,15 +365,12 @@ def _round(value: float | None) -> float | None:
 class UtteranceTurns:
     """Turns of an engine that does not report its own (the realtime engine), measured from
     what the session sees. A turn starts with an agent utterance and ends when it has been
-    heard in full or cleared; the caller's speech before it (a VAD over their audio) gives
-    the time they stopped talking."""
+    heard in full or cleared; the caller's speech before it (the session's VAD over their
+    audio, see `caller_speech`) gives the time they stopped talking."""
 
     def __init__(self, engine: str, complete: Callable[[TurnTimes], None]) -> None:
-        from getpatter.core.vad import VAD
-
         self.engine = engine
         self._complete = complete
-        self._vad = VAD()
         self._pending: TurnTimes | None = None  # the caller's turn, not answered yet
         self._open: dict[str, TurnTimes] = {}  # agent utterances playing
         self._last: TurnTimes | None = None
@@ -388,23 +382,18 @@ class UtteranceTurns:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def audio(self, frame: AudioFrame) -> None:
-        events = self._vad.process(frame)
-        if not events:
-            return
-        now = self._now()
-        for event in events:
-            at = now - max(0.0, frame.end - event.timestamp)
-            if event.kind == "speech_started":
-                self._onset_at = at
-            elif self._answers_already(at):
-                # the model answered before our VAD's end-of-speech hangover ran out
-                assert self._last is not None
-                self._last.caller_stopped_at = at
-            else:
-                if self._pending is None:
-                    self._pending = TurnTimes(self.engine)
-                self._pending.caller_stopped_at = at
+    def caller_speech(self, kind: str, at: float) -> None:
+        """The caller started (`speech_started`) or stopped talking, at loop time `at`."""
+        if kind == "speech_started":
+            self._onset_at = at
+        elif self._answers_already(at):
+            # the model answered before our VAD's end-of-speech hangover ran out
+            assert self._last is not None
+            self._last.caller_stopped_at = at
+        else:
+            if self._pending is None:
+                self._pending = TurnTimes(self.engine)
+            self._pending.caller_stopped_at = at
 
     def _answers_already(self, stopped_at: float) -> bool:
         last = self._last

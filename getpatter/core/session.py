@@ -23,6 +23,7 @@ from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutSche
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.core.pricing import PriceTable
+    from getpatter.core.vad import VAD
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class CallControl(Protocol):
     async def hangup(self, call: CallSession) -> None: ...
     async def transfer(self, call: CallSession, to: str) -> None: ...
     async def start_recording(self, call: CallSession) -> None: ...
+    async def say_and_hangup(self, call: CallSession, text: str) -> None:
+        """Speak `text` in the carrier's own voice, then hang up (for an engine that can no
+        longer speak); returns once the carrier has it in hand."""
 
 
 async def invoke(callback: Callable[..., Any] | None, *args: Any, what: str = "callback") -> Any:
@@ -135,6 +139,8 @@ class CallSession:
             pricing, carrier=str(getattr(control, "name", "")), direction=info.direction
         )
         self._turns: UtteranceTurns | None = None  # for engines that don't report turns
+        self._caller_vad: VAD | None = None  # see `_watch_caller`
+        self._on_caller_speech: Callable[[str, float], None] | None = None
         self._metric_tasks: set[asyncio.Task[Any]] = set()
 
     # --- identity ------------------------------------------------------------------------
@@ -222,8 +228,7 @@ class CallSession:
         self._scheduler.attach(self.playout)
         self.engine = engine
         self.metrics.identify(engine)
-        if not getattr(engine, "reports_turns", False):
-            self._turns = UtteranceTurns("realtime", self.complete_turn)
+        self._watch_caller(engine)
         self.event("media_started", stream_id=stream_id)
         await invoke(
             self.callbacks.on_call_start,
@@ -240,11 +245,33 @@ class CallSession:
             self.spawn(self.control.start_recording(self), "recording")
         await engine.start()
 
+    def _watch_caller(self, engine: EngineCall) -> None:
+        """One VAD over the caller's audio, when someone needs it: the turn metrics of an
+        engine that doesn't time its own turns, and an engine that wants to know when the
+        caller starts or stops talking (`on_caller_speech(kind, at)`, e.g. for barge-in).
+        Engines with their own VAD (the pipeline) declare `reports_turns` and get none."""
+        if not getattr(engine, "reports_turns", False):
+            self._turns = UtteranceTurns("realtime", self.complete_turn)
+        self._on_caller_speech = getattr(engine, "on_caller_speech", None)
+        if self._turns is not None or self._on_caller_speech is not None:
+            from getpatter.core.vad import VAD
+
+            self._caller_vad = VAD()
+
     def push_audio(self, audio: InboundAudio) -> None:
         if self.engine is not None and self.state == "live":
-            self.engine.push_audio(audio)
-            if self._turns is not None:
-                self._turns.audio(audio.frame)
+            self.engine.push_audio(audio)  # first: an engine sees the audio before its turn ends
+            if self._caller_vad is not None:
+                frame = audio.frame
+                events = self._caller_vad.process(frame)
+                if events:
+                    now = asyncio.get_running_loop().time()
+                    for event in events:
+                        at = now - max(0.0, frame.end - event.timestamp)  # frame ends ~now
+                        if self._turns is not None:
+                            self._turns.caller_speech(event.kind, at)
+                        if self._on_caller_speech is not None:
+                            self._on_caller_speech(event.kind, at)
 
     def on_mark(self, name: str) -> None:
         if self.playout is not None:
@@ -309,10 +336,23 @@ class CallSession:
             what="on_transcript",
         )
 
-    async def hangup(self, reason: str = "agent_hangup") -> None:
-        """End the call from our side: ask the carrier to hang up, then end the session."""
+    async def hangup(self, reason: str = "agent_hangup", *, goodbye: str = "") -> None:
+        """End the call from our side: ask the carrier to hang up, then end the session.
+
+        `goodbye` is spoken first in the carrier's own voice: last words for when the engine
+        can no longer speak (its model is unreachable), so the caller is never left with a
+        silent line or a click."""
         self.event("hangup", reason=reason)
         self.end_reason = self.end_reason or reason  # the carrier's stop may arrive first
+        if goodbye:
+            await self.add_transcript("assistant", goodbye, carrier_voice=True)
+            try:
+                await self.control.say_and_hangup(self, goodbye)
+            except Exception as exc:
+                log.warning("call %s: carrier could not say goodbye: %s", self.call_id, exc)
+            else:
+                await self.end(reason)
+                return
         try:
             await self.control.hangup(self)
         except Exception as exc:

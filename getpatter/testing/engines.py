@@ -40,6 +40,7 @@ class ScriptedEngine:
     hangup_digit: str = "#"
     transfer_digit: str = "0"
     transfer_to: str = ""
+    goodbye: str = ""  # spoken by the carrier when the hang-up digit ends the call
     calls: list[ScriptedCall] = field(default_factory=list)
 
     def open(self, call: CallSession) -> ScriptedCall:
@@ -101,7 +102,8 @@ class ScriptedCall:
     async def on_dtmf(self, digit: str) -> None:
         self.dtmf.append(digit)
         if digit == self.engine.hangup_digit:
-            self.call.spawn(self.call.hangup("dtmf_hangup"), "hangup")
+            goodbye = self.engine.goodbye
+            self.call.spawn(self.call.hangup("dtmf_hangup", goodbye=goodbye), "hangup")
         elif digit == self.engine.transfer_digit and self.engine.transfer_to:
             self.call.spawn(self.call.transfer(self.engine.transfer_to), "transfer")
 

@@ -110,6 +110,8 @@ class OpenAIRealtime:
     - `input_transcription`: the model that transcribes the caller; `None` for no user
       transcripts.
     - `barge_in`: the caller may interrupt the agent.
+    - `failure_message`: what the caller hears (in the carrier's own voice) before the call
+      ends when the model cannot be reached, even after a reconnect; "" hangs up silently.
     - `temperature`: the GA Realtime API has no temperature; it is accepted and ignored.
     """
 
@@ -123,6 +125,10 @@ class OpenAIRealtime:
     input_transcription: str | None = "gpt-4o-transcribe"
     barge_in: bool = True
     connect_timeout: float = 10.0
+    failure_message: str = (
+        "Sorry, we're having technical difficulties and can't continue this call. "
+        "Please call back in a few minutes. Goodbye."
+    )
     _secret: Secret = field(init=False, repr=False)
     _client: AsyncOpenAI | None = field(init=False, repr=False, default=None)
 
@@ -164,6 +170,9 @@ class OpenAIRealtime:
                 "OpenAIRealtime input_transcription must be a model name such as "
                 "'gpt-4o-transcribe', or None for no caller transcripts"
             )
+        if not isinstance(self.failure_message, str):
+            raise PatterConfigError("OpenAIRealtime failure_message must be a string")
+        self.failure_message = self.failure_message.strip()
         if not isinstance(self.barge_in, bool):
             raise PatterConfigError("OpenAIRealtime barge_in must be True or False")
         ct = self.connect_timeout

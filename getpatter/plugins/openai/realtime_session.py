@@ -10,9 +10,10 @@ played in full, or, if the caller barged in, cut to the part that played (`inter
 
 Faults: an `error` event is logged and recorded and the call goes on. A socket that drops
 mid-call is reopened once, as a new session whose instructions carry the conversation so far;
-if that fails too (or the first connection fails, e.g. a bad key) the call is hung up with
-reason `engine_failed` — there is no TTS here to apologise with, and an open line with nobody
-on it is worse than a clear hang-up.
+if that fails too (or the first connection fails, e.g. a bad key) the carrier speaks the
+engine's `failure_message` in its own voice and hangs up (reason `engine_failed`): the model
+that would have apologised is the thing that is gone, and an open line with nobody on it is
+worse than a clear goodbye.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
     from getpatter.agent import Guardrail
     from getpatter.core.session import CallSession
-    from getpatter.core.vad import VAD
     from getpatter.plugins.openai.realtime import OpenAIRealtime
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,6 @@ class RealtimeCall:
         self._dropped_items: set[str] = set()
         self._dropped_responses: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
-        self._vad: VAD | None = None
-        if engine.turn_detection is None:  # the model's VAD is off: ours ends the turns
-            from getpatter.core.vad import VAD
-
-            self._vad = VAD()
 
     # --- EngineCall ----------------------------------------------------------------------
 
@@ -128,14 +123,28 @@ class RealtimeCall:
         if self._closing:
             return
         self._link.send_audio(audio.payload)
-        if self._vad is not None:
-            for vad_event in self._vad.process(audio.frame):
-                if vad_event.kind == "speech_started":
-                    if self.engine.barge_in:
-                        self.call.spawn(self._barge_in(), "barge-in")
-                else:
-                    self._send({"type": "input_audio_buffer.commit"})
-                    self._send({"type": "response.create"})
+
+    def on_caller_speech(self, kind: str, at: float) -> None:
+        """The session's VAD heard the caller start or stop talking (after `push_audio`).
+
+        With the model's turn detection on, this is the other half of "whichever is first":
+        our VAD usually hears an interruption before the model's `speech_started` arrives, so
+        the agent stops sooner. It only cuts speech that is playing; a response still being
+        thought about is the model's own VAD's business. With turn detection off, our VAD is
+        the only one: it ends the caller's turns and cancels whatever the model is doing."""
+        if self._closing:
+            return
+        own_turns = self.engine.turn_detection is None
+        if kind == "speech_started":
+            if self.engine.barge_in and (own_turns or self._speaking()):
+                self.call.spawn(self._barge_in(), "barge-in")
+        elif own_turns:
+            self._send({"type": "input_audio_buffer.commit"})
+            self._send({"type": "response.create"})
+
+    def _speaking(self) -> bool:
+        """Agent audio is queued or playing."""
+        return any(u.begun and not u.settled for u in self._utterances.values())
 
     async def on_dtmf(self, digit: str) -> None:
         log.debug("call %s: DTMF %s (not sent to the model)", self.call.call_id, digit)
@@ -199,7 +208,8 @@ class RealtimeCall:
         )
         self.call.event("error", where="openai_realtime", error=f"{type(exc).__name__}: {exc}")
         if not self._closing and self.call.state != "ended":
-            self.call.spawn(self.call.hangup("engine_failed"), "hangup")
+            goodbye = self.engine.failure_message
+            self.call.spawn(self.call.hangup("engine_failed", goodbye=goodbye), "hangup")
 
     def _session_config(self, *, resumed: bool) -> dict[str, Any]:
         engine = self.engine
