@@ -332,6 +332,39 @@ async def test_our_vad_leaves_a_reply_being_thought_about_to_the_model(
     assert "response.cancel" not in [e["type"] for e in fake.sessions[0].received]
 
 
+async def test_a_key_press_is_a_turn_for_the_model(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    greeting = "Press one for sales, two for support, or stay on the line for more options. " * 4
+    fake.responses = ["Connecting you to support."]
+    s = await serve({"engine": realtime(fake), "first_message": greeting.strip()})
+    call = await net.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 8000, 5)  # a second of the menu heard
+    await call.send_dtmf("2")
+    await call.wait_for(has_transcript(s, "assistant", "Connecting you to support."), 8)
+    await call.hangup()
+    record = await ended(s, call)
+
+    assert call.clears == 1  # the menu stopped at the key press
+    said = [e for e in s.events["on_transcript"] if e["role"] == "user"]
+    assert said == [
+        {
+            "call_id": record["call_id"],
+            "role": "user",
+            "text": "The caller pressed 2 on the keypad.",
+            "dtmf": "2",
+        }
+    ]
+    session = fake.sessions[0]
+    [item] = [e["item"] for e in session.received if e["type"] == "conversation.item.create"]
+    assert item["role"] == "user" and item["content"][0]["text"] == said[0]["text"]
+    types = [e["type"] for e in session.received]
+    created = types.index("conversation.item.create")
+    assert types.index("response.cancel") < created  # the menu's reply stopped first
+    assert "response.create" in types[created:]
+    assert kinds(record, "barge_in")
+
+
 async def test_guardrail_replaces_the_reply(
     serve: Serve, net: FakeTwilio, fake: FakeRealtime
 ) -> None:

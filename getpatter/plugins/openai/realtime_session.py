@@ -147,7 +147,24 @@ class RealtimeCall:
         return any(u.begun and not u.settled for u in self._utterances.values())
 
     async def on_dtmf(self, digit: str) -> None:
-        log.debug("call %s: DTMF %s (not sent to the model)", self.call.call_id, digit)
+        """A key press is a turn of its own, as in the pipeline: the agent stops, the model is
+        told in words, and answers."""
+        if self._closing:
+            return
+        await self._barge_in()  # also cancels a reply still being generated
+        text = f"The caller pressed {digit} on the keypad."
+        await self.call.add_transcript("user", text, dtmf=digit)
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        self._send({"type": "response.create"})
 
     async def aclose(self) -> None:
         self._closing = True
@@ -534,7 +551,8 @@ class RealtimeCall:
         return heard_ms
 
     async def _barge_in(self) -> None:
-        """The caller started talking: stop the agent where the caller stopped hearing it."""
+        """The caller started talking (or pressed a key): stop the agent where the caller
+        stopped hearing it, and the reply in flight."""
         playing = self._stop(self._active_response)
         if not playing:
             return
