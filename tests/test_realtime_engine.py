@@ -176,10 +176,10 @@ async def test_greeting_then_a_turn_with_audio_untouched(
     media = b"".join(
         base64.b64decode(m["media"]["payload"]) for _, k, m in call.sent if k == "media"
     )
-    # 40 ms appends (two carrier frames; a control event flushes a shorter one ahead of it),
+    # 60 ms appends (three carrier frames; a control event flushes a shorter one before it),
     # the bytes as the phone sent them, in order
     sizes = [len(a) for a in appended]
-    assert len(sizes) > 50 and max(sizes) == 320 and sizes.count(320) > 0.9 * len(sizes)
+    assert len(sizes) > 30 and max(sizes) == 480 and sizes.count(480) > 0.9 * len(sizes)
     assert media.startswith(b"".join(appended))
     usage = kinds(record, "usage")
     assert len(usage) == 2 and all(u["output_audio_tokens"] > 0 for u in usage)

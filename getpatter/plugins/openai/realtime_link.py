@@ -8,10 +8,12 @@ writer. The caller's audio waits in the outbox while the link is down (up to
 are dropped when the next one opens. Audio flows only after `session.updated`: before it, the
 model would read our μ-law as its default 24 kHz PCM.
 
-Caller audio goes out in `APPEND_MS` appends, not one per 20 ms carrier frame: each WebSocket
-message costs about as much CPU as everything else the bridge does with a frame, and the model
-gains nothing from smaller pieces. A control event first flushes the audio before it, so the
-model sees events and audio in the order they happened.
+Caller audio goes out in `APPEND_MS` appends, not one per 20 ms carrier frame: each message
+through the SDK's WebSocket costs about as much CPU as everything else the bridge does with a
+frame. The price is that the model hears the caller up to 40 ms (on average 20 ms) later; it
+does not delay barge-in, which our own VAD on the carrier audio triggers, and it is small next
+to the model's end-of-turn silence (500 ms by default). A control event first flushes the audio
+before it, so the model sees events and audio in the order they happened.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-APPEND_MS: Final = 40  # caller audio per input_audio_buffer.append
+APPEND_MS: Final = 60  # caller audio per input_audio_buffer.append
 APPEND_BYTES: Final = APPEND_MS * 8  # audio/pcmu: 8 kHz, one byte a sample
 MAX_QUEUED_AUDIO_MS: Final = 10_000  # kept while the model is unreachable, oldest dropped
 MAX_QUEUED_APPENDS: Final = MAX_QUEUED_AUDIO_MS // APPEND_MS
