@@ -289,12 +289,13 @@ async def test_tts_bench_reports_the_injected_first_byte_delay(openai: JitteryOp
     assert len(injected) == 7
     _assert_tracks(result.values("ttfb_ms"), injected[1:])
     assert len(result.values("open_ms")) == 3
-    # real-time factor: synthesis time over audio length; the fake sends all audio at once
-    for rtf, i, text in zip(
-        result.values("rtf"), injected[1:], itertools.cycle(sentences), strict=False
-    ):
-        seconds = len(openai.tone(text)) / 2 / 24000
-        assert rtf * seconds * 1000 == pytest.approx(i, abs=20)
+    # real-time factor: synthesis time over audio length; the fake sends all audio at once,
+    # so synthesis time tracks the injected delay (with the same one-outlier allowance)
+    synthesis_ms = [
+        rtf * len(openai.tone(text)) / 2 / 24000 * 1000
+        for rtf, text in zip(result.values("rtf"), itertools.cycle(sentences), strict=False)
+    ]
+    _assert_tracks(synthesis_ms, injected[1:])
 
 
 # --- providers: keys, names, base URLs -------------------------------------------------------
