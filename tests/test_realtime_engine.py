@@ -245,12 +245,16 @@ async def test_builtin_tools_end_or_transfer_the_call(
     assert ("assistant", "Hello!") in transcripts(s)
 
 
-async def test_barge_in_truncates_at_what_the_caller_heard(
+GREETING = "Welcome to Acme, where we have many wonderful things to tell you about. " * 6
+
+
+async def interrupted_greeting(
     serve: Serve, net: FakeTwilio, fake: FakeRealtime
-) -> None:
-    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 6
+) -> tuple[Any, FakeCall, dict[str, Any], float, float]:
+    """The caller talks 1.8 s into a long greeting; the agent answers "Sorry, go ahead."
+    Returns (served, call, record, ms heard when the clear came, when it came)."""
     fake.responses = ["Sorry, go ahead."]
-    s = await serve({"engine": realtime(fake), "first_message": greeting.strip()})
+    s = await serve({"engine": realtime(fake), "first_message": GREETING.strip()})
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(1.8, 0.8))
     await call.wait_for(lambda: call.clears >= 1, 8)
     heard_at_clear_ms = len(call.played) / 8
@@ -258,6 +262,14 @@ async def test_barge_in_truncates_at_what_the_caller_heard(
     clear_at = next(t for t, kind, _ in call.received if kind == "clear")
     await call.hangup()
     record = await ended(s, call)
+    return s, call, record, heard_at_clear_ms, clear_at
+
+
+async def test_barge_in_truncates_at_what_the_caller_heard(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    greeting = GREETING
+    s, call, record, heard_at_clear_ms, clear_at = await interrupted_greeting(serve, net, fake)
 
     [truncate] = fake.truncates
     assert truncate["ok"] and truncate["content_index"] == 0
@@ -287,17 +299,8 @@ async def test_our_vad_barges_in_before_a_slow_model_vad(
     """Whichever is first: the model's VAD here needs 400 ms of speech to say so, ours 120 ms,
     so the agent stops when ours hears the caller, and the model is told by our cancel."""
     fake.vad_start_ms = 400
-    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 6
-    fake.responses = ["Sorry, go ahead."]
-    s = await serve({"engine": realtime(fake), "first_message": greeting.strip()})
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(1.8, 0.8))
-    await call.wait_for(lambda: call.clears >= 1, 8)
-    heard_at_clear_ms = len(call.played) / 8
-    await call.wait_for(has_transcript(s, "assistant", "Sorry, go ahead."), 8)
-    await call.hangup()
-    record = await ended(s, call)
+    s, call, record, heard_at_clear_ms, clear_at = await interrupted_greeting(serve, net, fake)
 
-    clear_at = next(t for t, kind, _ in call.received if kind == "clear")
     media_sent = [t for t, kind, _ in call.sent if kind == "media"]
     onset = media_sent[int(1.8 / 0.020)]  # the caller's first frame of speech
     assert 0.1 < clear_at - onset < 0.3  # our VAD's 120 ms, not the model's 400 ms
