@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from getpatter.core.audio import ulaw_encode
+from getpatter.core.pipeline import PipelineOptions
 from getpatter.core.providers import Transcript
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
@@ -411,3 +412,46 @@ async def test_a_call_transcribed_by_deepgram(
     assert conn.query["encoding"] == "mulaw" and conn.audio  # carrier μ-law straight through
     await wait_until(lambda: conn.closed)
     assert conn.count("CloseStream") == 1 and conn.close_code == 1000
+
+
+async def test_losing_deepgram_mid_call_ends_it_with_a_spoken_goodbye(
+    serve: Callable[..., Any], net: FakeTwilio, dg: FakeDeepgram
+) -> None:
+    """The socket drops, the reconnect drops at once too: the agent can still speak, so it
+    says it can't hear any more and hangs up, rather than the line going dead."""
+    tts = ScriptedTTS()
+    s = await serve(
+        {"stt": client(dg), "tts": tts, "first_message": "Hi"}, on_message=lambda m: "Sure."
+    )
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=6.0, tail=2.0))
+    await wait_until(lambda: any(e["text"] == "Hi" for e in transcript_of(s)), 5)
+    await dg.drop_connections()
+    await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
+    await dg.drop_connections()
+    await call.wait_ended(10)
+    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
+    record = s.events["on_call_end"][0]
+    goodbye = PipelineOptions().hearing_lost
+    assert record["end_reason"] == "stt_failed"
+    assert record["transcript"][-1] == {"role": "assistant", "text": goodbye}
+    assert " ".join(tts.texts[1:]) == goodbye and call.said == []  # the agent's own voice
+    assert call.status == "completed"
+    [error] = [e for e in record["events"] if e["kind"] == "error"]
+    assert error["where"] == "stt" and "PatterConnectionError" in error["error"]
+
+
+async def test_with_the_tts_gone_too_the_carrier_says_the_goodbye(
+    serve: Callable[..., Any], net: FakeTwilio, dg: FakeDeepgram
+) -> None:
+    tts = ScriptedTTS(fail_with=ProviderError("TTS is down"))
+    s = await serve({"stt": client(dg), "tts": tts}, on_message=lambda m: "Sure.")
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=6.0, tail=2.0))
+    await wait_until(lambda: len(dg.live) == 1)
+    await dg.drop_connections()
+    await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
+    await dg.drop_connections()
+    await call.wait_ended(10)
+    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
+    record = s.events["on_call_end"][0]
+    assert record["end_reason"] == "stt_failed"
+    assert call.said == [PipelineOptions().hearing_lost]

@@ -47,6 +47,12 @@ class PipelineOptions:
     first_byte_timeout: float = 6.0
     max_tool_rounds: int = 5
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    # Said before hanging up when the STT is lost for good (its provider already tried to
+    # reconnect): the agent can still speak but no longer hear.
+    hearing_lost: str = (
+        "Sorry, I can't hear you any more because of a technical problem. "
+        "Please call back in a few minutes. Goodbye."
+    )
     vad: VADOptions = field(default_factory=VADOptions)
     chunker: ChunkerOptions = field(default_factory=ChunkerOptions)
 
@@ -114,6 +120,8 @@ class PipelineCall:
         self._replies = 0
         self._pending_action: ToolOutcome | None = None
         self._barging = False
+        self._deaf = False  # the STT is lost: saying goodbye
+        self._closing = False
         self.turns: list[dict[str, Any]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -128,6 +136,7 @@ class PipelineCall:
             self._start_reply(None, self._static(self.call.first_message))
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._reply is not None:  # hung up during a reply: its turn ends here
             self._complete_turn(self._reply, interrupted=False)
         for closer in (self.stt_stream, self.tts_stream):
@@ -183,20 +192,53 @@ class PipelineCall:
 
     async def _send_audio(self) -> None:
         assert self.stt_stream is not None
-        while True:
-            payload = await self._send_q.get()
-            if payload is _FINALIZE:
-                await self.stt_stream.finalize()
-            elif isinstance(payload, bytes):
-                self.call.metrics.add_stt_audio(len(payload) / self._stt_bytes_per_s)
-                await self.stt_stream.send(payload)
+        try:
+            while True:
+                payload = await self._send_q.get()
+                if payload is _FINALIZE:
+                    await self.stt_stream.finalize()
+                elif isinstance(payload, bytes):
+                    self.call.metrics.add_stt_audio(len(payload) / self._stt_bytes_per_s)
+                    await self.stt_stream.send(payload)
+        except Exception as exc:
+            self._hearing_lost(exc)
 
     async def _read_transcripts(self) -> None:
         assert self.stt_stream is not None
-        async for transcript in self.stt_stream.transcripts():
-            if transcript.is_final and transcript.text.strip():
-                self._finals.append(transcript.text.strip())
-                self._final_arrived.set()
+        try:
+            async for transcript in self.stt_stream.transcripts():
+                if transcript.is_final and transcript.text.strip():
+                    self._finals.append(transcript.text.strip())
+                    self._final_arrived.set()
+        except Exception as exc:
+            self._hearing_lost(exc)
+            return
+        self._hearing_lost(None)  # the stream ended on its own, the call did not
+
+    def _hearing_lost(self, exc: BaseException | None) -> None:
+        """The STT is gone for good (its provider reconnects by itself first). The agent can
+        still speak, so it says so and hangs up, instead of the line going dead."""
+        if self._deaf or self._closing or self.call.state == "ended":
+            return
+        self._deaf = True
+        why = repr(exc) if exc is not None else "the transcript stream ended"
+        log.error("call %s: speech recognition lost (%s); saying goodbye", self.call.call_id, why)
+        self.call.event("error", where="stt", error=why)
+        self.call.spawn(self._say_goodbye(), "goodbye")
+
+    async def _say_goodbye(self) -> None:
+        previous = self._reply_task
+        if previous is not None and not previous.done():  # let the answer in progress finish
+            await asyncio.wait([previous], timeout=30)
+        text = self.options.hearing_lost
+        self._start_reply(None, self._static(text))
+        reply, task = self._reply, self._reply_task
+        assert reply is not None and task is not None
+        await asyncio.wait([task], timeout=30 + len(text) * 0.1)
+        if reply.first_audio_at is None:  # the TTS failed too: the carrier's voice says it
+            await self.call.hangup("stt_failed", goodbye=text)
+        else:
+            await self.call.hangup("stt_failed")
 
     # --- turns ---------------------------------------------------------------------------
 
@@ -248,7 +290,10 @@ class PipelineCall:
     # --- replies -------------------------------------------------------------------------
 
     def _should_barge(self) -> bool:
-        return self.options.barge_in and not self._barging and self.agent_speaking
+        # not over the goodbye when the STT is lost: nothing the caller says can be heard
+        return (
+            self.options.barge_in and not self._barging and not self._deaf and self.agent_speaking
+        )
 
     @property
     def agent_speaking(self) -> bool:
