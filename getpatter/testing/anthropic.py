@@ -38,10 +38,11 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from getpatter.testing._loopback import LoopbackServer
 
 __all__ = ["FakeAnthropic", "Reply", "ToolUse"]
 
@@ -201,7 +202,7 @@ def validate(body: dict[str, Any], *, allow_prefill: bool = False) -> None:
             raise _Invalid("messages: final assistant content cannot end with trailing whitespace")
 
 
-class FakeAnthropic:
+class FakeAnthropic(LoopbackServer):
     """Anthropic's Messages API on 127.0.0.1 (`base_url`, no `/v1`: the SDK adds it).
 
     Knobs: `first_token_delay` (seconds before the first content block), `token_delay`
@@ -210,6 +211,8 @@ class FakeAnthropic:
     `completed` / `cancelled` / `dropped` (streams sent in full / closed early by the client /
     cut by a fault).
     """
+
+    _on_stop = "drop"
 
     def __init__(
         self,
@@ -243,39 +246,13 @@ class FakeAnthropic:
         self._aborted: set[int] = set()
         self._ids = itertools.count(1)
         self._retries: dict[str, Reply] = {}
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.post("/v1/messages", self._messages)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self.drop_connections()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self._messages)]
 
     # --- faults ----------------------------------------------------------------------------
 

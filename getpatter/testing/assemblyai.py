@@ -45,13 +45,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import ulaw_decode
+from getpatter.testing._loopback import LoopbackServer
 
 __all__ = ["AssemblyAISession", "FakeAssemblyAI"]
 
@@ -93,7 +93,7 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text).lower().split())
 
 
-class FakeAssemblyAI:
+class FakeAssemblyAI(LoopbackServer):
     """AssemblyAI's streaming STT at `ws_url` + ``/v3/ws``."""
 
     def __init__(
@@ -128,7 +128,6 @@ class FakeAssemblyAI:
         self.refuse = refuse
         self.sessions: list[AssemblyAISession] = []
         self.turns: list[str] = []
-        self._runner: web.AppRunner | None = None
 
     @property
     def ws_url(self) -> str:
@@ -143,45 +142,11 @@ class FakeAssemblyAI:
         self.turns.append(text)
         return text
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/v3/ws", self._ws)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/v3/ws", self._ws)]
 
-    async def stop(self) -> None:
-        for session in self.live:
-            with contextlib.suppress(Exception):
-                await session.ws.close(code=1001, message=b"server shutting down")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def drop_connections(self) -> int:
-        """Kill every live socket at the TCP level: a network failure, no close frame."""
-        dropped = 0
-        for session in self.live:
-            session.closed = True
-            transport = session.request.transport
-            if transport is not None:
-                transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
+    def _open_sockets(self) -> list[AssemblyAISession]:
+        return self.live
 
     # --- the endpoint --------------------------------------------------------------------
 

@@ -39,13 +39,13 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
+from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
 
 __all__ = ["FakeCartesia", "FakeCartesiaSession"]
@@ -207,12 +207,14 @@ class _Context:
             )
 
 
-class FakeCartesia:
+class FakeCartesia(LoopbackServer):
     """Cartesia's TTS WebSocket on 127.0.0.1: `ws_url` is the full socket URL and
     `websocket_base_url` what the cartesia SDK takes (it appends `/tts/websocket`).
 
     For assertions: `sessions` (one per socket), `rejected` (HTTP statuses refused).
     """
+
+    _on_stop = "drop"
 
     def __init__(
         self,
@@ -238,7 +240,6 @@ class FakeCartesia:
         self._stalls: list[int] = []
         self.sessions: list[FakeCartesiaSession] = []
         self.rejected: list[int] = []
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
@@ -260,47 +261,16 @@ class FakeCartesia:
     def received(self) -> list[dict[str, Any]]:
         return [m for s in self.sessions for m in s.received]
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/tts/websocket", self._socket)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/tts/websocket", self._socket)]
 
-    async def stop(self) -> None:
-        await self.drop_connections()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    def _open_sockets(self) -> list[FakeCartesiaSession]:
+        return self.live_sessions
 
     def stall_next(self, after_chunks: int) -> None:
         """The next generation goes silent after `after_chunks` chunks, socket left open: a
         peer that died without closing the connection."""
         self._stalls.append(after_chunks)
-
-    async def drop_connections(self) -> int:
-        """Kill every live socket at the TCP level (no close frame): a network failure."""
-        dropped = 0
-        for session in self.live_sessions:
-            session.closed = True
-            if session.request.transport is not None:
-                session.request.transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
 
     # --- the socket ----------------------------------------------------------------------
 

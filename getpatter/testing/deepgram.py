@@ -39,20 +39,19 @@ sent messages), `rejected` (HTTP statuses of refused upgrades), `utterances` (te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import alaw_decode, ulaw_decode
+from getpatter.testing._loopback import LoopbackServer
 
 __all__ = ["NET0001_REASON", "DeepgramConnection", "FakeDeepgram"]
 
@@ -112,7 +111,7 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text).lower().split())
 
 
-class FakeDeepgram:
+class FakeDeepgram(LoopbackServer):
     """Deepgram's live transcription at `ws_url` + ``/v1/listen``."""
 
     def __init__(
@@ -146,7 +145,6 @@ class FakeDeepgram:
         self.connections: list[DeepgramConnection] = []
         self.rejected: list[int] = []
         self.utterances: list[str] = []
-        self._runner: web.AppRunner | None = None
 
     @property
     def ws_url(self) -> str:
@@ -161,45 +159,11 @@ class FakeDeepgram:
         self.utterances.append(text)
         return text
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/v1/listen", self._listen)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/listen", self._listen)]
 
-    async def stop(self) -> None:
-        for conn in self.live:
-            with contextlib.suppress(Exception):
-                await conn.ws.close(code=1001, message=b"server shutting down")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def drop_connections(self) -> int:
-        """Kill every live socket at the TCP level: a network failure, no close frame."""
-        dropped = 0
-        for conn in self.live:
-            conn.closed = True
-            transport = conn.request.transport
-            if transport is not None:
-                transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
+    def _open_sockets(self) -> list[DeepgramConnection]:
+        return self.live
 
     # --- the endpoint --------------------------------------------------------------------
 

@@ -37,13 +37,13 @@ import asyncio
 import base64
 import json
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
+from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
 
 __all__ = ["FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
@@ -179,12 +179,14 @@ class _Context:
         session.finals.append(self.name)
 
 
-class FakeElevenLabs:
+class FakeElevenLabs(LoopbackServer):
     """ElevenLabs TTS on 127.0.0.1: `base_url` (http) / `ws_url` (ws), both without a path.
 
     For assertions: `sessions` (one per socket), `http_requests` (`{voice_id, query, body}`),
     `rejected` (HTTP statuses refused), `http_cancelled` (streams the client closed early).
     """
+
+    _on_stop = "drop"
 
     def __init__(
         self,
@@ -212,7 +214,6 @@ class FakeElevenLabs:
         self.rejected: list[int] = []
         self.http_cancelled = 0
         self._http_live: dict[int, web.Request] = {}
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
@@ -226,39 +227,14 @@ class FakeElevenLabs:
     def live_sessions(self) -> list[FakeElevenLabsSession]:
         return [s for s in self.sessions if not s.closed]
 
-    async def start(self) -> None:
-        app = web.Application()
+    def _routes(self) -> list[web.RouteDef]:
         base = "/v1/text-to-speech/{voice_id}"
-        app.add_routes(
-            [
-                web.get(base + "/stream-input", self._socket),
-                web.get(base + "/multi-stream-input", self._socket),
-                web.post(base + "/stream", self._http),
-                web.post(base, self._http),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self.drop_connections()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return [
+            web.get(base + "/stream-input", self._socket),
+            web.get(base + "/multi-stream-input", self._socket),
+            web.post(base + "/stream", self._http),
+            web.post(base, self._http),
+        ]
 
     def stall_next(self, after_chunks: int) -> None:
         """The next generation goes silent after `after_chunks` chunks, socket left open: a

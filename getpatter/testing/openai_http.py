@@ -45,11 +45,12 @@ import uuid
 import wave
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from getpatter.testing._loopback import LoopbackServer
 
 __all__ = ["FakeOpenAI", "ToolCall"]
 
@@ -103,8 +104,11 @@ def _missing(param: str) -> _Refusal:
 
 
 @dataclass(eq=False)
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """OpenAI's HTTP API on 127.0.0.1 at `base_url`; every knob is an attribute, live."""
+
+    _on_stop = "leave"
+    _client_max_size = 26 * 1024 * 1024  # room for audio uploads up to OpenAI's 25 MB
 
     api_key: str = "sk-test"
     _: KW_ONLY
@@ -155,34 +159,12 @@ class FakeOpenAI:
     def transcription_requests(self) -> list[dict[str, Any]]:
         return self._bodies("/v1/audio/transcriptions")
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=26 * 1024 * 1024)
-        app.add_routes(
-            [
-                web.post("/v1/chat/completions", self._guard(self._chat)),
-                web.post("/v1/audio/speech", self._guard(self._speech)),
-                web.post("/v1/audio/transcriptions", self._guard(self._transcribe)),
-            ]
-        )
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/chat/completions", self._guard(self._chat)),
+            web.post("/v1/audio/speech", self._guard(self._speech)),
+            web.post("/v1/audio/transcriptions", self._guard(self._transcribe)),
+        ]
 
     async def drop_connections(self) -> int:
         """Abort every open connection without a response end: a network failure."""

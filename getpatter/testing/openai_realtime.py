@@ -36,11 +36,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
+from ._loopback import LoopbackServer
 from ._openai_realtime_session import FakeRealtimeSession
 from ._openai_realtime_wire import FunctionCall, Reply
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FakeRealtime", "FakeRealtimeSession", "FunctionCall", "Reply"]
 
 
-class FakeRealtime:
+class FakeRealtime(LoopbackServer):
     """The OpenAI Realtime API on 127.0.0.1: `ws_url` + `/realtime?model=...`.
 
     Script: `responses` (consumed in order, across sessions), `transcripts` (what the caller
@@ -102,7 +102,6 @@ class FakeRealtime:
         self.received: list[dict[str, Any]] = []
         self.truncates: list[dict[str, Any]] = []
         self.rejected: list[int] = []
-        self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- script ----------------------------------------------------------------------------
@@ -129,51 +128,21 @@ class FakeRealtime:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/v1/realtime", self._realtime)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/realtime", self._realtime)]
 
-    async def stop(self) -> None:
+    def _open_sockets(self) -> list[FakeRealtimeSession]:
+        return self.live_sessions
+
+    async def _close_sockets(self) -> None:
+        """Goes by each WebSocket's own state, not `closed`: a session cut by
+        `drop_connections()` whose handler has not finished yet still gets 1001."""
         for session in self.sessions:
             if not session.ws.closed:
                 try:
                     await session.ws.close(code=1001, message=b"server shutting down")
                 except (ConnectionError, RuntimeError):
                     pass
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    # --- faults ----------------------------------------------------------------------------
-
-    async def drop_connections(self) -> int:
-        """Kill every live socket at the TCP level (no close frame): a network failure."""
-        dropped = 0
-        for session in self.live_sessions:
-            session.closed = True
-            transport = session.request.transport
-            if transport is not None:
-                transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
 
     # --- the endpoint ----------------------------------------------------------------------
 

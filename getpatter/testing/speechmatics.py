@@ -31,13 +31,13 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import ulaw_decode
+from getpatter.testing._loopback import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ class SpeechmaticsSession:
         return self.samples_seen / self.rate if self.rate else 0.0
 
 
-class FakeSpeechmatics:
+class FakeSpeechmatics(LoopbackServer):
     """The Speechmatics RT API on 127.0.0.1: connect to `ws_url` (``ws://127.0.0.1:P/v2``)."""
+
+    _on_stop = "leave"
 
     def __init__(
         self,
@@ -112,7 +114,6 @@ class FakeSpeechmatics:
         self.sessions: list[SpeechmaticsSession] = []
         self.rejected: list[int] = []
         self.utterances = 0
-        self._runner: web.AppRunner | None = None
         self._live: dict[int, tuple[SpeechmaticsSession, web.Request]] = {}
 
     @property
@@ -121,28 +122,8 @@ class FakeSpeechmatics:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.add_routes([web.get("/v2", self._handle), web.get("/v2/{lang}", self._handle)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/v2", self._handle), web.get("/v2/{lang}", self._handle)]
 
     async def drop_connections(self) -> int:
         """Kill every live socket without a close frame: a network failure mid-call."""
