@@ -60,34 +60,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import cProfile
 import gc
-import io
 import logging
 import multiprocessing as mp
 import os
-import platform
-import pstats
-import resource
 import sys
 import time
-import traceback
 import tracemalloc
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout
+sys.path.insert(0, str(HERE))  # _harness, here and in the spawned children
 
-NUMBER = "+15550001234"
-CALLER = "+15557654321"
-HOST = "agent.bench.test"  # public host of the app, routed by the fake to 127.0.0.1:<port>
+from _harness import (  # noqa: E402
+    CALLER,
+    NUMBER,
+    Child,
+    FakeTwilioSide,
+    Handler,
+    LogCounter,
+    Profiling,
+    ServerSide,
+    Worker,
+    all_call,
+    busy_cores,
+    machine_busy,
+    machine_lines,
+    quantiles,
+    rss_kib,
+)
+
 FRAME_S = 0.020
 CPU_TARGET = 0.25  # % of one core per active call
 JITTER_TARGET_MS = 10.0
@@ -101,30 +109,20 @@ MODEL_KEY = "sk-bench-fake-realtime"
 PERIOD_S, SPEECH_S, SILENCE_S, REPLY_S = 4.0, 0.4, 0.5, 2.7
 SECONDS_PER_CHAR = 0.06  # the fake's speaking rate (its default)
 MAX_GAP_S = 0.2  # realtime pacing: longer gaps between agent frames are pauses between replies
-Handler = Callable[..., Awaitable[Any]]
 
 
 # --- workers (child processes) ---------------------------------------------------------------
 
 
-class _LogCounter(logging.Handler):
+class _LogCounter(LogCounter):
     """Counts warnings by logger and message (up to its first colon) for the report; errors
     are printed as well."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(logging.WARNING)
-        self.kind = kind
-        self.counts: Counter[str] = Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage().split(":", 1)[0][:80]
         self.counts[f"{record.levelname} {record.name}: {msg}"] += 1
         if record.levelno >= logging.ERROR:
             print(f"[{self.kind}] {record.levelname} {record.name}: {record.getMessage()}")
-
-    async def take(self) -> dict[str, int]:
-        counts, self.counts = dict(self.counts), Counter()
-        return counts
 
 
 def _cpus_for(kind: str) -> set[int] | None:
@@ -141,16 +139,8 @@ def _cpus_for(kind: str) -> set[int] | None:
     return {cpus[0]} if kind == "server" else set(cpus[1:])
 
 
-def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
-    """Entry point of a child: run its command loop on a fresh event loop."""
-    cpus = _cpus_for(kind)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
-    counter = _LogCounter(kind)
-    logging.basicConfig(level=logging.WARNING, handlers=[counter])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+def _handlers(kind: str, args: dict[str, Any]) -> dict[str, Handler]:
+    """A child's commands: the server's, a fake Twilio's (`args`: its index) or the model's."""
     side: _ServerSide | _FakeSide | _ModelSide
     if kind == "server":
         side = _ServerSide()
@@ -158,44 +148,18 @@ def _worker(kind: str, conn: Connection, args: dict[str, Any]) -> None:
         side = _ModelSide()
     else:
         side = _FakeSide(**args)
-    if kind != "server":
-        gc.disable()
-    asyncio.run(_command_loop(conn, {**side.handlers(), "logs": counter.take}))
+    return side.handlers()
 
 
-async def _command_loop(conn: Connection, handlers: dict[str, Handler]) -> None:
-    """Commands are (name, kwargs); every one gets ("ok", result) or ("error", traceback)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            name, kwargs = await loop.run_in_executor(None, conn.recv)
-        except (EOFError, OSError):
-            name, kwargs = "exit", {}
-        try:
-            result = await handlers[name](**kwargs)
-        except Exception:
-            conn.send(("error", traceback.format_exc()))
-            continue
-        with contextlib.suppress(OSError):
-            conn.send(("ok", result))
-        if name == "exit":
-            return
+CHILD = Child(handlers=_handlers, log_counter=_LogCounter, cpus=_cpus_for)
 
 
-def _quantiles(values: np.ndarray) -> dict[str, float]:
-    if not len(values):
-        return {"n": 0, "p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-    p50, p99 = np.percentile(values, [50, 99])
-    return {"n": len(values), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
-
-
-class _ServerSide:
+class _ServerSide(ServerSide):
     """The process under test: a Patter serving EchoEngine, or OpenAIRealtime on the fake."""
 
     def __init__(self) -> None:
-        self.phone: Any = None
-        self.task: asyncio.Task[None] | None = None
-        self.profiler: Any = None
+        super().__init__()
+        self.profiler = Profiling(lines=40, span="the window")
         self.memory_base: Any = None
 
     def handlers(self) -> dict[str, Handler]:
@@ -207,36 +171,10 @@ class _ServerSide:
             "prime": self.prime,
             "lateness": self.lateness,
             "gc": self.collect,
-            "profile": self.profile,
+            "profile": self.profiler.command,
             "memory": self.memory,
             "exit": self.exit,
         }
-
-    async def profile(self, path: str = "") -> str:
-        """Start profiling (no path), or stop, save to `path` and return the hottest frames.
-        pyinstrument (a sampler: little overhead) if installed, else cProfile."""
-        if not path:
-            try:
-                from pyinstrument import Profiler
-            except ImportError:
-                self.profiler = cProfile.Profile()
-                self.profiler.enable()
-            else:
-                self.profiler = Profiler(interval=0.0005, async_mode="disabled")
-                self.profiler.start()
-            return ""
-        prof, self.profiler = self.profiler, None
-        if isinstance(prof, cProfile.Profile):
-            prof.disable()
-            prof.dump_stats(path)
-            out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
-            return "cProfile, wall clock (epoll.poll is the idle time):\n" + out.getvalue()
-        prof.stop()
-        prof.last_session.save(path)
-        text = prof.output_text(flat=True, time="percent_of_total", short_mode=True)
-        head = "\n".join(text.splitlines()[:40])
-        return "pyinstrument, self time, % of the window (select/poll is the idle time):\n" + head
 
     async def memory(self, stop: bool = False, top: int = 25) -> str:
         """Start tracing allocations (tracemalloc), or stop and return what the calls hold
@@ -268,7 +206,6 @@ class _ServerSide:
     async def start(
         self, account_sid: str, auth_token: str, base_url: str, model: dict[str, str] | None
     ) -> dict[str, Any]:
-        from getpatter import Patter, Twilio
         from getpatter.testing.engines import EchoEngine
 
         engine: Any
@@ -284,16 +221,8 @@ class _ServerSide:
                 websocket_base_url=model["ws_url"],
             )
 
-        self.phone = Patter(
-            carrier=Twilio(account_sid, auth_token, base_url=base_url),
-            phone_number=NUMBER,
-            webhook_url=HOST,
-            persist=False,
-        )
-        agent = self.phone.agent(engine=engine)
-        self.task = asyncio.create_task(self.phone.serve(agent, port=0, host="127.0.0.1"))
-        host = await asyncio.wait_for(self.phone.ready, 10)
-        return {"port": self.phone.port, "public_host": host, "pid": os.getpid()}
+        agent = self.patter(account_sid, auth_token, base_url).agent(engine=engine)
+        return await self.serve(agent)
 
     def _sessions(self) -> list[Any]:
         server = self.phone.server
@@ -376,7 +305,7 @@ class _ServerSide:
             if fresh > 0:
                 group = values["lead" if s.call_id in lead else "echo"]
                 group.extend(list(st.send_lateness)[-fresh:])
-        groups = {k: _quantiles(np.asarray(v) * 1000) for k, v in values.items()}
+        groups = {k: quantiles(np.asarray(v) * 1000) for k, v in values.items()}
         # With the lead full, a frame is due when the carrier holds < lead: its lateness is
         # ~one tick (20 ms); a second frame sent in the same tick shows as ~0.
         lead_ms = np.asarray(values["lead"])
@@ -386,20 +315,13 @@ class _ServerSide:
     async def collect(self) -> None:
         gc.collect()
 
-    async def exit(self) -> None:
-        if self.phone is not None:
-            await self.phone.disconnect()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self.task, 10)
 
-
-class _FakeSide:
+class _FakeSide(FakeTwilioSide):
     """One FakeTwilio process: places calls, stamps what comes back."""
 
     def __init__(self, index: int = 0) -> None:
+        super().__init__()
         self.index = index
-        self.fake: Any = None
         self.calls: list[Any] = []
         self.audio = b""
         self.pattern = ""
@@ -414,28 +336,6 @@ class _FakeSide:
             "hangup": self.hangup,
             "exit": self.exit,
         }
-
-    async def start(self, account_sid: str | None, auth_token: str | None) -> dict[str, Any]:
-        import aiohttp
-
-        from getpatter.testing.twilio import FakeTwilio
-
-        self.fake = FakeTwilio(account_sid, auth_token)
-        await self.fake.start()
-        # aiohttp's default connector allows 100 connections and an open WebSocket holds one:
-        # the 101st stream would wait for a free slot. Twilio has no such limit.
-        await self.fake._session.close()
-        self.fake._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.fake.add_number(NUMBER, voice_url=f"https://{HOST}/webhooks/twilio/voice")
-        return {
-            "account_sid": self.fake.account_sid,
-            "auth_token": self.fake.auth_token,
-            "base_url": self.fake.base_url,
-            "pid": os.getpid(),
-        }
-
-    async def route(self, public_host: str, local: str) -> None:
-        self.fake.route(public_host, local)
 
     async def place(
         self, n: int, rate: float, audio_seconds: float, pattern: str = "noise"
@@ -516,14 +416,9 @@ class _FakeSide:
             *(asyncio.wait_for(c.hangup(), limit) for c in calls), return_exceptions=True
         )
         failed = sum(1 for r in results if isinstance(r, BaseException))
-        for c in calls:  # forget them: the next placement starts from a clean slate
-            self.fake.calls.pop(c.call_sid, None)
-            self.fake._ctl.pop(c.call_sid, None)
+        for c in calls:
+            self.forget(c.call_sid)
         return {"hung_up": len(calls) - failed, "failed": failed}
-
-    async def exit(self) -> None:
-        if self.fake is not None:
-            await self.fake.stop()
 
 
 class _ModelSide:
@@ -561,65 +456,6 @@ class _ModelSide:
 
 
 # --- orchestrator ------------------------------------------------------------------------------
-
-
-class Worker:
-    """A child process and its command pipe, driven synchronously."""
-
-    def __init__(self, ctx: Any, kind: str, **args: Any) -> None:
-        self.kind = kind
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(kind, child, args), name=kind, daemon=True)
-        self.proc.start()
-        child.close()
-
-    def send(self, name: str, **kwargs: Any) -> None:
-        self.conn.send((name, kwargs))
-
-    def reply(self, timeout: float) -> Any:
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"{self.kind} process gave no answer within {timeout:.0f} s")
-        status, value = self.conn.recv()
-        if status == "error":
-            raise RuntimeError(f"{self.kind} process failed:\n{value}")
-        return value
-
-    def call(self, name: str, timeout: float = 30.0, **kwargs: Any) -> Any:
-        self.send(name, **kwargs)
-        return self.reply(timeout)
-
-    def close(self, timeout: float = 20.0) -> None:
-        if self.proc.is_alive():
-            with contextlib.suppress(Exception):
-                self.call("exit", timeout=timeout)
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        self.conn.close()
-
-
-def all_call(workers: list[Worker], name: str, timeout: float = 30.0, **kwargs: Any) -> list[Any]:
-    """Send to every worker first, then collect: the processes act at the same moment."""
-    for w in workers:
-        w.send(name, **kwargs)
-    return [w.reply(timeout) for w in workers]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 @dataclass
@@ -693,7 +529,7 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
     up, stop."""
     realtime = engine == "realtime"
     pattern = "bursts" if realtime else "noise"
-    fakes = [Worker(ctx, "fake", index=i) for i in range(args.fakes)]
+    fakes = [Worker(ctx, CHILD, "fake", index=i) for i in range(args.fakes)]
     server: Worker | None = None
     model: Worker | None = None
     problems: list[str] = []
@@ -703,9 +539,9 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
         for f in fakes[1:]:
             f.call("start", account_sid=creds["account_sid"], auth_token=creds["auth_token"])
         if realtime:
-            model = Worker(ctx, "model")
+            model = Worker(ctx, CHILD, "model")
             model_urls = model.call("start", timeout=30)
-        server = Worker(ctx, "server")
+        server = Worker(ctx, CHILD, "server")
         keys = ("account_sid", "auth_token", "base_url")
         up = server.call(
             "start",
@@ -817,7 +653,6 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
             model.close()
 
     elapsed = s1["t"] - s0["t"]
-    cores = os.cpu_count() or 1
     frames_out = (s1["frames"] - s0["frames"]) / elapsed
     ticks_per_s = (s1["ticks"] - s0["ticks"]) / elapsed
     # Realtime: the agent speaks REPLY_S of every PERIOD_S; the scheduler may idle between
@@ -848,13 +683,13 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
         server_sys=(s1["sys"] - s0["sys"])
         / max(1e-9, s1["user"] + s1["sys"] - s0["user"] - s0["sys"]),
         fake_cpu=[(b["cpu"] - a["cpu"]) / (b["t"] - a["t"]) for a, b in zip(f0, f1, strict=True)],
-        machine_cpu=(m1[0] - m0[0]) / max(1.0, m1[1] - m0[1]) * cores,
+        machine_cpu=busy_cores(m0, m1),
         rss_base=rss_base,
         rss_loaded=rss_loaded,
         msgs_in=_rates(f0, f1, "sent"),
         msgs_out=_rates(f0, f1, "received"),
         frames_out=frames_out,
-        pacing={k: _quantiles(np.concatenate([p[k] for p in pacing])) for k in pacing[0]},
+        pacing={k: quantiles(np.concatenate([p[k] for p in pacing])) for k in pacing[0]},
         lateness=late["ms"],
         lateness_entries=late["entries"],
         underruns=s1["underruns"] - s0["underruns"],
@@ -873,19 +708,8 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, engine: str = "echo") 
 
 
 def machine_facts(args: argparse.Namespace) -> list[str]:
-    import aiohttp
-
-    import getpatter
-
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     return [
-        f"machine   {os.cpu_count()} cores ({model or platform.processor() or '?'}), "
-        f"{platform.system()} {platform.release()}",
-        f"software  Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"getpatter {getpatter.__version__}, aiohttp {aiohttp.__version__}, "
-        f"numpy {np.__version__}",
+        *machine_lines(),
         f"setup     server: 1 process (measured); fake Twilio: {args.fakes} process(es); "
         "asyncio event loops; "
         f"calls placed at {args.rate:g}/s; {args.warmup:g} s warm-up, then a "

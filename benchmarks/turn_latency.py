@@ -61,37 +61,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import gc
-import io
 import logging
 import math
 import multiprocessing as mp
 import os
-import platform
-import pstats
 import re
-import resource
 import sys
 import threading
 import time
-import traceback
 import wave
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(HERE))  # _harness, here and in the spawned children
 
-NUMBER = "+15550001234"
-CALLER = "+15557654321"
-HOST = "agent.bench.test"  # public host of the app, routed by the fake to 127.0.0.1:<port>
+from _harness import (  # noqa: E402
+    CALLER,
+    NUMBER,
+    Child,
+    FakeTwilioSide,
+    Handler,
+    LogCounter,
+    Profiling,
+    ServerSide,
+    Worker,
+    busy_cores,
+    machine_busy,
+    machine_lines,
+    quantiles,
+)
+
 HELLO = ROOT / "tests" / "data" / "hello.wav"
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law
 FRAME_S = 0.020
@@ -108,7 +115,6 @@ STEP_TIMEOUT_S = 15.0  # per scenario step (clear / reply); a miss is reported a
 TURN_P50_MS, TURN_P99_MS = 2.0, 10.0
 BARGE_P50_MS = 150.0
 FAKE_SATURATED = 0.90  # share of one core above which the fake is named the bottleneck
-Handler = Callable[..., Awaitable[Any]]
 
 
 # --- the caller's audio (both sides use it) ------------------------------------------------
@@ -172,15 +178,13 @@ def speech_marks(ulaw: bytes) -> SpeechMarks:
 # --- workers (child processes) ---------------------------------------------------------------
 
 
-class _LogCounter(logging.Handler):
+class _LogCounter(LogCounter):
     """Counts warnings and errors by logger and message; prints the first few errors."""
 
     PRINTED = 5  # errors printed in full; the rest are only counted
 
     def __init__(self, kind: str) -> None:
-        super().__init__(logging.WARNING)
-        self.kind = kind
-        self.counts: Counter[str] = Counter()
+        super().__init__(kind)
         self.errors = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -191,44 +195,6 @@ class _LogCounter(logging.Handler):
                 print(f"[{self.kind}] {record.levelname} {record.name}: {msg}", flush=True)
         msg = re.sub(r"CA[0-9a-f]{32}", "CA…", msg)  # one line per kind, not per call
         self.counts[f"[{self.kind}] {record.levelname} {record.name}: {msg[:110]}"] += 1
-
-    async def take(self) -> dict[str, int]:
-        counts, self.counts = dict(self.counts), Counter()
-        return counts
-
-
-def _worker(kind: str, conn: Connection) -> None:
-    """Entry point of a child: run its command loop on a fresh asyncio loop."""
-    counter = _LogCounter(kind)
-    logging.basicConfig(level=logging.WARNING, handlers=[counter])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    side: _ServerSide | _FakeSide = _ServerSide() if kind == "server" else _FakeSide()
-    if kind != "server":
-        gc.disable()  # the fake keeps every message: collections would stall its stamps
-    health = _LoopHealth()
-    handlers = {**side.handlers(), "logs": counter.take, "clock": _clock, "health": health.command}
-    asyncio.run(_command_loop(conn, handlers))
-
-
-async def _command_loop(conn: Connection, handlers: dict[str, Handler]) -> None:
-    """Commands are (name, kwargs); every one gets ("ok", result) or ("error", traceback)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            name, kwargs = await loop.run_in_executor(None, conn.recv)
-        except (EOFError, OSError):
-            name, kwargs = "exit", {}
-        try:
-            result = await handlers[name](**kwargs)
-        except Exception:
-            conn.send(("error", traceback.format_exc()))
-            continue
-        with contextlib.suppress(OSError):
-            conn.send(("ok", result))
-        if name == "exit":
-            return
 
 
 class _LoopHealth:
@@ -301,35 +267,37 @@ async def _clock() -> dict[str, Any]:
     }
 
 
-class _ServerSide:
+def _handlers(kind: str, args: dict[str, Any]) -> dict[str, Handler]:
+    """A child's commands: the server's or the fake's, plus its clock and loop health."""
+    side: _ServerSide | _FakeSide = _ServerSide() if kind == "server" else _FakeSide()
+    health = _LoopHealth()
+    return {**side.handlers(), "clock": _clock, "health": health.command}
+
+
+CHILD = Child(handlers=_handlers, log_counter=_LogCounter)  # no CPU pinning here
+
+
+class _ServerSide(ServerSide):
     """The process under test: a Patter serving a pipeline agent with the scripted providers."""
 
     def __init__(self) -> None:
-        self.phone: Any = None
-        self.task: asyncio.Task[None] | None = None
+        super().__init__()
         self.records: list[dict[str, Any]] = []
         self.record_added = asyncio.Event()
-        self.profiler: Any = None
+        self.profiler = Profiling(lines=45, span="the span")
 
     def handlers(self) -> dict[str, Handler]:
         return {
             "start": self.start,
             "records": self.take_records,
-            "profile": self.profile,
+            "profile": self.profiler.command,
             "exit": self.exit,
         }
 
     async def start(self, account_sid: str, auth_token: str, base_url: str) -> dict[str, Any]:
-        from getpatter import Patter, Twilio
         from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 
-        self.phone = Patter(
-            carrier=Twilio(account_sid, auth_token, base_url=base_url),
-            phone_number=NUMBER,
-            webhook_url=HOST,
-            persist=False,
-        )
-        agent = self.phone.agent(
+        agent = self.patter(account_sid, auth_token, base_url).agent(
             stt=ScriptedSTT(["what time do you open", "thanks"]),
             tts=ScriptedTTS(),
             first_message=GREETING,
@@ -343,12 +311,7 @@ class _ServerSide:
             self.records.append({k: record[k] for k in keep})
             self.record_added.set()
 
-        coro = self.phone.serve(
-            agent, port=0, host="127.0.0.1", on_message=on_message, on_call_end=on_call_end
-        )
-        self.task = asyncio.create_task(coro)
-        host = await asyncio.wait_for(self.phone.ready, 10)
-        return {"port": self.phone.port, "public_host": host, "pid": os.getpid()}
+        return await self.serve(agent, on_message=on_message, on_call_end=on_call_end)
 
     async def take_records(self, n: int, limit: float) -> list[dict[str, Any]]:
         """The records of ended calls once there are n (or `limit` s have passed); forgets them."""
@@ -360,70 +323,12 @@ class _ServerSide:
         records, self.records = self.records, []
         return records
 
-    async def profile(self, path: str = "") -> str:
-        """Start profiling (no path), or stop, save to `path` and return the hottest frames.
-        pyinstrument (a sampler: little overhead) if installed, else cProfile."""
-        if not path:
-            try:
-                from pyinstrument import Profiler
-            except ImportError:
-                self.profiler = cProfile.Profile()
-                self.profiler.enable()
-            else:
-                self.profiler = Profiler(interval=0.0005, async_mode="disabled")
-                self.profiler.start()
-            return ""
-        prof, self.profiler = self.profiler, None
-        if isinstance(prof, cProfile.Profile):
-            prof.disable()
-            prof.dump_stats(path)
-            out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
-            return "cProfile, wall clock (epoll.poll is the idle time):\n" + out.getvalue()
-        prof.stop()
-        prof.last_session.save(path)
-        text = prof.output_text(flat=True, time="percent_of_total", short_mode=True)
-        head = "\n".join(text.splitlines()[:45])
-        return "pyinstrument, self time, % of the span (select/poll is the idle time):\n" + head
 
-    async def exit(self) -> None:
-        if self.phone is not None:
-            await self.phone.disconnect()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self.task, 10)
-
-
-class _FakeSide:
+class _FakeSide(FakeTwilioSide):
     """The FakeTwilio process: places the calls, plays the caller, records what came back."""
-
-    def __init__(self) -> None:
-        self.fake: Any = None
 
     def handlers(self) -> dict[str, Handler]:
         return {"start": self.start, "route": self.route, "run": self.run, "exit": self.exit}
-
-    async def start(self) -> dict[str, Any]:
-        import aiohttp
-
-        from getpatter.testing.twilio import FakeTwilio
-
-        self.fake = FakeTwilio()
-        await self.fake.start()
-        # aiohttp's default connector allows 100 connections and an open WebSocket holds one:
-        # the 101st stream would wait for a free slot. Twilio has no such limit.
-        await self.fake._session.close()
-        self.fake._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        self.fake.add_number(NUMBER, voice_url=f"https://{HOST}/webhooks/twilio/voice")
-        return {
-            "account_sid": self.fake.account_sid,
-            "auth_token": self.fake.auth_token,
-            "base_url": self.fake.base_url,
-            "pid": os.getpid(),
-        }
-
-    async def route(self, public_host: str, local: str) -> None:
-        self.fake.route(public_host, local)
 
     async def run(self, n: int, rate: float, first: bytes, again: bytes) -> dict[str, Any]:
         """Place n calls, `rate` a second, each playing the scenario; returns once all ended."""
@@ -462,8 +367,7 @@ class _FakeSide:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(call.hangup(), 15)
-            self.fake.calls.pop(call.call_sid, None)  # forget it: the next wave starts clean
-            self.fake._ctl.pop(call.call_sid, None)
+            self.forget(call.call_sid)  # the next wave starts clean
         return self._collect(call, first, problems)
 
     async def _until(self, predicate: Callable[[], bool]) -> bool:
@@ -513,42 +417,8 @@ class _FakeSide:
             "errors": [str(e) for e in call.errors],
         }
 
-    async def exit(self) -> None:
-        if self.fake is not None:
-            await self.fake.stop()
-
 
 # --- orchestrator ------------------------------------------------------------------------------
-
-
-class Worker:
-    """A child process and its command pipe, driven synchronously."""
-
-    def __init__(self, ctx: Any, kind: str) -> None:
-        self.kind = kind
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(kind, child), name=kind, daemon=True)
-        self.proc.start()
-        child.close()
-
-    def call(self, name: str, timeout: float = 30.0, **kwargs: Any) -> Any:
-        self.conn.send((name, kwargs))
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"{self.kind} process gave no answer to {name} in {timeout:.0f} s")
-        status, value = self.conn.recv()
-        if status == "error":
-            raise RuntimeError(f"{self.kind} process failed:\n{value}")
-        return value
-
-    def close(self, timeout: float = 20.0) -> None:
-        if self.proc.is_alive():
-            with contextlib.suppress(Exception):
-                self.call("exit", timeout=timeout)
-        self.proc.join(5)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
-        self.conn.close()
 
 
 class CpuSampler(threading.Thread):
@@ -557,20 +427,17 @@ class CpuSampler(threading.Thread):
     def __init__(self, pids: dict[str, int], period: float = 0.25) -> None:
         super().__init__(daemon=True, name="cpu-sampler")
         self.pids, self.period = pids, period
-        self.samples: list[tuple[float, dict[str, float], float, float]] = []
+        self.samples: list[tuple[float, dict[str, float], tuple[float, float]]] = []
         self._stop_event = threading.Event()
         self._hz = os.sysconf("SC_CLK_TCK")
 
-    def _read(self) -> tuple[float, dict[str, float], float, float]:
+    def _read(self) -> tuple[float, dict[str, float], tuple[float, float]]:
         cpu = {}
         for name, pid in self.pids.items():
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             cpu[name] = (int(fields[11]) + int(fields[12])) / self._hz  # utime + stime
-        with open("/proc/stat") as f:
-            total = [float(x) for x in f.readline().split()[1:]]
-        idle = total[3] + total[4]
-        return time.monotonic(), cpu, sum(total) - idle, sum(total)
+        return time.monotonic(), cpu, machine_busy()
 
     def run(self) -> None:
         while True:
@@ -594,29 +461,19 @@ class CpuSampler(threading.Thread):
                 for i in range(len(s) - step)
             ]
             out[name] = (avg, max(peaks, default=avg))
-        cores = os.cpu_count() or 1
-        out["machine"] = (s[-1][2] - s[0][2]) / max(1.0, s[-1][3] - s[0][3]) * cores
+        out["machine"] = busy_cores(s[0][2], s[-1][2])
         return out
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [float(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 def wait_quiet(limit: float, below: float = 0.15) -> tuple[float, float]:
     """Wait (up to `limit` s) until the machine's busy cores stay under `below` for 1 s;
     returns (seconds waited, busy cores in the last second)."""
-    cores = os.cpu_count() or 1
     started = time.monotonic()
     while True:
         a = machine_busy()
         time.sleep(1.0)
         b = machine_busy()
-        busy = (b[0] - a[0]) / max(1.0, b[1] - a[1]) * cores
+        busy = busy_cores(a, b)
         waited = time.monotonic() - started
         if busy < below or waited >= limit:
             return waited, busy
@@ -646,14 +503,6 @@ def check_clocks(workers: list[Worker]) -> tuple[bool, list[str]]:
             f"(bracket {1000 * min(widths):.2f}-{1000 * max(widths):.2f} ms)"
         )
     return ok, lines
-
-
-def _q(values: list[float] | np.ndarray) -> dict[str, float]:
-    v = np.asarray(values, dtype=float)
-    if not len(v):
-        return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan}
-    p50, p99 = np.percentile(v, [50, 99])
-    return {"n": len(v), "p50": float(p50), "p99": float(p99), "max": float(v.max())}
 
 
 @dataclass
@@ -769,13 +618,13 @@ def analyse(
                 checked += 1
                 exact += got == reply_audio
     return {
-        "q": {k: _q(v) for k, v in out.items()},
+        "q": {k: quantiles(v) for k, v in out.items()},
         "stale": stale,
         "stale_calls": stale_calls,
         "stale_checked": stale_checked,
         "exact": exact,
         "checked": checked,
-        "fake_lag": _q(np.concatenate(lag) if lag else []),
+        "fake_lag": quantiles(np.concatenate(lag) if lag else []),
         "problems": problems,
     }
 
@@ -784,12 +633,12 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, clock_lines: list[str]
     """One N: fresh fake and server, a warm-up call, then the measured waves of n calls."""
     first, again = caller_audio()
     marks = speech_marks(first)
-    fake = Worker(ctx, "fake")
+    fake = Worker(ctx, CHILD, "fake")
     server: Worker | None = None
     problems: list[str] = []
     try:
         creds = fake.call("start")
-        server = Worker(ctx, "server")
+        server = Worker(ctx, CHILD, "server")
         keys = ("account_sid", "auth_token", "base_url")
         up = server.call("start", timeout=60, **{k: creds[k] for k in keys})
         fake.call("route", public_host=up["public_host"], local=f"127.0.0.1:{up['port']}")
@@ -859,7 +708,7 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, clock_lines: list[str]
         reply_exact=a["exact"],
         reply_checked=a["checked"],
         cpu=cpu,
-        loop_lag={k: _q(h["lag"]) for k, h in health.items()},
+        loop_lag={k: quantiles(h["lag"]) for k, h in health.items()},
         gc_server=health["server"]["gc"],
         fake_lag=a["fake_lag"],
         logs=logs,
@@ -872,19 +721,8 @@ def run_round(ctx: Any, n: int, args: argparse.Namespace, clock_lines: list[str]
 
 
 def machine_facts(args: argparse.Namespace) -> list[str]:
-    import aiohttp
-
-    import getpatter
-
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     return [
-        f"machine   {os.cpu_count()} cores ({model or platform.processor() or '?'}), "
-        f"{platform.system()} {platform.release()}",
-        f"software  Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"getpatter {getpatter.__version__}, aiohttp {aiohttp.__version__}, "
-        f"numpy {np.__version__}",
+        *machine_lines(),
         "setup     server: 1 process (pipeline agent, ScriptedSTT + ScriptedTTS, on_message); "
         f"fake Twilio: 1 process; asyncio loops; calls placed at {args.rate:g}/s; "
         f"at least {args.min_calls} calls per N (in waves); one warm-up call per N; loopback",
