@@ -30,6 +30,8 @@ bench: venv
 	-$(BIN)/python benchmarks/audio_core.py
 	-PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/startup.py
 	-$(BIN)/python benchmarks/load.py
+	-$(BIN)/python benchmarks/load.py --engine both --calls 10 100 --seconds 10 --repeat 3
+	-$(BIN)/python benchmarks/ws_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info getpatter/core/_audio*.so
