@@ -133,6 +133,8 @@ async def test_serve_with_tunnel_true_end_to_end(standin: Path, kind: str) -> No
         now = fake.number(NUMBER).voice_url if kind == "twilio" else fake.webhook_url
         assert now == f"https://{host}/webhooks/{kind}/voice"
         fake.route(host, f"127.0.0.1:{phone.port}")  # the tunnel's other end
+        assert phone.server is not None
+        carrier = phone.server.carrier
         call = await fake.place_call(from_="+15557654321", to=NUMBER)
         await call.wait_for(lambda: len(call.played) > 1600, 5)  # signed, streamed, spoken
         await call.hangup()
@@ -140,6 +142,7 @@ async def test_serve_with_tunnel_true_end_to_end(standin: Path, kind: str) -> No
         await asyncio.wait_for(task, 10)
         after = fake.number(NUMBER).voice_url if kind == "twilio" else fake.webhook_url
         assert after == before
+        assert carrier.rest.closed  # the restore's own request left no session open
     pids = [int(line.rsplit("pid=", 1)[1]) for line in standin.read_text().splitlines()]
     for pid in pids:
         with pytest.raises(ProcessLookupError):

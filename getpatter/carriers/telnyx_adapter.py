@@ -556,7 +556,12 @@ class TelnyxAdapter:
         log.info("Telnyx application %s now points at https://%s", app_id, host)
 
         async def restore() -> None:
-            await self.rest.update_application(app_id, webhook_event_url=previous)
+            # runs as serve() exits, after the REST client was closed: it reopens for this
+            # one request and is closed again, or its session would leak
+            try:
+                await self.rest.update_application(app_id, webhook_event_url=previous)
+            finally:
+                await self.rest.aclose()
             log.info("Telnyx application %s restored", app_id)
 
         return restore

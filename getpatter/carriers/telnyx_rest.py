@@ -170,6 +170,11 @@ class TelnyxREST:
         data = await self._request("PATCH", path, fields)
         return dict(data.get("data") or {})
 
+    @property
+    def closed(self) -> bool:
+        """No HTTP session is open (one opens on the next request)."""
+        return self._session is None or self._session.closed
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()

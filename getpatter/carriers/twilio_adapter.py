@@ -261,7 +261,12 @@ class TwilioAdapter:
         log.info("Twilio number %s now points at https://%s", phone, host)
 
         async def restore() -> None:
-            await self.rest.update_number(sid, **before)
+            # runs as serve() exits, after the REST client was closed: it reopens for this
+            # one request and is closed again, or its session would leak
+            try:
+                await self.rest.update_number(sid, **before)
+            finally:
+                await self.rest.aclose()
             log.info("Twilio number %s restored", phone)
 
         return restore

@@ -121,6 +121,11 @@ class TwilioREST:
             "POST", f"IncomingPhoneNumbers/{number_sid}.json", list(fields.items())
         )
 
+    @property
+    def closed(self) -> bool:
+        """No HTTP session is open (one opens on the next request)."""
+        return self._session is None or self._session.closed
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
