@@ -505,18 +505,16 @@ class TelnyxAdapter:
         voicemail_message: str = "",
         ring_timeout: int | None = 25,
     ) -> CallSession:
-        key = "out-" + secrets.token_hex(12)
-        info = CallInfo(
-            call_id=key,
-            caller=from_,
-            callee=to,
-            direction="outbound",
-            first_message=first_message or None,
+        session, token = self._server.new_outbound_call(
+            to=to,
+            from_=from_,
+            agent=agent,
+            first_message=first_message,
             voicemail_message=voicemail_message,
             on_machine_detection=on_machine_detection,
+            ring_timeout=ring_timeout,
         )
-        ttl = (ring_timeout or 60) + 30.0
-        session, token = self._server.new_call(info, key=key, agent=agent, token_ttl=ttl)
+        key = session.key
         self._track(session)
         detect = machine_detection or bool(voicemail_message)
         try:

@@ -5,7 +5,6 @@ of `twilio.py` and the REST client of `twilio_rest.py`.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -203,18 +202,16 @@ class TwilioAdapter:
         voicemail_message: str = "",
         ring_timeout: int | None = 25,
     ) -> CallSession:
-        key = "out-" + secrets.token_hex(12)
-        info = CallInfo(
-            call_id=key,
-            caller=from_,
-            callee=to,
-            direction="outbound",
-            first_message=first_message or None,
+        session, token = self._server.new_outbound_call(
+            to=to,
+            from_=from_,
+            agent=agent,
+            first_message=first_message,
             voicemail_message=voicemail_message,
             on_machine_detection=on_machine_detection,
+            ring_timeout=ring_timeout,
         )
-        ttl = (ring_timeout or 60) + 30.0
-        session, token = self._server.new_call(info, key=key, agent=agent, token_ttl=ttl)
+        key = session.key
         twiml = twiml_stream(self._server.stream_url(key), {"token": token})
         try:
             call = await self.rest.create_call(

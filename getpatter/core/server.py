@@ -30,7 +30,7 @@ from getpatter.core.engine import (
     StreamStopped,
 )
 from getpatter.core.playout import MediaEncoder, PlayoutScheduler
-from getpatter.core.session import CallCallbacks, CallControl, CallInfo, CallSession
+from getpatter.core.session import AmdCallback, CallCallbacks, CallControl, CallInfo, CallSession
 from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
@@ -204,6 +204,32 @@ class EmbeddedServer:
         self._tokens[key] = (token, time.monotonic() + token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
         return session, token
+
+    def new_outbound_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        agent: Agent,
+        first_message: str = "",
+        voicemail_message: str = "",
+        on_machine_detection: AmdCallback | None = None,
+        ring_timeout: int | None = 25,
+    ) -> tuple[CallSession, str]:
+        """The session of a call we are about to dial, keyed by our own id until the carrier
+        gives its own; the media token lives through the ringing."""
+        key = "out-" + secrets.token_hex(12)
+        info = CallInfo(
+            call_id=key,
+            caller=from_,
+            callee=to,
+            direction="outbound",
+            first_message=first_message or None,
+            voicemail_message=voicemail_message,
+            on_machine_detection=on_machine_detection,
+        )
+        ttl = (ring_timeout or 60) + 30.0
+        return self.new_call(info, key=key, agent=agent, token_ttl=ttl)
 
     def bind_carrier_id(self, carrier_id: str, key: str) -> None:
         self._carrier_ids[carrier_id] = key
