@@ -414,6 +414,17 @@ async def test_a_call_transcribed_by_deepgram(
     assert conn.count("CloseStream") == 1 and conn.close_code == 1000
 
 
+async def lose_deepgram(dg: FakeDeepgram, s: Any, call: Any) -> dict[str, Any]:
+    """Drop the socket, and the reconnect at once too; the call's record once it is over."""
+    await dg.drop_connections()
+    await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
+    await dg.drop_connections()
+    await call.wait_ended(10)
+    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
+    record: dict[str, Any] = s.events["on_call_end"][0]
+    return record
+
+
 async def test_losing_deepgram_mid_call_ends_it_with_a_spoken_goodbye(
     serve: Callable[..., Any], net: FakeTwilio, dg: FakeDeepgram
 ) -> None:
@@ -425,12 +436,7 @@ async def test_losing_deepgram_mid_call_ends_it_with_a_spoken_goodbye(
     )
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=6.0, tail=2.0))
     await wait_until(lambda: any(e["text"] == "Hi" for e in transcript_of(s)), 5)
-    await dg.drop_connections()
-    await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
-    await dg.drop_connections()
-    await call.wait_ended(10)
-    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
-    record = s.events["on_call_end"][0]
+    record = await lose_deepgram(dg, s, call)
     goodbye = PipelineOptions().hearing_lost
     assert record["end_reason"] == "stt_failed"
     assert record["transcript"][-1] == {"role": "assistant", "text": goodbye}
@@ -447,11 +453,6 @@ async def test_with_the_tts_gone_too_the_carrier_says_the_goodbye(
     s = await serve({"stt": client(dg), "tts": tts}, on_message=lambda m: "Sure.")
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=6.0, tail=2.0))
     await wait_until(lambda: len(dg.live) == 1)
-    await dg.drop_connections()
-    await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
-    await dg.drop_connections()
-    await call.wait_ended(10)
-    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
-    record = s.events["on_call_end"][0]
+    record = await lose_deepgram(dg, s, call)
     assert record["end_reason"] == "stt_failed"
     assert call.said == [PipelineOptions().hearing_lost]
