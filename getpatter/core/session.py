@@ -345,12 +345,12 @@ class CallSession:
         self.event("hangup", reason=reason)
         self.end_reason = self.end_reason or reason  # the carrier's stop may arrive first
         if goodbye:
-            await self.add_transcript("assistant", goodbye, carrier_voice=True)
             try:
                 await self.control.say_and_hangup(self, goodbye)
             except Exception as exc:
                 log.warning("call %s: carrier could not say goodbye: %s", self.call_id, exc)
-            else:
+            else:  # only words the carrier took are the caller's to hear
+                await self.add_transcript("assistant", goodbye, carrier_voice=True)
                 await self.end(reason)
                 return
         try:
