@@ -150,7 +150,8 @@ class PipelineCall:
 
     def push_audio(self, audio: InboundAudio) -> None:
         frame = audio.frame
-        payload = self._stt_payload(audio, frame)
+        # once the STT is lost nothing takes this audio: don't convert it or queue it
+        payload = b"" if self._deaf else self._stt_payload(audio, frame)
         if self._gate_open and payload:
             self._send_q.put_nowait(payload)
         elif payload:
