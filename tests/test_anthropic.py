@@ -21,7 +21,8 @@ from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 from getpatter.plugins.anthropic._convert import CALL_START, UNANSWERED, to_anthropic
 from getpatter.plugins.anthropic.llm import AnthropicLLM
-from getpatter.testing.anthropic import FakeAnthropic, ToolUse, _Invalid, validate
+from getpatter.testing.anthropic import FakeAnthropic, ToolUse
+from getpatter.testing.anthropic.server import _Invalid, validate
 from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 

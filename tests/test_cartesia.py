@@ -19,7 +19,8 @@ from getpatter.core.audio import pcm16_bytes, ulaw_encode
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError
 from getpatter.plugins.cartesia.tts import CartesiaStream, CartesiaTTS
-from getpatter.testing.cartesia import FakeCartesia, encode
+from getpatter.testing.cartesia import FakeCartesia
+from getpatter.testing.cartesia.server import encode
 from getpatter.testing.engines import speech_tone
 from getpatter.testing.providers import ScriptedSTT
 from getpatter.testing.twilio import FakeTwilio

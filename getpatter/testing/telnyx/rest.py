@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._telnyx_media import FakeCall
-from ._telnyx_util import (
+from .media import FakeCall
+from .util import (
     AMD_MODES,
     BIDI_MODES,
     ERR_ASSOCIATED,
@@ -52,7 +52,7 @@ from ._telnyx_util import (
 )
 
 if TYPE_CHECKING:
-    from .telnyx import FakeTelnyx
+    from .network import FakeTelnyx
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

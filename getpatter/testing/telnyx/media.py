@@ -33,7 +33,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ._telnyx_util import (
+from ..twilio.util import FRAME_BYTES, FRAME_S, ULAW_SILENCE, Int16Array, ulaw_decode
+from .util import (
     ERR_MEDIA_INVALID,
     ERR_MEDIA_MALFORMED,
     AudioInput,
@@ -41,7 +42,6 @@ from ._telnyx_util import (
     StreamParams,
     load_audio,
 )
-from ._twilio_util import FRAME_BYTES, FRAME_S, ULAW_SILENCE, Int16Array, ulaw_decode
 
 RTP_MIN_BYTES = FRAME_BYTES  # 20 ms of PCMU
 RTP_MAX_BYTES = 30 * 8000  # 30 s of PCMU

@@ -43,8 +43,8 @@ import aiohttp
 import yarl
 from nacl.signing import SigningKey
 
-from ._telnyx_media import FakeCall, MediaStream
-from ._telnyx_util import (
+from .media import FakeCall, MediaStream
+from .util import (
     STREAM_TOKEN_HEADER,
     AudioInput,
     Callee,

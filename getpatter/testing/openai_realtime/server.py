@@ -40,9 +40,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ._loopback import LoopbackServer
-from ._openai_realtime_session import FakeRealtimeSession
-from ._openai_realtime_wire import FunctionCall, Reply
+from .._loopback import LoopbackServer
+from .session import FakeRealtimeSession
+from .wire import FunctionCall, Reply
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
-from ._telnyx_calls import CallEngine
-from ._telnyx_media import FakeCall
-from ._telnyx_rest import build_rest_app
-from ._telnyx_util import (
+from .calls import CallEngine
+from .media import FakeCall
+from .rest import build_rest_app
+from .util import (
     SIGNATURE_HEADER,
     STREAM_TOKEN_HEADER,
     TIMESTAMP_HEADER,

@@ -17,7 +17,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from ._twilio_util import AnswerMode, AudioInput, Callee, callee_audio, load_audio
+from ..twilio.util import AnswerMode, AudioInput, Callee, callee_audio, load_audio
 
 __all__ = [
     "AMD_MODES",

@@ -25,10 +25,10 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
-from ._twilio_calls import WEBHOOK_TIMEOUT_S, CallEngine
-from ._twilio_media import FakeCall
-from ._twilio_rest import FakeRecording, PhoneNumber, RestRequest, build_rest_app
-from ._twilio_util import (
+from .calls import WEBHOOK_TIMEOUT_S, CallEngine
+from .media import FakeCall
+from .rest import FakeRecording, PhoneNumber, RestRequest, build_rest_app
+from .util import (
     AnswerMode,
     AudioInput,
     Callee,

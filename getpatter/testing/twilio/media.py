@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from ._twilio_util import (
+from .util import (
     ERR_STREAM_BINARY,
     ERR_STREAM_MESSAGE,
     FRAME_BYTES,

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._twilio_media import FakeCall
-from ._twilio_util import API_VERSION, Outbound, error_body, rfc2822
+from .media import FakeCall
+from .util import API_VERSION, Outbound, error_body, rfc2822
 
 if TYPE_CHECKING:
-    from .twilio import FakeTwilio
+    from .network import FakeTwilio
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

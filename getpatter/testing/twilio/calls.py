@@ -32,9 +32,9 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import aiohttp
 import yarl
 
-from ._twilio_media import FakeCall, MediaStream
-from ._twilio_rest import FakeRecording, PhoneNumber, RestRequest
-from ._twilio_util import (
+from .media import FakeCall, MediaStream
+from .rest import FakeRecording, PhoneNumber, RestRequest
+from .util import (
     API_VERSION,
     ERR_CONTENT_TYPE,
     ERR_HTTP_RETRIEVAL,

@@ -12,7 +12,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from ._openai_realtime_wire import (
+from .wire import (
     FunctionCall,
     Item,
     Rejected,
@@ -24,7 +24,7 @@ from ._openai_realtime_wire import (
 )
 
 if TYPE_CHECKING:
-    from ._openai_realtime_session import FakeRealtimeSession
+    from .session import FakeRealtimeSession
 
 
 class Responder:

@@ -17,11 +17,11 @@ from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import Int16Array, alaw_decode, pcm16_array, ulaw_decode
 
-from ._openai_realtime_responses import Responder
-from ._openai_realtime_wire import FRAME_MS, Item, Rejected, new_id, validate_session_update
+from .responses import Responder
+from .wire import FRAME_MS, Item, Rejected, new_id, validate_session_update
 
 if TYPE_CHECKING:
-    from .openai_realtime import FakeRealtime
+    from .server import FakeRealtime
 
 
 class FakeRealtimeSession:
@@ -116,10 +116,6 @@ class FakeRealtimeSession:
     @property
     def tool_names(self) -> list[str]:
         return [t.get("name", "") for t in self.config.get("tools") or []]
-
-    @property
-    def response_active(self) -> bool:
-        return self.responses.active is not None
 
     # --- sending -------------------------------------------------------------------------
 
