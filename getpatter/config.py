@@ -16,85 +16,32 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from getpatter.core.credentials import (
+    PROVIDER_KEY_ENV,
+    SECRET_FIELDS,
+    Secret,
+    credential,
+    mask,
+    preview,
+    validate_http_url,
+)
 from getpatter.errors import PatterConfigError
+
+# Re-exported for the public API and older imports: credentials live in core.
+__all__ = [
+    "PROVIDER_KEY_ENV",
+    "LocalConfig",
+    "Secret",
+    "Telnyx",
+    "Twilio",
+    "credential",
+    "mask",
+    "validate_http_url",
+]
 
 TWILIO_BASE_URL: Final = "https://api.twilio.com"
 TELNYX_BASE_URL: Final = "https://api.telnyx.com/v2"
 DEFAULT_PERSIST_ROOT: Final = "~/.getpatter"
-
-#: LocalConfig field → the environment variable it is backfilled from, e.g. OPENAI_API_KEY.
-PROVIDER_KEY_ENV: Final[dict[str, str]] = {
-    f"{name}_key": f"{name.upper()}_API_KEY"
-    for name in "openai elevenlabs deepgram cartesia rime lmnt soniox speechmatics assemblyai "
-    "anthropic".split()
-}
-
-
-class Secret:
-    """A credential that prints as `***` in reprs, f-strings and logs.
-
-    Code that must send the value (signing a request, an auth header) calls `reveal()`,
-    so every place a secret leaves the process is greppable.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise PatterConfigError(f"a secret must be a str, got {type(value).__name__}")
-        self._value = value
-
-    def reveal(self) -> str:
-        """The raw value, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "***" if self._value else ""
-
-    def __format__(self, format_spec: str) -> str:
-        return format(str(self), format_spec)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-def mask(value: str | Secret) -> str:
-    """How a secret appears in a repr: `<set>` or `<unset>`, never the value."""
-    return "<set>" if value else "<unset>"
-
-
-def _preview(value: str, keep: int = 4) -> str:
-    """An identifier shortened enough to recognise but not to copy (e.g. 'AC12…')."""
-    return repr(value if len(value) <= keep else value[:keep] + "…")
-
-
-def _credential(arg: str | None, env: str, what: str, how: str) -> str:
-    """The argument if given, else the env var; stripped because .env files carry stray spaces."""
-    if arg is not None and not isinstance(arg, str):
-        raise PatterConfigError(f"{what} must be a str, got {type(arg).__name__}")
-    value = (os.environ.get(env, "") if arg is None else arg).strip()
-    if not value:
-        fix = f"set {env} in the environment" if arg is None else f"leave it out to read {env}"
-        raise PatterConfigError(
-            f"{what} is {'missing' if arg is None else 'empty'}: pass {how} or {fix}"
-        )
-    return value
-
-
-def validate_http_url(value: object, field_name: str) -> str:
-    """An http(s) URL with a host, without trailing slash (so paths can be appended)."""
-    if not isinstance(value, str):
-        raise PatterConfigError(f"{field_name} must be a str URL, got {type(value).__name__}")
-    url = value.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
-        raise PatterConfigError(
-            f"{field_name} must be an http:// or https:// URL with a host, got {value!r}"
-        )
-    return url.rstrip("/")
 
 
 class Twilio:
@@ -113,11 +60,11 @@ class Twilio:
         *,
         base_url: str = TWILIO_BASE_URL,
     ) -> None:
-        self.account_sid: str = _credential(
+        self.account_sid: str = credential(
             account_sid, "TWILIO_ACCOUNT_SID", "Twilio account SID", "Twilio(account_sid=...)"
         )
         self._auth_token = Secret(
-            _credential(
+            credential(
                 auth_token, "TWILIO_AUTH_TOKEN", "Twilio auth token", "Twilio(auth_token=...)"
             )
         )
@@ -131,7 +78,7 @@ class Twilio:
     def __repr__(self) -> str:
         extra = "" if self.base_url == TWILIO_BASE_URL else f", base_url={self.base_url!r}"
         return (
-            f"Twilio(account_sid={_preview(self.account_sid)}, "
+            f"Twilio(account_sid={preview(self.account_sid)}, "
             f"auth_token={mask(self._auth_token)}{extra})"
         )
 
@@ -172,9 +119,9 @@ class Telnyx:
         base_url: str = TELNYX_BASE_URL,
     ) -> None:
         self._api_key = Secret(
-            _credential(api_key, "TELNYX_API_KEY", "Telnyx API key", "Telnyx(api_key=...)")
+            credential(api_key, "TELNYX_API_KEY", "Telnyx API key", "Telnyx(api_key=...)")
         )
-        self.connection_id: str = _credential(
+        self.connection_id: str = credential(
             connection_id,
             "TELNYX_CONNECTION_ID",
             "Telnyx connection ID (Call Control Application ID)",
@@ -192,7 +139,7 @@ class Telnyx:
 
     def __repr__(self) -> str:
         extra = "" if self.base_url == TELNYX_BASE_URL else f", base_url={self.base_url!r}"
-        public = _preview(self.public_key, 6) if self.public_key else "<unset>"
+        public = preview(self.public_key, 6) if self.public_key else "<unset>"
         return (
             f"Telnyx(api_key={mask(self._api_key)}, connection_id={self.connection_id!r}, "
             f"public_key={public}{extra})"
@@ -302,7 +249,6 @@ def resolve_persist_root(persist: str | os.PathLike[str] | bool | None) -> str |
     return str(Path(path).expanduser().absolute())
 
 
-_SECRET_FIELDS: Final = frozenset({"twilio_token", "telnyx_key", *PROVIDER_KEY_ENV})
 _CARRIERS: Final = ("twilio", "telnyx")
 
 
@@ -391,9 +337,9 @@ class LocalConfig:
 
     def __repr__(self) -> str:
         def show(name: str, value: object) -> str:
-            if name in _SECRET_FIELDS:
+            if name in SECRET_FIELDS:
                 return mask(str(value))
-            return _preview(str(value)) if name == "twilio_sid" and value else repr(value)
+            return preview(str(value)) if name == "twilio_sid" and value else repr(value)
 
         parts = (f"{f.name}={show(f.name, getattr(self, f.name))}" for f in fields(self))
         return f"LocalConfig({', '.join(parts)})"

@@ -459,7 +459,8 @@ class EmbeddedServer:
 
     async def _open_history(self) -> None:
         """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
-        from getpatter.core.store import Scrubber, open_store, secret_values
+        from getpatter.core.credentials import secret_values
+        from getpatter.core.store import Scrubber, open_store
 
         token = self._dashboard_token
         if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:

@@ -96,14 +96,6 @@ class Scrubber:
         return result
 
 
-def secret_values(config: Any) -> list[str]:
-    """Every credential in a LocalConfig, to be kept out of stored records and the dashboard."""
-    from getpatter.config import PROVIDER_KEY_ENV
-
-    names = ["twilio_token", "telnyx_key", *PROVIDER_KEY_ENV]
-    return [v for v in (getattr(config, n, "") for n in names) if isinstance(v, str) and v]
-
-
 # --- the interface -----------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import LLMEvent, TextDelta, ToolCallRequest, Usage
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
@@ -121,7 +121,7 @@ class AnthropicLLM:
     ) -> None:
         self.options = AnthropicOptions(model, base_url, max_tokens, temperature, timeout)
         self._key = Secret(
-            _credential(
+            credential(
                 api_key, "ANTHROPIC_API_KEY", "Anthropic API key", "AnthropicLLM(api_key=...)"
             )
         )

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from getpatter.config import Secret, _credential
+from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
 from getpatter.errors import PatterConnectionError, ProviderError
 
@@ -95,7 +95,7 @@ class AssemblyAISTT:
         close_timeout: float = 3.0,
     ) -> None:
         self._key = Secret(
-            _credential(
+            credential(
                 api_key, "ASSEMBLYAI_API_KEY", "AssemblyAI API key", "AssemblyAISTT(api_key=...)"
             )
         )

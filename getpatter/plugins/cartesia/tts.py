@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
@@ -147,7 +147,7 @@ class CartesiaTTS:
             generation_config=dict(generation_config or {}),
         )
         self._key = Secret(
-            _credential(api_key, "CARTESIA_API_KEY", "Cartesia API key", "CartesiaTTS(api_key=...)")
+            credential(api_key, "CARTESIA_API_KEY", "Cartesia API key", "CartesiaTTS(api_key=...)")
         )
         self.sample_rate: int = sample_rate
         self.encoding: AudioEncoding = encoding

@@ -35,7 +35,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-from getpatter.config import Secret, _credential
+from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
@@ -82,7 +82,7 @@ class DeepgramSTT:
         close_timeout: float = 2.0,
     ) -> None:
         self._key = Secret(
-            _credential(api_key, "DEEPGRAM_API_KEY", "Deepgram API key", "DeepgramSTT(api_key=...)")
+            credential(api_key, "DEEPGRAM_API_KEY", "Deepgram API key", "DeepgramSTT(api_key=...)")
         )
         self.options = DeepgramOptions(
             model=model,

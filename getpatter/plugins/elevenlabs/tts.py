@@ -41,7 +41,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
@@ -149,7 +149,7 @@ class ElevenLabsTTS:
             socket_retry_after=socket_retry_after,
         )
         self._key = Secret(
-            _credential(
+            credential(
                 api_key, "ELEVENLABS_API_KEY", "ElevenLabs API key", "ElevenLabsTTS(api_key=...)"
             )
         )

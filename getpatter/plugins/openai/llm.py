@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import LLMEvent, TextDelta, ToolCallRequest, Usage
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
@@ -42,7 +42,7 @@ _TRANSPORT_MODULES: Final = frozenset({"httpx", "httpx2", "httpcore", "httpcore2
 
 def openai_key(api_key: str | None, who: str) -> Secret:
     """The key from the argument or OPENAI_API_KEY; PatterConfigError names both if missing."""
-    return Secret(_credential(api_key, "OPENAI_API_KEY", "OpenAI API key", f"{who}(api_key=...)"))
+    return Secret(credential(api_key, "OPENAI_API_KEY", "OpenAI API key", f"{who}(api_key=...)"))
 
 
 def check_timeout(who: str, value: object) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from getpatter.config import Secret, _credential, validate_http_url
+from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.errors import PatterConfigError, PatterConnectionError
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class OpenAIRealtime:
 
     def __post_init__(self) -> None:
         self._secret = Secret(
-            _credential(
+            credential(
                 self.api_key, "OPENAI_API_KEY", "OpenAI API key", "OpenAIRealtime(api_key=...)"
             )
         )

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from getpatter.config import validate_http_url
+from getpatter.core.credentials import validate_http_url
 from getpatter.core.providers import AudioEncoding, Transcript
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError
 from getpatter.plugins.openai.llm import (
@@ -37,7 +37,7 @@ from getpatter.plugins.openai.llm import (
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from getpatter.config import Secret
+    from getpatter.core.credentials import Secret
 
 __all__ = ["OpenAITranscribeOptions", "OpenAITranscribeSTT", "OpenAITranscribeStream"]
 

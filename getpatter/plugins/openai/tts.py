@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from getpatter.config import validate_http_url
+from getpatter.core.credentials import validate_http_url
 from getpatter.core.providers import AudioEncoding
 from getpatter.errors import PatterConfigError
 from getpatter.plugins.openai.llm import (
@@ -31,7 +31,7 @@ from getpatter.plugins.openai.llm import (
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from getpatter.config import Secret
+    from getpatter.core.credentials import Secret
 
 __all__ = ["OpenAITTS", "OpenAITTSOptions", "OpenAITTSStream"]
 

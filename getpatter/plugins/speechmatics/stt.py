@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from getpatter.config import Secret, _credential
+from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
@@ -98,7 +98,7 @@ class SpeechmaticsSTT:
         connect_timeout: float = 10.0,
     ) -> None:
         self._key = Secret(
-            _credential(
+            credential(
                 api_key,
                 "SPEECHMATICS_API_KEY",
                 "Speechmatics API key",
