@@ -40,7 +40,8 @@ import webrtcvad
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from getpatter.core import audio
-from getpatter.core.audio import AudioFrame, Resampler
+from getpatter.core.audio import AudioFrame
+from getpatter.core.resample import Resampler
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -42,7 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from getpatter.core.audio import AudioFrame, Resampler, pcm16_bytes, ulaw_decode, ulaw_encode
+from getpatter.core.audio import AudioFrame, pcm16_bytes, ulaw_decode, ulaw_encode
+from getpatter.core.resample import Resampler
 from getpatter.plugins.local.stt import LocalSTT
 from getpatter.plugins.local.tts import LocalTTS
 

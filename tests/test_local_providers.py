@@ -19,7 +19,6 @@ import pytest
 
 from getpatter.core.audio import (
     AudioFrame,
-    Resampler,
     pcm16_bytes,
     rms,
     ulaw_decode,
@@ -27,6 +26,7 @@ from getpatter.core.audio import (
 )
 from getpatter.core.providers import STT, TTS, STTStream, Transcript, TTSStream
 from getpatter.core.registry import Registry
+from getpatter.core.resample import Resampler
 from getpatter.errors import PatterConfigError, ProviderError
 
 pytest.importorskip("pocketsphinx")

@@ -11,10 +11,10 @@ import soxr
 from getpatter.core.audio import (
     AudioFrame,
     Int16Array,
-    Resampler,
     float32_to_int16,
     int16_to_float32,
 )
+from getpatter.core.resample import Resampler
 
 RATE_PAIRS = [(8000, 16000), (24000, 8000), (16000, 24000), (44100, 16000), (16000, 8000)]
 

@@ -2,7 +2,7 @@
 
 This module knows Twilio's JSON, base64 and form encodings and nothing else; what a call does
 with the events lives in the session and engines. REST calls are in `twilio_rest.py`, the
-HTTP routes in `twilio_routes.py`.
+HTTP routes in `twilio_adapter.py`.
 """
 
 from __future__ import annotations
@@ -94,10 +94,6 @@ def twiml_dial(number: str) -> str:
     return (
         f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{escape(number)}</Dial></Response>'
     )
-
-
-def twiml_reject() -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?><Response><Reject/></Response>'
 
 
 # --- Media Streams -------------------------------------------------------------------------

@@ -94,9 +94,6 @@ class TwilioREST:
     async def update_call(self, call_sid: str, **fields: str) -> dict[str, Any]:
         return await self._request("POST", f"Calls/{call_sid}.json", list(fields.items()))
 
-    async def fetch_call(self, call_sid: str) -> dict[str, Any]:
-        return await self._request("GET", f"Calls/{call_sid}.json")
-
     async def hangup(self, call_sid: str) -> None:
         await self.update_call(call_sid, Status="completed")
 

@@ -79,9 +79,3 @@ class SentenceChunker:
             return True
         after = text[match.end() : match.end() + 2]
         return word[-1:].isdigit() and after[1:2].isdigit()
-
-
-def split_sentences(text: str) -> list[str]:
-    """Whole text → sentences (no fast first flush)."""
-    chunker = SentenceChunker(ChunkerOptions(first_min_chars=10**9, first_max_words=10**9))
-    return [*chunker.push(text + " "), *chunker.flush()]

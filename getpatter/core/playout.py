@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from getpatter.core.audio import AudioFrame, Resampler, ulaw_encode
+from getpatter.core.audio import AudioFrame, ulaw_encode
+from getpatter.core.resample import Resampler
 
 log = logging.getLogger(__name__)
 

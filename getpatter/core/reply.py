@@ -39,7 +39,8 @@ class _Spoken:
 
 @dataclass
 class Reply:
-    """One turn of agent speech. `run()` speaks it; `cancel()` stops it dead."""
+    """One turn of agent speech: `speak_stream()` speaks text as it streams in; setting
+    `cancelled` (the pipeline does, on barge-in) stops it at the next chunk."""
 
     call: CallSession
     tts: TTSStream
