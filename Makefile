@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml getpatter/core/_audio.c
 demo: venv
 	$(BIN)/getpatter demo
 
+# Four workers: most tests wait on audio paced at real time, so they overlap well even on 2 cores.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 lint: venv
 	$(BIN)/ruff check getpatter tests benchmarks examples
