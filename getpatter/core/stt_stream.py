@@ -142,6 +142,9 @@ class ReconnectingSTTStream(ABC):
     def _finalized(self) -> None:
         """The provider answered the finalize: no need to ask again on a new socket."""
         self._finalize_pending = False
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
 
     def _final_until(self, socket_s: float | None) -> None:
         """Finals now cover the audio up to `socket_s` (None: all of it): it needs no replay."""
@@ -253,17 +256,17 @@ class ReconnectingSTTStream(ABC):
     async def _request_final(self, socket: Any) -> None:
         if await self._write(self._send_finalize, socket) is False:
             return  # nothing to finalize
-        self._finalize_pending = True
-        if self.stall_timeout is not None:
-            if self._stall_check is not None:
-                self._stall_check.cancel()
+        if self.stall_timeout is not None and self._stall_check is None:
+            # timed from the first unanswered finalize: asking again does not reset it
             asked_at = self._loop.time()
             self._stall_check = self._loop.call_later(
                 self.stall_timeout, self._check_stall, socket, asked_at
             )
+        self._finalize_pending = True
 
     def _check_stall(self, socket: Any, asked_at: float) -> None:
         """A socket given speech and a finalize that has said nothing since is not working."""
+        self._stall_check = None
         if (
             socket is self._socket
             and not self._closing
@@ -284,6 +287,9 @@ class ReconnectingSTTStream(ABC):
                     self._stalled = False
                     dropped = Dropped(f"no answer for {self.stall_timeout}s after a finalize")
                 self._socket_lost()
+                if self._stall_check is not None:  # the new socket gets its own
+                    self._stall_check.cancel()
+                    self._stall_check = None
                 await self._discard()
                 if dropped.fatal is not None:
                     raise dropped.fatal
