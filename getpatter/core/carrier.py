@@ -1,5 +1,5 @@
-"""The carrier contract: what a carrier (Twilio, Telnyx, Plivo, a third party's) provides, and
-the narrow call table it works against.
+"""The carrier contract: what a carrier (ours under getpatter/carriers/, or a third party's)
+provides, and the narrow call table it works against.
 
 A carrier is a plugin like any provider: a module in the entry-point group
 ``getpatter.plugins`` registers a ``ProviderSpec("carrier", name, "module:Class")``, and the

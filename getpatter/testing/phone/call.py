@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .audio import FRAME_S, AudioInput, Int16Array, load_audio, ulaw_decode
 
-if TYPE_CHECKING:
-    from .stream import MediaSocket
+
+class OpenOrNot(Protocol):
+    """All a call needs to know of its media socket."""
+
+    open: bool
 
 
 @dataclass
@@ -60,7 +63,7 @@ class PhoneCall:
         self.answered_at: float | None = None
         self.ended_at: float | None = None
         self._inbound = bytearray(load_audio(audio))  # far-end audio not yet streamed
-        self._stream: MediaSocket | None = None
+        self._stream: OpenOrNot | None = None
         self._changed = asyncio.Event()
         self._finished = asyncio.Event()
 
