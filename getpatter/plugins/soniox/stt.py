@@ -311,7 +311,7 @@ class SonioxSTTStream(ReconnectingSTTStream):
         self._finals = [t for t in self._finals if _ms(t, "start_ms") < replayed_from]
 
     async def _after_close(self) -> None:
-        self._flush(speech_final=True)
+        self._flush()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -338,12 +338,12 @@ class SonioxSTTStream(ReconnectingSTTStream):
         if fin:
             self._finalized()
         if end or fin:
-            self._flush(speech_final=True)
+            self._flush()
         elif tail:
             self._emit(self._transcript([*self._finals, *tail], final=False))
         if data.get("finished"):
             self.finished = True
-            self._flush(speech_final=True)
+            self._flush()
 
     def _transcript(self, tokens: list[dict[str, Any]], *, final: bool) -> Transcript:
         scores = [t["confidence"] for t in tokens if isinstance(t.get("confidence"), int | float)]
@@ -357,7 +357,7 @@ class SonioxSTTStream(ReconnectingSTTStream):
             self._stream_time(_ms(timed[-1], "end_ms") / 1000) if timed else None,
         )
 
-    def _flush(self, *, speech_final: bool) -> None:
+    def _flush(self) -> None:
         tokens, self._finals = self._finals, []
         if tokens:
             transcript = self._transcript(tokens, final=True)
