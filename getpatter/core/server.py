@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from getpatter.core.carrier import CallTable, Carrier, DialRequest
+from getpatter.core.carrier import Admission, CallTable, Carrier, DialRequest
 from getpatter.core.engine import Engine, EngineCall
 from getpatter.core.media import (
     DtmfReceived,
@@ -28,6 +28,14 @@ from getpatter.core.media import (
     StreamStarted,
     StreamStopped,
 )
+from getpatter.core.node import (
+    BUSY_MESSAGE,
+    DRAIN_GOODBYE,
+    OVERFLOW_HEADER,
+    NodeSettings,
+    prefixed,
+    request_url,
+)
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
 from getpatter.errors import CallError, PatterConfigError
@@ -35,8 +43,9 @@ from getpatter.errors import CallError, PatterConfigError
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.config import LocalConfig
+    from getpatter.core.cluster import Cluster
     from getpatter.core.pricing import PriceTable
-    from getpatter.core.store import Store
+    from getpatter.core.store import Scrubber, Store
     from getpatter.dashboard.routes import Dashboard
 
 log = logging.getLogger(__name__)
@@ -90,8 +99,14 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        node: NodeSettings | None = None,
     ) -> None:
         self.config = config
+        self.node = node or NodeSettings()
+        self.busy_message = BUSY_MESSAGE  # what callers hear when every line is busy
+        self.drain_goodbye = DRAIN_GOODBYE  # what callers still on the line at the drain's end hear
+        self.cluster: Cluster | None = None  # the other nodes, when history is in PostgreSQL
+        self._draining = False
         self.agent = agent
         self.recording = recording
         self.voicemail_message = voicemail_message
@@ -159,10 +174,34 @@ class EmbeddedServer:
         return self.config.webhook_url or f"{self.host}:{self.port}"
 
     def public_url(self, path: str) -> str:
-        return f"https://{self.public_host}{path}"
+        """Where carriers reach this node (its own route when it is one of many)."""
+        return self.node.base_url(self.public_host) + path
 
     def public_ws_url(self, path: str) -> str:
-        return f"wss://{self.public_host}{path}"
+        return "wss://" + self.public_url(path).removeprefix("https://")
+
+    def request_url(self, request: web.Request) -> str:
+        return request_url(request, self.public_host, self.node.host(self.public_host))
+
+    # --- capacity ------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def full(self) -> bool:
+        limit = self.node.max_calls
+        return limit is not None and len(self.sessions) >= limit
+
+    def admit(self, request: web.Request) -> Admission:
+        """Take a new call unless full or draining; then refuse (503) so the balancer tries
+        the next node, or — its last try, or no balancer at all — answer "all lines busy"."""
+        if not (self._draining or self.full()):
+            return Admission.TAKE
+        if request.headers.get(OVERFLOW_HEADER) or not self.node.behind_balancer:
+            log.info("every line is busy: a caller hears so (%d calls here)", len(self.sessions))
+            return Admission.BUSY
+        return Admission.REFUSE
 
     def stream_url(self, key: str) -> str:
         return self.public_ws_url(f"/ws/stream/{key}")
@@ -193,6 +232,8 @@ class EmbeddedServer:
         session.key = key
         self.sessions[key] = session
         self.bind_carrier_id(info.call_id, key)
+        if self.cluster is not None:
+            self.cluster.call_opened(session)
         token = secrets.token_urlsafe(24)
         self._tokens[key] = (token, time.monotonic() + token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
@@ -248,6 +289,9 @@ class EmbeddedServer:
     ) -> CallSession:
         """Dial `to` through the carrier; the session exists (and is recorded) from the start,
         and ends as "failed" if the carrier refuses or cannot be reached."""
+        if self._draining or self.full():
+            why = "draining" if self._draining else f"full ({self.node.max_calls} calls)"
+            raise CallError(f"this node is {why}: place the call on another node")
         session, token = self.new_outbound_call(
             to=to,
             from_=from_,
@@ -285,6 +329,10 @@ class EmbeddedServer:
     async def _write_record(self, key: str, record: dict[str, Any]) -> None:
         self.sessions.pop(key, None)
         self._tokens.pop(key, None)
+        if self.node.name:
+            record["node"] = self.node.name
+        if self.cluster is not None:
+            self.cluster.call_ended(key)
         self.history.append(record)
         for sink in self.record_sinks:
             result = sink(record)
@@ -313,21 +361,30 @@ class EmbeddedServer:
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024)
-        app.add_routes(
-            [
-                web.get("/health", self._health),
-                web.get("/ws/stream/{call_id}", self.media_socket),
-                *self.carrier.routes(),
-            ]
-        )
+        routes = [
+            web.get("/health", self._health),
+            web.get("/ws/stream/{call_id}", self.media_socket),
+            *self.carrier.routes(),
+        ]
         if self._dashboard_ui is not None:
-            app.add_routes(self._dashboard_ui.routes())
+            routes += self._dashboard_ui.routes()
+        # and all of them again on this node's own path (see core/node.py)
+        app.add_routes(routes + prefixed(routes, self.node.prefix(self.public_host)))
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "carrier": self.carrier.name, "active_calls": len(self.sessions)}
-        )
+        """200 while taking calls; 503 "draining" once stopping, so a balancer's health
+        check takes the node out while its live calls finish."""
+        body: dict[str, Any] = {
+            "status": "draining" if self._draining else "ok",
+            "carrier": self.carrier.name,
+            "active_calls": len(self.sessions),
+        }
+        if self.node.name:
+            body["node"] = self.node.name
+        if self.node.max_calls is not None:
+            body.update(max_calls=self.node.max_calls, full=self.full())
+        return web.json_response(body, status=503 if self._draining else 200)
 
     async def media_socket(self, request: web.Request) -> web.StreamResponse:
         """The media WebSocket of every carrier (carriers mount it at their own paths too)."""
@@ -404,6 +461,8 @@ class EmbeddedServer:
                 await session.attach_media(
                     event.stream_id, encoder, sink, self.open_engine(session)
                 )
+                if self.cluster is not None:
+                    self.cluster.call_live(session)
             elif isinstance(event, StreamStopped):
                 session.end_reason = session.end_reason or "hangup"
                 return
@@ -465,10 +524,41 @@ class EmbeddedServer:
             await self._shutdown()
 
     async def stop(self) -> None:
-        """End every live call politely (hang up, write its record) and stop listening."""
+        """End every live call politely (hang up, write its record) and stop listening;
+        with a `drain_timeout`, first take no new calls and let live ones finish."""
+        if self._stopped is not None and not self._stopped.is_set():
+            await self.drain(self.node.drain_timeout)
         if self._stopped is not None:
             self._stopped.set()
         await self._shutdown()
+
+    async def drain(self, seconds: float) -> None:
+        """Take no new calls (`/health` says draining, webhooks get 503), let live calls run
+        up to `seconds`, then say goodbye to those still on the line."""
+        if self._draining or seconds <= 0:
+            return
+        self._draining = True
+        log.warning(
+            "draining: no new calls; %d calls have up to %.0f s to finish",
+            len(self.sessions),
+            seconds,
+        )
+        if self.cluster is not None:
+            await self.cluster.set_draining()
+        ends = {s.ended for s in self.sessions.values()}
+        if ends:
+            await asyncio.wait(ends, timeout=seconds)
+        left = [s for s in self.sessions.values() if s.state != "ended"]
+        if left:
+            log.warning("drain time is up: saying goodbye to %d calls", len(left))
+            words = self.drain_goodbye
+            await asyncio.gather(
+                *(
+                    s.hangup("server_stopped", goodbye=words if s.state == "live" else "")
+                    for s in left
+                ),
+                return_exceptions=True,
+            )
 
     async def _shutdown(self) -> None:
         """Once, however many of stop() and start()'s exit get here."""
@@ -497,7 +587,7 @@ class EmbeddedServer:
     async def _open_history(self) -> None:
         """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
         from getpatter.core.credentials import secret_values
-        from getpatter.core.store import Scrubber, open_store
+        from getpatter.core.store import Scrubber
 
         token = self._dashboard_token
         if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:
@@ -505,7 +595,7 @@ class EmbeddedServer:
         scrub = Scrubber(
             [*secret_values(self.config), token], mask_phone_numbers=self.mask_phone_numbers
         )
-        store = self.store = await open_store(self.config.persist_root, scrub)
+        store = self.store = await self._open_store(scrub)
 
         async def keep(record: dict[str, Any]) -> None:
             try:
@@ -522,10 +612,76 @@ class EmbeddedServer:
 
             self._dashboard_ui = Dashboard(self, store, scrub, token)
 
+    async def _open_store(self, scrub: Scrubber) -> Store:
+        """SQLite (or memory) for one node; PostgreSQL, and with it the cluster, for many."""
+        from getpatter.core.pg import is_database_url
+        from getpatter.core.store import open_store
+
+        persist = self.config.persist_root
+        if not is_database_url(persist):
+            return await open_store(persist, scrub)
+        assert persist is not None
+        from getpatter.core.cluster import Cluster
+        from getpatter.core.store_pg import open_postgres_store
+
+        node = self.node.ident
+        store = await open_postgres_store(persist, scrub, node)
+        self.cluster = Cluster(
+            store.db,
+            node,
+            self.node.base_url(self.public_host),
+            on_control=self._control,
+            local_calls=lambda: list(self.sessions.values()),
+            scrub=scrub,
+        )
+        try:
+            await self.cluster.start()
+        except BaseException:
+            self.cluster = None
+            await store.close()
+            raise
+        return store
+
+    # --- control (from the API of any node) ----------------------------------------------
+
+    async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Hang up or transfer a live call, wherever it is: here, or on the node that holds
+        it (through the cluster). `{"ok": False, "error": ...}` if it can't be done."""
+        session = self.find_call(call_id) or self.call_by_key(call_id)
+        if session is not None and session.state != "ended":
+            return await self._control(op, session.key, args)
+        if self.cluster is not None:
+            result = await self.cluster.control(call_id, op, args)
+            if result is not None:
+                return result
+        return {"ok": False, "error": f"no call {call_id!r} in progress", "missing": True}
+
+    async def _control(self, op: str, key: str, args: dict[str, Any]) -> dict[str, Any]:
+        session = self.call_by_key(key) or self.find_call(key)
+        if session is None or session.state == "ended":
+            return {"ok": False, "error": f"no call {key!r} in progress here", "missing": True}
+        try:
+            if op == "hangup":
+                await session.hangup("operator_hangup")
+            elif op == "transfer":
+                await session.transfer(str(args.get("to", "")))
+            else:
+                return {"ok": False, "error": f"unknown operation {op!r}"}
+        except CallError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "call_id": session.call_id}
+
+    def remote_calls(self) -> list[dict[str, Any]]:
+        """Live calls on the other nodes (empty for a lone node)."""
+        return self.cluster.remote_calls() if self.cluster is not None else []
+
     async def _close_history(self) -> None:
         sink, self._history_sink = self._history_sink, None
         if sink is not None and sink in self.record_sinks:
             self.record_sinks.remove(sink)
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            await cluster.stop()
         store, self.store = self.store, None
         if store is not None:
             await store.close()

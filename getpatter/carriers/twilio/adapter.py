@@ -19,7 +19,7 @@ from getpatter.carriers.twilio.wire import (
     twiml_stream,
     verify_signature,
 )
-from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.carrier import Admission, CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import MediaEvent
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
 from getpatter.errors import CallError, PatterConfigError
@@ -34,6 +34,9 @@ _FINAL_STATUS = {
     "failed": "failed",
     "canceled": "canceled",
 }
+
+
+_RETRY = {"Retry-After": "1"}
 
 
 class TwilioSettings(Protocol):
@@ -88,7 +91,7 @@ class TwilioAdapter:
             form = await request.post()
         except ValueError:
             return web.Response(status=400, text="bad form body")
-        url = self._table.public_url(request.path_qs)
+        url = self._table.request_url(request)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get("X-Twilio-Signature", "")
         if not verify_signature(self._auth_token, url, params, signature):
@@ -106,6 +109,13 @@ class TwilioAdapter:
         existing = self._table.find_call(call_sid)
         if existing is not None and existing.state != "pending":
             return web.Response(status=409, text="call already connected")
+        if existing is None:
+            admission = self._table.admit(request)
+            if admission is Admission.REFUSE:
+                return web.Response(status=503, text="this node is full", headers=_RETRY)
+            if admission is Admission.BUSY:
+                twiml = twiml_say_hangup(self._table.busy_message)
+                return web.Response(text=twiml, content_type="text/xml")
         info = CallInfo(
             call_id=call_sid,
             caller=str(form.get("From", "")),
