@@ -139,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=None, metavar="S")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    name = os.environ.get(ENV_NAME, "main")
     logging.basicConfig(
         level=args.log_level.upper(),
-        format=f"%(asctime)s {os.environ.get(ENV_NAME, 'main')} %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
     )
     if args.workers:
         return run_workers(
