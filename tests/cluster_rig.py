@@ -138,10 +138,10 @@ class Rig:
             assert node.proc is not None
             node.proc.send_signal(sig)
 
-    async def wait_exit(self, name: str, timeout: float) -> int:
+    async def wait_exit(self, name: str, within: float) -> int:
         node = self.nodes[name]
         assert node.proc is not None
-        code = await asyncio.wait_for(node.proc.wait(), timeout)
+        code = await asyncio.wait_for(node.proc.wait(), within)
         if node.reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(node.reader, 5)
@@ -185,9 +185,9 @@ class Rig:
         rows = await self.rows("SELECT * FROM calls WHERE call_id = $1", call_id)
         return rows[0] if rows else None
 
-    async def wait_row(self, call_id: str, timeout: float = 10.0, **want: Any) -> dict[str, Any]:
+    async def wait_row(self, call_id: str, within: float = 10.0, **want: Any) -> dict[str, Any]:
         """The call's history row once it has every `want`ed value."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         row = None
         while asyncio.get_running_loop().time() < deadline:
             row = await self.call_row(call_id)

@@ -120,10 +120,8 @@ async def test_outbound_call_placed_on_b_gets_its_callbacks_on_b(rig: Rig) -> No
     call = rig.net.calls[call_id]
     await call.wait_stream(10)
     assert node_of(call) == "b"
-    await call.wait_for(
-        lambda: any(h.kind == "amd" and h.status for h in rig.net.webhooks if h.call_sid == call_id),
-        10,
-    )
+    hooks = rig.net.webhooks
+    await call.wait_for(lambda: any(h.kind == "amd" and h.status for h in hooks), 10)
     await call.hangup()
     row = await rig.wait_row(call_id, state="ended", node="b")
     assert row["direction"] == "outbound"
@@ -157,8 +155,7 @@ async def test_rolling_restart_drops_no_call(rig: Rig) -> None:
         while (await rig.get(name, "/health"))[0] != 503:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
-        status, body = await rig.get(name, "/health")
-        assert body["status"] == "draining"
+        assert (await rig.get(name, "/health"))[1]["status"] == "draining"
         newcomer = await place(rig)  # a new call goes to another node
         assert node_of(newcomer) != name
         live.append(newcomer)
@@ -183,7 +180,7 @@ async def test_kill_9_leaves_node_lost_records_and_other_calls_untouched(rig: Ri
     victim = next(c for c in calls if node_of(c) == "c")
     await rig.kill("c")
     await victim.wait_ended(5)
-    row = await rig.wait_row(victim.call_sid, timeout=HEARTBEAT_TIMEOUT + 5, end_reason="node_lost")
+    row = await rig.wait_row(victim.call_sid, within=HEARTBEAT_TIMEOUT + 5, end_reason="node_lost")
     assert row["node"] == "c" and row["answered"]
     survivors = [c for c in calls if c is not victim]
     assert not any(c.ended for c in survivors)
@@ -201,6 +198,6 @@ async def test_postgres_restart_mid_call_ends_no_call(rig: Rig) -> None:
     for call in calls:
         await call.hangup()
     for call in calls:  # written once the database is back
-        row = await rig.wait_row(call.call_sid, timeout=15, state="ended")
+        row = await rig.wait_row(call.call_sid, within=15, state="ended")
         assert row["end_reason"] == "hangup"
         assert not call.errors
