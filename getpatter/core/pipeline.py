@@ -23,7 +23,7 @@ from getpatter.core.metrics import TurnTimes
 from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
 from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
 from getpatter.core.resample import Resampler
-from getpatter.core.vad import VAD, VADOptions
+from getpatter.core.vad import VADOptions, VADProvider, WebRTCVAD, resolve_vad
 from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
@@ -62,7 +62,12 @@ class PipelineEngine:
     """Agent-level pipeline config: the STT, TTS and (optional) LLM every call will use."""
 
     def __init__(
-        self, stt: STT, tts: TTS, llm: LLM | None = None, options: PipelineOptions | None = None
+        self,
+        stt: STT,
+        tts: TTS,
+        llm: LLM | None = None,
+        options: PipelineOptions | None = None,
+        vad: VADProvider | None = None,
     ) -> None:
         for name, value, proto in (("stt", stt, STT), ("tts", tts, TTS)):
             if not isinstance(value, proto):
@@ -74,6 +79,8 @@ class PipelineEngine:
             raise PatterConfigError(f"llm={type(llm).__name__}(...) has no chat() method")
         self.stt, self.tts, self.llm = stt, tts, llm
         self.options = options or PipelineOptions()
+        # turn-taking and barge-in: the agent's VAD, else webrtcvad tuned by options.vad
+        self.vad: VADProvider = vad if vad is not None else WebRTCVAD(self.options.vad)
 
     @classmethod
     def for_agent(cls, agent: Agent, options: PipelineOptions | None = None) -> PipelineEngine:
@@ -83,7 +90,8 @@ class PipelineEngine:
         stt = resolve("stt", agent.stt if agent.stt is not None else "local")
         tts = resolve("tts", agent.tts if agent.tts is not None else "local")
         llm = resolve("llm", agent.llm) if agent.llm is not None else None
-        return cls(stt, tts, llm, options)
+        vad = resolve_vad(agent.vad, options.vad if options is not None else None)
+        return cls(stt, tts, llm, options, vad)
 
     def open(self, call: CallSession) -> PipelineCall:
         return PipelineCall(self, call)
@@ -98,7 +106,7 @@ class PipelineCall:
         self.engine = engine
         self.call = call
         self.options = opts = engine.options
-        self.vad = VAD(opts.vad, 8000)
+        self.vad = engine.vad.create(8000)
         self.history: list[dict[str, Any]] = []
         self.stt_stream: STTStream | None = None
         self.tts_stream: Any = None
