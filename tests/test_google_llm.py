@@ -237,7 +237,11 @@ async def test_a_drop_before_output_is_retried_once(fake: FakeGemini) -> None:
     llm = llm_for(fake)
     fake.first_token_delay = 0.3
     task = asyncio.ensure_future(run(llm, [{"role": "user", "content": "x"}]))
-    await asyncio.sleep(0.15)
+    for _ in range(200):
+        if fake.requests:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the request is in, its answer not yet begun
     assert await fake.drop_connections() >= 1
     events = await task
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Okay."

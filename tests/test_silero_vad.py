@@ -25,7 +25,7 @@ from getpatter.core.vad import (
 )
 from getpatter.errors import PatterConfigError, PluginNotFoundError
 from getpatter.plugins.openai.realtime import OpenAIRealtime
-from getpatter.plugins.silero.vad import SileroDetector, SileroVAD
+from getpatter.plugins.silero.vad import SileroDetector, SileroVAD, _pool
 from getpatter.testing.clock import run_virtual
 from getpatter.testing.openai_realtime import FakeRealtime
 from getpatter.testing.providers import ScriptedSTT
@@ -120,10 +120,11 @@ def test_models_are_pooled_and_reset() -> None:
     probabilities = first.last_probability
     del first
     gc.collect()
-    again = silero()
-    assert again._model is model  # borrowed back from the pool, not rebuilt
+    idle = _pool._idle[RATE]
+    assert any(m is model for m in idle)  # given back, for the next call to borrow
+    borrowed = [silero() for _ in range(len(idle))]  # a spare may be lent before it
+    [again] = [d for d in borrowed if d._model is model]
     assert feed(again, x) == before and again.last_probability == probabilities  # reset
-    assert len({id(silero()._model) for _ in range(3)}) >= 1
 
 
 def test_options_are_checked() -> None:
@@ -239,7 +240,8 @@ async def test_a_realtime_call_barges_in_on_the_agents_vad(
     onset = [t for t, kind, _ in call.sent if kind == "media"][onset_frame]
     clears = [t for t, kind, _ in call.received if kind == "clear"]
     if fast:
-        assert len(clears) == 1 and 0.05 < clears[0] - onset < 0.45  # ~100 ms: ours
+        # ours needs ~100 ms of speech; the model's 800 ms (it never fires here: see the deaf case)
+        assert len(clears) == 1 and 0.05 < clears[0] - onset < 0.6
         await call.wait_for(lambda: bool(s.events.get("on_transcript")), 5)
         assert s.events["on_transcript"][0]["interrupted"] is True
     else:
