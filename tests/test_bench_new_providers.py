@@ -12,6 +12,7 @@ import pytest
 
 from getpatter.bench import BenchOptions, run
 from getpatter.core.registry import Registry
+from getpatter.errors import PatterConfigError
 from getpatter.testing.gemini_http import FakeGemini
 from getpatter.testing.lmnt import FakeLmnt
 from getpatter.testing.openai_http import FakeOpenAI
@@ -90,3 +91,27 @@ def test_the_new_classes_are_exported_without_loading_an_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_localconfig_keys_reach_providers_chosen_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rime_key` / `lmnt_key` (and every other LocalConfig key) are what a provider named by
+    the agent is built with, even when its environment variable is not set."""
+    from getpatter.agent import Agent
+    from getpatter.config import LocalConfig
+    from getpatter.core.pipeline import PipelineEngine
+    from getpatter.core.server import EmbeddedServer
+
+    for env in ("RIME_API_KEY", "LMNT_API_KEY", "GROQ_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    config = LocalConfig(rime_key="rime-from-config", lmnt_key="lmnt-from-config")
+    config.openai_key = "sk-config"
+    agent = Agent(tts="rime", stt="local", llm="openai")
+    server = EmbeddedServer(config, agent, dashboard=False)
+    engine = server.engine_for(agent)
+    assert isinstance(engine, PipelineEngine)
+    assert engine.tts._key.reveal() == "rime-from-config"  # type: ignore[attr-defined]
+    assert engine.llm._key.reveal() == "sk-config"  # type: ignore[union-attr]
+    lmnt = PipelineEngine.for_agent(Agent(tts="lmnt"), keys={"LMNT_API_KEY": config.lmnt_key})
+    assert lmnt.tts._key.reveal() == "lmnt-from-config"  # type: ignore[attr-defined]
+    with pytest.raises(PatterConfigError, match="GROQ_API_KEY"):
+        server.engine_for(Agent(llm="groq"))  # neither in the config nor in the environment

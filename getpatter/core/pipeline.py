@@ -10,9 +10,10 @@ cleared, then the agent's turn is cut to the words the caller heard.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,18 +84,38 @@ class PipelineEngine:
         self.vad: VADProvider = vad if vad is not None else WebRTCVAD(self.options.vad)
 
     @classmethod
-    def for_agent(cls, agent: Agent, options: PipelineOptions | None = None) -> PipelineEngine:
-        """Resolve the agent's providers (instances or registered names; `local` by default)."""
-        from getpatter.core.registry import resolve
+    def for_agent(
+        cls,
+        agent: Agent,
+        options: PipelineOptions | None = None,
+        keys: Mapping[str, str] | None = None,
+    ) -> PipelineEngine:
+        """Resolve the agent's providers (instances or registered names; `local` by default).
 
-        stt = resolve("stt", agent.stt if agent.stt is not None else "local")
-        tts = resolve("tts", agent.tts if agent.tts is not None else "local")
-        llm = resolve("llm", agent.llm) if agent.llm is not None else None
+        `keys` maps an environment variable to its key (the server passes LocalConfig's, e.g.
+        RIME_API_KEY → `config.rime_key`): a provider named by the agent gets the key of the
+        variable its plugin declares, so the app's config, not only the environment, is used.
+        """
+        stt = _by_name("stt", agent.stt if agent.stt is not None else "local", keys)
+        tts = _by_name("tts", agent.tts if agent.tts is not None else "local", keys)
+        llm = _by_name("llm", agent.llm, keys) if agent.llm is not None else None
         vad = resolve_vad(agent.vad, options.vad if options is not None else None)
         return cls(stt, tts, llm, options, vad)
 
     def open(self, call: CallSession) -> PipelineCall:
         return PipelineCall(self, call)
+
+
+def _by_name(kind: str, value: object, keys: Mapping[str, str] | None) -> Any:
+    """A provider instance as is; a name built from the registry, with its key from `keys`."""
+    from getpatter.core.registry import default_registry, resolve
+
+    if isinstance(value, str) and keys:
+        spec = default_registry().get(kind, value)
+        key = next((keys[env] for env in spec.env if keys.get(env)), "")
+        if key and "api_key" in inspect.signature(spec.load()).parameters:
+            return resolve(kind, value, api_key=key)
+    return resolve(kind, value)
 
 
 class PipelineCall:
