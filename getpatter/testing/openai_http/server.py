@@ -114,6 +114,9 @@ class FakeOpenAI(LoopbackServer):
     _: KW_ONLY
     host: str = "127.0.0.1"
     port: int = 0
+    #: Where the API lives on the host: OpenAI's `/v1`, or an OpenAI-compatible provider's
+    #: own path (Groq serves the same API under `/openai/v1`, Cerebras under `/v1`).
+    prefix: str = "/v1"
     replies: list[Reply] = field(default_factory=list)
     default_reply: str = "Okay."
     transcripts: list[str] = field(default_factory=list)
@@ -137,33 +140,34 @@ class FakeOpenAI(LoopbackServer):
 
     def __post_init__(self) -> None:
         self.replies, self.transcripts = list(self.replies), list(self.transcripts)
+        self.prefix = "/" + self.prefix.strip("/")
 
     # --- addresses, views, lifecycle -------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"http://{self.host}:{self.port}{self.prefix}"
 
     def _bodies(self, path: str) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests if r["path"] == path]
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/chat/completions")
+        return self._bodies(f"{self.prefix}/chat/completions")
 
     @property
     def speech_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/audio/speech")
+        return self._bodies(f"{self.prefix}/audio/speech")
 
     @property
     def transcription_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/audio/transcriptions")
+        return self._bodies(f"{self.prefix}/audio/transcriptions")
 
     def _routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/v1/chat/completions", self._guard(self._chat)),
-            web.post("/v1/audio/speech", self._guard(self._speech)),
-            web.post("/v1/audio/transcriptions", self._guard(self._transcribe)),
+            web.post(f"{self.prefix}/chat/completions", self._guard(self._chat)),
+            web.post(f"{self.prefix}/audio/speech", self._guard(self._speech)),
+            web.post(f"{self.prefix}/audio/transcriptions", self._guard(self._transcribe)),
         ]
 
     async def drop_connections(self) -> int:
