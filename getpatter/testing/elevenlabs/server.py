@@ -220,8 +220,10 @@ class FakeElevenLabs(LoopbackServer):
             if self.first_audio_delay:
                 await asyncio.sleep(self.first_audio_delay)
             for n, start in enumerate(range(0, len(audio), step)):
-                if stall is not None and n >= stall[0]:
-                    await asyncio.Event().wait()  # headers sent, then nothing
+                while stall is not None and n >= stall[0]:  # headers sent, then nothing
+                    if request.transport is None or request.transport.is_closing():
+                        raise ConnectionResetError  # until the client gives up on it
+                    await asyncio.sleep(0.05)
                 await response.write(audio[start : start + step])
                 if self.audio_speed:
                     await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
