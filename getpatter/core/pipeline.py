@@ -55,7 +55,9 @@ class PipelineOptions:
     final_grace: float = 0.25
     preroll_ms: int = 300
     first_token_timeout: float = 10.0
-    first_byte_timeout: float = 6.0
+    # Per sentence: with no TTS audio this long after its text, the sentence is asked for once
+    # more (the plugin's fallback path), then the reply apologises (see core.synthesis).
+    first_audio_timeout: float = 1.5
     max_tool_rounds: int = 5
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     # Said before hanging up when the STT is lost for good (its provider already tried to
@@ -392,7 +394,7 @@ class PipelineCall:
             tts.encoding,
             label=f"reply-{self._replies}",
             chunker=self.options.chunker,
-            first_byte_timeout=self.options.first_byte_timeout,
+            first_audio_timeout=self.options.first_audio_timeout,
             turn=turn,
         )
         self._reply = reply
@@ -468,6 +470,7 @@ class PipelineCall:
                 text_first_at=reply.text_first_at,
                 text_done_at=reply.text_done_at,
                 tts_ttfb=reply.tts_ttfb,
+                tts_retry=reply.tts_retries,
                 first_audio_at=reply.first_audio_at,
                 barge_onset_at=self._onset_at if cleared_at is not None else None,
                 cleared_at=cleared_at,

@@ -28,7 +28,9 @@ client works against `base_url` (``http://127.0.0.1:P/v1``), the official SDK in
   holds each answer back.
 
 Faults: `drop_connections()` aborts every open connection (in-flight responses and idle
-keep-alive ones) at the TCP level. For assertions: `requests` (every request, with its parsed
+keep-alive ones) at the TCP level; `stall_speech = n` makes the next n speech requests send
+their headers and then nothing (a stalled generation: no audio, no error, connection open).
+For assertions: `requests` (every request, with its parsed
 body), `chat_requests`, `speech_requests`, `transcription_requests`, `aborted` (responses the
 client stopped reading before the end), `rejected` (statuses of refused requests).
 """
@@ -132,6 +134,7 @@ class FakeOpenAI(LoopbackServer):
     speech_rms: float = 200.0
     transcribe_delay: float = 0.0
     quota_exceeded: bool = False
+    stall_speech: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     aborted: int = 0
@@ -387,7 +390,14 @@ class FakeOpenAI(LoopbackServer):
         response.enable_chunked_encoding()
         await response.prepare(request)
         step = max(2, SPEECH_RATE * 2 * self.chunk_ms // 1000)
+        stalled = self.stall_speech > 0
+        self.stall_speech -= stalled
         try:
+            if stalled:  # silent until the client gives up on it
+                # polling the transport is how a handler learns its client has left
+                while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                raise ConnectionResetError
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)
             for i in range(0, len(pcm), step):
