@@ -173,6 +173,14 @@ class CallRunner(PhoneNetwork):
         """The API root, `https://api.plivo.com` of this network (the app adds `/v1/…`)."""
         return f"http://{self.host}:{self.port}"
 
+    def number(self, number: str) -> PhoneNumber | None:
+        return self.numbers.get(digits(number))
+
+    def application(self, number: str) -> Application | None:
+        """The application the number is linked to."""
+        found = self.number(number)
+        return self.applications.get(found.app_id) if found is not None else None
+
     def ctl(self, call: FakeCall) -> _Ctl:
         return self._ctl[call.call_uuid]
 

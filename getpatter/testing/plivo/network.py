@@ -90,14 +90,6 @@ class FakePlivo(CallRunner):
 
     # --- configuration ---------------------------------------------------------------------
 
-    def number(self, number: str) -> PhoneNumber | None:
-        return self.numbers.get(digits(number))
-
-    def application(self, number: str) -> Application | None:
-        """The application the number is linked to."""
-        found = self.number(number)
-        return self.applications.get(found.app_id) if found is not None else None
-
     def add_number(self, phone_number: str, answer_url: str = "", hangup_url: str = "") -> str:
         """Put a number on the account, linked to a new application with these URLs; returns
         the application's id."""

@@ -29,7 +29,7 @@ from .media import FakeCall
 from .util import ApiError, Outbound, RestRequest, error_body, new_uuid
 
 if TYPE_CHECKING:
-    from .network import FakePlivo
+    from .calls import CallRunner
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body", dict)
@@ -37,7 +37,7 @@ _NUMBER = re.compile(r"\+?[1-9][0-9]{6,14}")
 _ACCOUNT = "/v1/Account/{auth_id}"
 
 
-def build_rest_app(pl: FakePlivo) -> web.Application:
+def build_rest_app(pl: CallRunner) -> web.Application:
     api = _Api(pl)
     app = web.Application(middlewares=[api.middleware])
     base = _ACCOUNT
@@ -89,7 +89,7 @@ def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
 
 
 class _Api:
-    def __init__(self, pl: FakePlivo) -> None:
+    def __init__(self, pl: CallRunner) -> None:
         self.pl = pl
 
     # --- plumbing ------------------------------------------------------------------------------
