@@ -398,3 +398,25 @@ def test_render_fills_variables_and_leaves_json_braces_alone() -> None:
     assert changed is not agent and changed.render_first_message() == "SSN 123-45-6789"
     assert changed.guardrails == (LEGAL,) and agent.first_message == ""
     assert Agent(variables={"n": 3, "vip": True}).variables == {"n": "3", "vip": "True"}
+
+
+def test_plivo_credentials_from_arguments_or_env_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from getpatter.config import Plivo
+
+    monkeypatch.delenv("PLIVO_AUTH_ID", raising=False)
+    monkeypatch.delenv("PLIVO_AUTH_TOKEN", raising=False)
+    with pytest.raises(PatterConfigError, match=r"Plivo auth ID is missing: .*PLIVO_AUTH_ID"):
+        Plivo()
+    monkeypatch.setenv("PLIVO_AUTH_ID", "MAABCDEFGHIJKLMNOPQR ")
+    monkeypatch.setenv("PLIVO_AUTH_TOKEN", TOKEN)
+    plivo = Plivo()
+    assert (plivo.auth_id, plivo.auth_token.reveal()) == ("MAABCDEFGHIJKLMNOPQR", TOKEN)
+    config = LocalConfig.from_carrier(plivo, phone_number=PHONE, webhook_url="a.io")
+    assert (config.telephony_provider, config.plivo_auth_id) == ("plivo", "MAABCDEFGHIJKLMNOPQR")
+    assert config.plivo_auth_token == TOKEN and config.plivo_base_url == "https://api.plivo.com"
+    for shown in (repr(plivo), str(plivo), repr(config)):
+        assert "SECRET" not in shown and "MAABCDEFGHIJ" not in shown
+    with pytest.raises(PatterConfigError, match=r"Plivo\(base_url=...\) must be an http"):
+        Plivo("MA1", "t", base_url="api.plivo.com")
