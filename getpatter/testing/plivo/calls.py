@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Coroutine
@@ -54,36 +53,9 @@ from .util import (
     new_uuid,
     sign,
 )
+from .xmldoc import HEADER_PAIR, Doc, XmlError, attr_bool, attr_seconds, parse
 
 log = logging.getLogger("getpatter.testing.plivo")
-_HEADER_PAIR = re.compile(r"[A-Za-z0-9]+=[A-Za-z0-9]*")
-_ELEMENTS = {
-    "Stream",
-    "Speak",
-    "Play",
-    "Wait",
-    "Hangup",
-    "Dial",
-    "Redirect",
-    "PreAnswer",
-    "GetDigits",
-    "GetInput",
-    "Record",
-    "Conference",
-    "DTMF",
-    "MultiPartyCall",
-    "Message",
-}
-
-
-class XmlError(Exception):
-    """A document could not be fetched or run; the call ends with an error."""
-
-
-@dataclass
-class _Doc:
-    text: str
-    elements: list[ET.Element]
 
 
 @dataclass
@@ -111,39 +83,6 @@ class _Ctl:
 def _stamp(ts: float | None = None) -> str:
     dt = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
     return dt.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _parse(text: str) -> _Doc:
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise XmlError(f"invalid XML: {exc}") from None
-    if root.tag != "Response":
-        raise XmlError(f"the root element must be <Response>, got <{root.tag}>")
-    for el in root:
-        if el.tag not in _ELEMENTS:
-            raise XmlError(f"unknown element <{el.tag}>")
-    return _Doc(text, list(root))
-
-
-def _bool(el: ET.Element, name: str) -> bool:
-    value = el.get(name, "false").lower()
-    if value not in ("true", "false"):
-        raise XmlError(f"<{el.tag} {name}={value!r}> must be true or false")
-    return value == "true"
-
-
-def _seconds(el: ET.Element, name: str, default: float) -> float:
-    raw = el.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise XmlError(f"<{el.tag} {name}={raw!r}> is not a number") from None
-    if value <= 0:
-        raise XmlError(f"<{el.tag} {name}={raw!r}> must be positive")
-    return value
 
 
 class CallRunner(PhoneNetwork):
@@ -421,7 +360,7 @@ class CallRunner(PhoneNetwork):
             return "failed", None
         return "ok", task.result()
 
-    async def _execute(self, call: FakeCall, doc: _Doc | None) -> None:
+    async def _execute(self, call: FakeCall, doc: Doc | None) -> None:
         """Run documents (following Redirects and transfers) until the call ends."""
         ctl = self.ctl(call)
         outcome = "ok"
@@ -440,7 +379,7 @@ class CallRunner(PhoneNetwork):
             outcome, doc = await self._interruptible(call, self._run_doc(call, ctl, doc))
         await self._conclude(call, outcome)
 
-    async def _run_doc(self, call: FakeCall, ctl: _Ctl, doc: _Doc) -> _Doc | None:
+    async def _run_doc(self, call: FakeCall, ctl: _Ctl, doc: Doc) -> Doc | None:
         """Run one document's elements; returns the next document (Redirect) if any."""
         call.xml.append(doc.text)
         for el in doc.elements:
@@ -454,7 +393,7 @@ class CallRunner(PhoneNetwork):
                 call._notify()
                 await asyncio.sleep(len(text) * self.speak_seconds_per_char)
             elif el.tag == "Wait":
-                await asyncio.sleep(self._wait_seconds(call, ctl, el))
+                await asyncio.sleep(self._waitattr_seconds(call, ctl, el))
             elif el.tag == "Hangup":
                 ctl.end = ("completed", "NORMAL_CLEARING", "Answer XML")
                 return None
@@ -466,14 +405,18 @@ class CallRunner(PhoneNetwork):
             # Play, GetDigits, Record, ...: kept in call.xml, otherwise no effect
         return None
 
-    def _wait_seconds(self, call: FakeCall, ctl: _Ctl, el: ET.Element) -> float:
-        length = _seconds(el, "length", 1.0)
+    def _waitattr_seconds(self, call: FakeCall, ctl: _Ctl, el: ET.Element) -> float:
+        length = attr_seconds(el, "length", 1.0)
         loop_now = asyncio.get_running_loop().time()
-        if _bool(el, "silence"):
-            min_silence = _seconds(el, "minSilence", 2000.0) / 1000
+        if attr_bool(el, "silence"):
+            min_silence = attr_seconds(el, "minSilence", 2000.0) / 1000
             talking = len(call._inbound) / 8000  # the far end still has this much to say
             return min(length, talking + min_silence)
-        if _bool(el, "beep") and ctl.callee.answer == "machine" and call.answered_at is not None:
+        if (
+            attr_bool(el, "beep")
+            and ctl.callee.answer == "machine"
+            and call.answered_at is not None
+        ):
             beep_at = call.answered_at + ctl.callee.machine_greeting_s
             return min(length, max(0.0, beep_at - loop_now))
         return length
@@ -485,19 +428,19 @@ class CallRunner(PhoneNetwork):
         call.transfers.extend(targets)
         call._notify()
         callee = self.callee("+" + digits(targets[0]))
-        timeout = _seconds(el, "timeout", 60.0)
+        timeout = attr_seconds(el, "timeout", 60.0)
         if callee.answer in ("busy", "failed", "no-answer") or callee.answer_delay >= timeout:
             await asyncio.sleep(min(timeout, callee.answer_delay or timeout))
             return
         await asyncio.sleep(callee.answer_delay)
-        await asyncio.sleep(_seconds(el, "timeLimit", 14400.0))
+        await asyncio.sleep(attr_seconds(el, "timeLimit", 14400.0))
 
     async def _stream(self, call: FakeCall, ctl: _Ctl, el: ET.Element) -> None:
         url = (el.text or "").strip()
         if not url.startswith("wss://"):
             raise XmlError(f"<Stream> url must be wss://, got {url!r}")
-        bidirectional = _bool(el, "bidirectional")
-        keep_alive = _bool(el, "keepCallAlive")
+        bidirectional = attr_bool(el, "bidirectional")
+        keep_alive = attr_bool(el, "keepCallAlive")
         content_type = el.get("contentType", "audio/x-l16;rate=8000")
         if content_type not in CONTENT_TYPES:
             raise XmlError(f"<Stream contentType={content_type!r}> is not allowed")
@@ -508,7 +451,7 @@ class CallRunner(PhoneNetwork):
             raise XmlError("a bidirectional <Stream> takes the inbound audioTrack only")
         headers = el.get("extraHeaders", "")
         pairs = [p for p in headers.split(",") if p] if headers else []
-        if len(headers) > 512 or not all(_HEADER_PAIR.fullmatch(p) for p in pairs):
+        if len(headers) > 512 or not all(HEADER_PAIR.fullmatch(p) for p in pairs):
             raise XmlError(f"<Stream extraHeaders={headers!r}>: name=value of [A-Za-z0-9] only")
         call.extra_headers = headers
         stream = MediaStream(
@@ -586,7 +529,7 @@ class CallRunner(PhoneNetwork):
         call._notify()
         return hook
 
-    async def _fetch(self, call: FakeCall, kind: str, url: str, method: str = "POST") -> _Doc:
+    async def _fetch(self, call: FakeCall, kind: str, url: str, method: str = "POST") -> Doc:
         """Ask the app for XML; XmlError if it cannot be used."""
         if not url:
             raise XmlError(f"no {kind} url")
@@ -595,7 +538,7 @@ class CallRunner(PhoneNetwork):
             raise XmlError(f"{kind} url {url} failed: {hook.error or f'HTTP {hook.status}'}")
         if hook.content_type not in ("text/xml", "application/xml"):
             raise XmlError(f"{kind} url returned Content-Type {hook.content_type!r}, not XML")
-        return _parse(hook.body)
+        return parse(hook.body)
 
     async def _webhook_worker(self, call: FakeCall, ctl: _Ctl) -> None:
         """Deliver hang-up, machine-detection and recording callbacks one at a time, in order."""
