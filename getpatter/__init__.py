@@ -29,13 +29,23 @@ _EXPORTS: dict[str, str] = {
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "RimeTTS": "getpatter.plugins.rime.tts",
+    "LmntTTS": "getpatter.plugins.lmnt.tts",
+    "GoogleLLM": "getpatter.plugins.google.llm",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
+    "SileroVAD": "getpatter.plugins.silero.vad",
 }
 
 __all__ = [
     "Agent",
     "CallError",
+    "CerebrasLLM",
     "EmbeddedServer",
+    "GoogleLLM",
+    "GroqLLM",
     "Guardrail",
+    "LmntTTS",
     "LocalConfig",
     "MachineDetectionResult",
     "OpenAIRealtime",
@@ -46,6 +56,8 @@ __all__ = [
     "Plivo",
     "PluginNotFoundError",
     "ProviderError",
+    "RimeTTS",
+    "SileroVAD",
     "Telnyx",
     "Tool",
     "Twilio",
@@ -64,7 +76,12 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.google.llm import GoogleLLM
+    from getpatter.plugins.lmnt.tts import LmntTTS
+    from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.rime.tts import RimeTTS
+    from getpatter.plugins.silero.vad import SileroVAD
 
 
 def __getattr__(name: str) -> Any:

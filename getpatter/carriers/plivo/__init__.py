@@ -18,6 +18,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             "carrier",
             "plivo",
             "getpatter.carriers.plivo.adapter:PlivoAdapter",
+            extra="plivo",
             requires=("aiohttp",),
             description="Plivo Voice + bidirectional audio streams",
         ),
