@@ -280,6 +280,13 @@ class Database:
 
         return await self.run(go)
 
+    async def execute(self, sql: str, *args: Any) -> str:
+        async def go(con: Any) -> str:
+            status: str = await con.execute(sql, *args, timeout=self.timeout)
+            return status
+
+        return await self.run(go)
+
     async def fetchrow(self, sql: str, *args: Any) -> Any:
         async def go(con: Any) -> Any:
             return await con.fetchrow(sql, *args, timeout=self.timeout)
