@@ -19,10 +19,12 @@ demo: venv
 	$(BIN)/getpatter demo
 
 # Four workers: most tests wait on audio paced at real time, so they overlap well even on 2 cores.
+# Tests that measure wall-clock time (marked `timing`) then run alone, on an otherwise idle machine.
 # loadgroup: tests that share one costly rig (nginx + PostgreSQL + node processes) stay on one
 # worker (@pytest.mark.xdist_group); every other test is spread as usual.
 test: venv
-	$(BIN)/python -m pytest -q -n 4 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not timing"
+	$(BIN)/python -m pytest -q -m timing
 
 lint: venv
 	$(BIN)/ruff check getpatter tests benchmarks examples
