@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,7 @@ from getpatter.core.node import BUSY_MESSAGE
 from getpatter.testing import services
 from getpatter.testing.twilio import FakeCall, FakeTwilio
 
-from cluster_rig import CALLER, DRAIN_TIMEOUT, HEARTBEAT_TIMEOUT, HOST, NUMBER, Rig, node_of
+from cluster_rig import APP, CALLER, DRAIN_TIMEOUT, HEARTBEAT_TIMEOUT, HOST, NUMBER, Rig, node_of
 
 MISSING = services.missing()
 pytestmark = [
@@ -201,3 +202,35 @@ async def test_postgres_restart_mid_call_ends_no_call(rig: Rig) -> None:
         row = await rig.wait_row(call.call_sid, within=15, state="ended")
         assert row["end_reason"] == "hangup"
         assert not call.errors
+
+
+async def test_workers_start_named_nodes_print_their_upstream_and_stop_on_sigterm(
+    rig: Rig,
+) -> None:
+    port = services.free_port()
+    env = {k: v for k, v in rig.env(rig.nodes["a"]).items() if k != "GETPATTER_NODE"}
+    env["CLUSTER_TEST_DIAL_PORT"] = ""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "getpatter.workers", APP, "--workers", "2", "--port", str(port),
+        "--log-level", "warning",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while sum("listening on" in line for line in lines) < 2:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert raw, lines
+            lines.append(raw.decode())
+        text = "".join(lines)
+        assert f"server 127.0.0.1:{port} max_fails=0;  # w1" in text
+        assert "upstream getpatter_w2 {" in text
+        for i, name in enumerate(("w1", "w2")):
+            async with rig.http.get(f"http://127.0.0.1:{port + i}/health") as resp:
+                assert (await resp.json())["node"] == name
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
