@@ -261,6 +261,7 @@ class Figures:
     window: float = 0.0
     streaming: int = 0
     server: float = 0.0  # cores, nodes summed, over the window
+    idle: float = 0.0  # cores, nodes summed, with no call
     nginx: float = 0.0
     pg_window: float = 0.0
     pg_ms_per_call: float = 0.0  # PostgreSQL CPU-ms per call over its whole life
@@ -297,7 +298,7 @@ def run_mode(ctx: Any, mode: str, args: argparse.Namespace) -> Figures:
         else:
             pg = services.LocalPostgres()
             pg.start()
-            ports = [services.free_port(), services.free_port()]
+            ports = [services.free_port() for _ in range(args.nodes)]
             nodes = [Worker(ctx, CHILD, "server") for _ in ports]
             for i, (w, port) in enumerate(zip(nodes, ports, strict=True)):
                 w.send("start", persist=pg.url, node=f"n{i + 1}", port=port, **keys)
@@ -331,6 +332,13 @@ def run_mode(ctx: Any, mode: str, args: argparse.Namespace) -> Figures:
         time.sleep(1.5)
         fake.call("hangup", timeout=20, limit=10)
         time.sleep(1.0)
+
+        # what the nodes cost with no call at all (loop, timers, heartbeats), per node
+        i0, ti0 = all_call(nodes, "mark"), time.monotonic()
+        time.sleep(args.idle)
+        i1 = all_call(nodes, "mark")
+        fig.idle = sum(b["cpu"] - a["cpu"] for a, b in zip(i0, i1, strict=True))
+        fig.idle /= time.monotonic() - ti0
 
         web_pids, db_pids = others()
         db_life0 = proc_cpu(db_pids)
@@ -420,6 +428,9 @@ def report(direct: Figures, cluster: Figures, args: argparse.Namespace) -> bool:
     row("calls streaming", str(direct.streaming), str(cluster.streaming))
     row("server CPU / call", f"{direct.per_call(direct.server):.3f} %",
         f"{cluster.per_call(cluster.server):.3f} %")  # fmt: skip
+    row("  of which idle", f"{100 * direct.idle:.2f} % core", f"{100 * cluster.idle:.2f} % core")
+    row("  calls only / call", f"{direct.per_call(direct.server - direct.idle):.3f} %",
+        f"{cluster.per_call(cluster.server - cluster.idle):.3f} %")  # fmt: skip
     row("nginx CPU / call", "-", f"{cluster.per_call(cluster.nginx):.3f} %")
     row("PostgreSQL / call", "-", f"{cluster.per_call(cluster.pg_window):.4f} %")
     row("PostgreSQL per call", "-", f"{cluster.pg_ms_per_call:.1f} CPU-ms")
@@ -437,8 +448,10 @@ def report(direct: Figures, cluster: Figures, args: argparse.Namespace) -> bool:
     ratio = cluster.server / max(1e-9, direct.server)
     delta = cluster.jitter["p99"] - direct.jitter["p99"]
     ok_ratio, ok_jitter = ratio <= RATIO_TARGET, delta <= JITTER_DELTA_MS
+    net = (cluster.server - cluster.idle) / max(1e-9, direct.server - direct.idle)
     print(f"server CPU per call, cluster / direct: {ratio:.2f}x  (target <= {RATIO_TARGET}x)  "
           + ("OK" if ok_ratio else "MISSED"))  # fmt: skip
+    print(f"  without the nodes' idle cost (per process, whatever the calls): {net:.2f}x")
     print(f"pacing p99, cluster - direct: {delta:+.2f} ms  (target <= {JITTER_DELTA_MS:g} ms)  "
           + ("OK" if ok_jitter else "MISSED"))  # fmt: skip
     per_call = (cluster.server + cluster.nginx + cluster.pg_window) / max(1, cluster.n)
@@ -459,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds after the ramp (1)")
     p.add_argument("--rate", type=float, default=30.0, help="calls placed per second (30)")
     p.add_argument("--prime-ms", type=int, default=200, help="silence queued ahead of the echo")
+    p.add_argument("--nodes", type=int, default=2, help="nodes behind nginx (2)")
+    p.add_argument("--idle", type=float, default=3.0, help="seconds the idle nodes are timed")
     args = p.parse_args(argv)
     from getpatter.testing import services
 
@@ -469,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     print(f"direct: 1 node, SQLite, {args.calls} calls ...", flush=True)
     direct = run_mode(ctx, "direct", args)
-    print(f"cluster: 2 nodes behind nginx, PostgreSQL, {args.calls} calls ...", flush=True)
+    print(
+        f"cluster: {args.nodes} nodes behind nginx, PostgreSQL, {args.calls} calls ...", flush=True
+    )
     cluster = run_mode(ctx, "cluster", args)
     return 0 if report(direct, cluster, args) else 1
 
