@@ -185,6 +185,13 @@ class Rig:
         rows = await self.rows("SELECT * FROM calls WHERE call_id = $1", call_id)
         return rows[0] if rows else None
 
+    async def wait_gone(self, key: str, within: float = 10.0) -> None:
+        """Until the call `key` is no longer among the live calls (its node has room again)."""
+        deadline = asyncio.get_running_loop().time() + within
+        while await self.rows("SELECT 1 FROM live_calls WHERE key = $1", key):
+            assert asyncio.get_running_loop().time() < deadline, f"{key} still live"
+            await asyncio.sleep(0.05)
+
     async def wait_row(self, call_id: str, within: float = 10.0, **want: Any) -> dict[str, Any]:
         """The call's history row once it has every `want`ed value."""
         deadline = asyncio.get_running_loop().time() + within

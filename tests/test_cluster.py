@@ -146,6 +146,15 @@ async def test_full_nodes_pass_calls_on_and_all_full_hears_busy(rig: Rig) -> Non
     assert busy.status == "completed" and not busy.errors
     assert all(not c.ended for c in calls)
     assert await rig.call_row(busy.call_sid) is None  # no session was opened for it
+    # one free line, on each node in turn: nginx tries every node until it finds it
+    for name in ("a", "b", "c", "a", "b", "c"):
+        leaving = next(c for c in calls if not c.ended and node_of(c) == name)
+        await leaving.hangup()
+        await rig.wait_row(leaving.call_sid, state="ended")
+        await rig.wait_gone(leaving.call_sid)
+        newcomer = await place(rig)
+        assert node_of(newcomer) == name
+        calls.append(newcomer)
 
 
 async def test_rolling_restart_drops_no_call(rig: Rig) -> None:
