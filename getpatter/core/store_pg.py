@@ -9,6 +9,7 @@ waits on the database and an outage only delays its record.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -25,6 +26,7 @@ from getpatter.core.store import (
 log = logging.getLogger(__name__)
 
 ACTIVE, ENDED, INTERRUPTED = "active", "ended", "interrupted"
+OPEN_TIMEOUT = 1.0  # seconds a call's first webhook waits for its row before going on without
 RECORD_FIELDS = (
     "call_id",
     "caller",
@@ -207,8 +209,8 @@ class PostgresStore:
         record = self.scrub(record)
         args = (*_row(record, ACTIVE, self.node), "{}", _dumps(_extra(record)))
         sql = _INSERT_CALL + " ON CONFLICT (call_id) DO NOTHING RETURNING call_id"
-        try:
-            return bool(await self.db.fetchval(sql, *args))
+        try:  # on the webhook's path: a database that does not answer at once is away
+            return bool(await asyncio.wait_for(self.db.fetchval(sql, *args), OPEN_TIMEOUT))
         except self.db.transient:
             pass
 
