@@ -210,3 +210,22 @@ async def test_the_queue_is_bounded_and_says_what_it_drops(
 
 def test_a_database_url_is_never_logged_with_its_password() -> None:
     assert redact_url("postgresql://u:hunter22@db:5432/x") == "postgresql://u:***@db:5432/x"
+
+
+def test_the_database_url_comes_from_persist_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from getpatter import Patter, Twilio
+    from getpatter.core.credentials import secret_values
+
+    url = "postgresql://getpatter:hunter2-secret@db.internal:5432/calls"
+    monkeypatch.setenv("GETPATTER_DATABASE_URL", url)
+    twilio = Twilio("AC" + "0" * 32, "token-123456")
+    phone = Patter(carrier=twilio, phone_number="+15550001234")
+    assert phone.config.persist_root == url
+    assert "hunter2-secret" not in repr(phone.config)
+    assert "hunter2-secret" in secret_values(phone.config)  # scrubbed from records and logs
+    explicit = Patter(carrier=twilio, phone_number="+15550001234", persist="postgres://x@h/db")
+    assert explicit.config.persist_root == "postgres://x@h/db"
+    with pytest.raises(PatterConfigError, match="postgresql://"):
+        Patter(carrier=twilio, phone_number="+15550001234", persist="postgresql:")
