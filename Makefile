@@ -37,6 +37,7 @@ bench: venv
 	-$(BIN)/python benchmarks/load.py
 	-$(BIN)/python benchmarks/load.py --engine both --calls 10 100 --seconds 10 --repeat 3
 	-$(BIN)/python benchmarks/ws_cost.py
+	-$(BIN)/python benchmarks/cluster.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info getpatter/core/_audio*.so
