@@ -212,13 +212,21 @@ async def test_kill_9_leaves_node_lost_records_and_other_calls_untouched(rig: Ri
 async def test_postgres_restart_mid_call_ends_no_call(rig: Rig) -> None:
     calls = [await place(rig) for _ in range(3)]
     await asyncio.to_thread(rig.pg.restart, 1.0)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)
     assert not any(c.ended for c in calls)
+    # control across nodes is back too (each node listens again on its channel)
+    on_c = next(c for c in calls if node_of(c) == "c")
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await rig.post("a", f"/api/calls/{on_c.call_sid}/hangup"))[0] != 200:
+        assert asyncio.get_running_loop().time() < deadline, "no control after the restart"
+        await asyncio.sleep(0.3)
+    await on_c.wait_ended(5)
     for call in calls:
-        await call.hangup()
+        if call is not on_c:
+            await call.hangup()
     for call in calls:  # written once the database is back
         row = await rig.wait_row(call.call_sid, within=15, state="ended")
-        assert row["end_reason"] == "hangup"
+        assert row["end_reason"] == ("operator_hangup" if call is on_c else "hangup")
         assert not call.errors
 
 

@@ -322,7 +322,7 @@ class Cluster:
             except Exception as exc:
                 log.debug("node %s: control channel: %r", self.node, exc)
                 await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = min(1.0, backoff * 2)  # a NOTIFY sent meanwhile is lost: be back soon
                 continue
             self._listener = con
             con.add_termination_listener(lambda _c, lost=lost: lost.set())
