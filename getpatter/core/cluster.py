@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 from getpatter.core.pg import Database
 
 if TYPE_CHECKING:
+    from getpatter.core.server import EmbeddedServer
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber
+    from getpatter.core.store_pg import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -428,3 +430,68 @@ async def _end_calls_of(con: Any, node: str, reason: str, ended_at: float) -> in
         ended_at,
     )
     return len(rows) + int(status.split()[-1] or 0)
+
+
+# --- the server's side -------------------------------------------------------------------------
+
+
+async def join(server: EmbeddedServer, url: str, scrub: Scrubber) -> tuple[PostgresStore, Cluster]:
+    """The shared history at `url` and this node's membership of the cluster."""
+    from getpatter.core.store_pg import open_postgres_store
+
+    node = server.node.ident
+    store = await open_postgres_store(url, scrub, node)
+
+    async def on_control(op: str, key: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await run_control(server, op, key, args)
+
+    cluster = Cluster(
+        store.db,
+        node,
+        server.node.base_url(server.public_host),
+        on_control=on_control,
+        local_calls=lambda: list(server.sessions.values()),
+        scrub=scrub,
+    )
+    try:
+        await cluster.start()
+    except BaseException:
+        await store.close()
+        raise
+    return store, cluster
+
+
+async def control_call(
+    server: EmbeddedServer, call_id: str, op: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Hang up or transfer a live call, wherever it is: on `server`, or on the node that
+    holds it. `{"ok": False, "error": ...}` (and `"missing"`) if it can't be done."""
+    session = server.find_call(call_id) or server.call_by_key(call_id)
+    if session is not None and session.state != "ended":
+        return await run_control(server, op, session.key, args)
+    if server.cluster is not None:
+        result = await server.cluster.control(call_id, op, args)
+        if result is not None:
+            return result
+    return {"ok": False, "error": f"no call {call_id!r} in progress", "missing": True}
+
+
+async def run_control(
+    server: EmbeddedServer, op: str, key: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """`op` on a call this node holds (asked here, or by another node)."""
+    from getpatter.errors import CallError
+
+    session = server.call_by_key(key) or server.find_call(key)
+    if session is None or session.state == "ended":
+        return {"ok": False, "error": f"no call {key!r} in progress here", "missing": True}
+    try:
+        if op == "hangup":
+            await session.hangup("operator_hangup")
+        elif op == "transfer":
+            await session.transfer(str(args.get("to", "")))
+        else:
+            return {"ok": False, "error": f"unknown operation {op!r}"}
+    except CallError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "call_id": session.call_id}

@@ -23,16 +23,25 @@ GETPATTER_NODE, GETPATTER_NODE_URL, GETPATTER_MAX_CALLS, GETPATTER_DRAIN_TIMEOUT
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from getpatter.core.carrier import Admission
 from getpatter.errors import PatterConfigError
+
+if TYPE_CHECKING:
+    from getpatter.core.session import CallSession
+
+log = logging.getLogger(__name__)
 
 NODE_NAME: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 NODE_PREFIX: Final = "/n/"  # the default route of a named node on the shared host
@@ -169,3 +178,71 @@ def request_url(request: web.Request, public_host: str, node_host: str) -> str:
     if host not in (public_host, node_host):
         host = public_host
     return f"https://{host}{request.path_qs}"
+
+
+class Gate:
+    """Whether this node takes a new call: its capacity (`max_calls`) and its drain."""
+
+    def __init__(self, settings: NodeSettings, calls: Mapping[str, CallSession]) -> None:
+        self.settings = settings
+        self.calls = calls  # the server's live table, read, never changed here
+        self.draining = False
+
+    def full(self) -> bool:
+        limit = self.settings.max_calls
+        return limit is not None and len(self.calls) >= limit
+
+    def admit(self, request: web.Request) -> Admission:
+        """Take a new call unless full or draining; then refuse (503) so the balancer tries
+        the next node, or — its last try, or no balancer at all — answer "all lines busy"."""
+        if not (self.draining or self.full()):
+            return Admission.TAKE
+        if request.headers.get(OVERFLOW_HEADER) or not self.settings.behind_balancer:
+            log.info("every line is busy: a caller hears so (%d calls here)", len(self.calls))
+            return Admission.BUSY
+        return Admission.REFUSE
+
+    def refusal(self) -> str:
+        """Why this node places no new call now ("" : it does)."""
+        if self.draining:
+            return "this node is draining: place the call on another node"
+        if self.full():
+            return f"this node is full ({self.settings.max_calls} calls): place it on another"
+        return ""
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        """/health's node fields and status: 503 "draining" once stopping, so a balancer's
+        health check takes the node out while its live calls finish."""
+        body: dict[str, Any] = {"status": "draining" if self.draining else "ok"}
+        if self.settings.name:
+            body["node"] = self.settings.name
+        if self.settings.max_calls is not None:
+            body.update(max_calls=self.settings.max_calls, full=self.full())
+        return body, 503 if self.draining else 200
+
+    async def drain(
+        self, seconds: float, goodbye: str, started: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Take no new calls, let live calls run up to `seconds`, then say `goodbye` (in the
+        carrier's voice) to those still on the line and hang up."""
+        if self.draining or seconds <= 0:
+            return
+        self.draining = True
+        log.warning(
+            "draining: no new calls; %d calls have up to %.0f s to finish", len(self.calls), seconds
+        )
+        if started is not None:
+            await started()
+        ends = {s.ended for s in self.calls.values()}
+        if ends:
+            await asyncio.wait(ends, timeout=seconds)
+        left = [s for s in self.calls.values() if s.state != "ended"]
+        if left:
+            log.warning("drain time is up: saying goodbye to %d calls", len(left))
+            await asyncio.gather(
+                *(
+                    s.hangup("server_stopped", goodbye=goodbye if s.state == "live" else "")
+                    for s in left
+                ),
+                return_exceptions=True,
+            )

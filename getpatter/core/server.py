@@ -31,7 +31,7 @@ from getpatter.core.media import (
 from getpatter.core.node import (
     BUSY_MESSAGE,
     DRAIN_GOODBYE,
-    OVERFLOW_HEADER,
+    Gate,
     NodeSettings,
     prefixed,
     request_url,
@@ -106,7 +106,6 @@ class EmbeddedServer:
         self.busy_message = BUSY_MESSAGE  # what callers hear when every line is busy
         self.drain_goodbye = DRAIN_GOODBYE  # what callers still on the line at the drain's end hear
         self.cluster: Cluster | None = None  # the other nodes, when history is in PostgreSQL
-        self._draining = False
         self.agent = agent
         self.recording = recording
         self.voicemail_message = voicemail_message
@@ -123,6 +122,7 @@ class EmbeddedServer:
         self._history_sink: Callable[[dict[str, Any]], Any] | None = None
         self.port: int | None = None
         self.sessions: dict[str, CallSession] = {}
+        self.gate = Gate(self.node, self.sessions)  # capacity and drain
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
         self.record_sinks: list[Callable[[dict[str, Any]], Any]] = []
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -183,25 +183,8 @@ class EmbeddedServer:
     def request_url(self, request: web.Request) -> str:
         return request_url(request, self.public_host, self.node.host(self.public_host))
 
-    # --- capacity ------------------------------------------------------------------------
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
-    def full(self) -> bool:
-        limit = self.node.max_calls
-        return limit is not None and len(self.sessions) >= limit
-
     def admit(self, request: web.Request) -> Admission:
-        """Take a new call unless full or draining; then refuse (503) so the balancer tries
-        the next node, or — its last try, or no balancer at all — answer "all lines busy"."""
-        if not (self._draining or self.full()):
-            return Admission.TAKE
-        if request.headers.get(OVERFLOW_HEADER) or not self.node.behind_balancer:
-            log.info("every line is busy: a caller hears so (%d calls here)", len(self.sessions))
-            return Admission.BUSY
-        return Admission.REFUSE
+        return self.gate.admit(request)  # capacity and drain: core/node.py
 
     def stream_url(self, key: str) -> str:
         return self.public_ws_url(f"/ws/stream/{key}")
@@ -290,9 +273,9 @@ class EmbeddedServer:
     ) -> CallSession:
         """Dial `to` through the carrier; the session exists (and is recorded) from the start,
         and ends as "failed" if the carrier refuses or cannot be reached."""
-        if self._draining or self.full():
-            why = "draining" if self._draining else f"full ({self.node.max_calls} calls)"
-            raise CallError(f"this node is {why}: place the call on another node")
+        refusal = self.gate.refusal()
+        if refusal:
+            raise CallError(refusal)
         session, token = self.new_outbound_call(
             to=to,
             from_=from_,
@@ -376,18 +359,9 @@ class EmbeddedServer:
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
-        """200 while taking calls; 503 "draining" once stopping, so a balancer's health
-        check takes the node out while its live calls finish."""
-        body: dict[str, Any] = {
-            "status": "draining" if self._draining else "ok",
-            "carrier": self.carrier.name,
-            "active_calls": len(self.sessions),
-        }
-        if self.node.name:
-            body["node"] = self.node.name
-        if self.node.max_calls is not None:
-            body.update(max_calls=self.node.max_calls, full=self.full())
-        return web.json_response(body, status=503 if self._draining else 200)
+        node, status = self.gate.health()  # 503 while draining
+        body = {"carrier": self.carrier.name, "active_calls": len(self.sessions), **node}
+        return web.json_response({"status": node["status"], **body}, status=status)
 
     async def media_socket(self, request: web.Request) -> web.StreamResponse:
         """The media WebSocket of every carrier (carriers mount it at their own paths too)."""
@@ -530,38 +504,15 @@ class EmbeddedServer:
         """End every live call politely (hang up, write its record) and stop listening;
         with a `drain_timeout`, first take no new calls and let live ones finish."""
         if self._stopped is not None and not self._stopped.is_set():
-            await self.drain(self.node.drain_timeout)
+            cluster = self.cluster
+            await self.gate.drain(
+                self.node.drain_timeout,
+                self.drain_goodbye,
+                cluster.set_draining if cluster is not None else None,
+            )
         if self._stopped is not None:
             self._stopped.set()
         await self._shutdown()
-
-    async def drain(self, seconds: float) -> None:
-        """Take no new calls (`/health` says draining, webhooks get 503), let live calls run
-        up to `seconds`, then say goodbye to those still on the line."""
-        if self._draining or seconds <= 0:
-            return
-        self._draining = True
-        log.warning(
-            "draining: no new calls; %d calls have up to %.0f s to finish",
-            len(self.sessions),
-            seconds,
-        )
-        if self.cluster is not None:
-            await self.cluster.set_draining()
-        ends = {s.ended for s in self.sessions.values()}
-        if ends:
-            await asyncio.wait(ends, timeout=seconds)
-        left = [s for s in self.sessions.values() if s.state != "ended"]
-        if left:
-            log.warning("drain time is up: saying goodbye to %d calls", len(left))
-            words = self.drain_goodbye
-            await asyncio.gather(
-                *(
-                    s.hangup("server_stopped", goodbye=words if s.state == "live" else "")
-                    for s in left
-                ),
-                return_exceptions=True,
-            )
 
     async def _shutdown(self) -> None:
         """Once, however many of stop() and start()'s exit get here."""
@@ -621,58 +572,18 @@ class EmbeddedServer:
         from getpatter.core.store import open_store
 
         persist = self.config.persist_root
-        if not is_database_url(persist):
+        if persist is None or not is_database_url(persist):
             return await open_store(persist, scrub)
-        assert persist is not None
-        from getpatter.core.cluster import Cluster
-        from getpatter.core.store_pg import open_postgres_store
+        from getpatter.core.cluster import join
 
-        node = self.node.ident
-        store = await open_postgres_store(persist, scrub, node)
-        self.cluster = Cluster(
-            store.db,
-            node,
-            self.node.base_url(self.public_host),
-            on_control=self._control,
-            local_calls=lambda: list(self.sessions.values()),
-            scrub=scrub,
-        )
-        try:
-            await self.cluster.start()
-        except BaseException:
-            self.cluster = None
-            await store.close()
-            raise
+        store, self.cluster = await join(self, persist, scrub)
         return store
 
-    # --- control (from the API of any node) ----------------------------------------------
-
     async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Hang up or transfer a live call, wherever it is: here, or on the node that holds
-        it (through the cluster). `{"ok": False, "error": ...}` if it can't be done."""
-        session = self.find_call(call_id) or self.call_by_key(call_id)
-        if session is not None and session.state != "ended":
-            return await self._control(op, session.key, args)
-        if self.cluster is not None:
-            result = await self.cluster.control(call_id, op, args)
-            if result is not None:
-                return result
-        return {"ok": False, "error": f"no call {call_id!r} in progress", "missing": True}
+        """Hang up or transfer a live call from the API of any node (core/cluster.py)."""
+        from getpatter.core.cluster import control_call
 
-    async def _control(self, op: str, key: str, args: dict[str, Any]) -> dict[str, Any]:
-        session = self.call_by_key(key) or self.find_call(key)
-        if session is None or session.state == "ended":
-            return {"ok": False, "error": f"no call {key!r} in progress here", "missing": True}
-        try:
-            if op == "hangup":
-                await session.hangup("operator_hangup")
-            elif op == "transfer":
-                await session.transfer(str(args.get("to", "")))
-            else:
-                return {"ok": False, "error": f"unknown operation {op!r}"}
-        except CallError as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True, "call_id": session.call_id}
+        return await control_call(self, call_id, op, args)
 
     def remote_calls(self) -> list[dict[str, Any]]:
         """Live calls on the other nodes (empty for a lone node)."""
