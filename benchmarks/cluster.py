@@ -415,8 +415,9 @@ def report(direct: Figures, cluster: Figures, args: argparse.Namespace) -> bool:
         print(line)
     print(
         f"setup     {args.calls} echo calls placed at {args.rate:g}/s, {args.warmup:g} s warm-up, "
-        f"{args.seconds:g} s window; nodes on CPU {sorted(_cpus_for('server') or [])}, the "
-        "fake on the others; nginx and PostgreSQL unpinned"
+        f"{args.seconds:g} s window, median of {args.repeat} round(s); nodes on CPU "
+        f"{sorted(_cpus_for('server') or [])}, the fake on the others; nginx and PostgreSQL "
+        "unpinned"
     )
     print()
     header = f"{'':22}{'direct (SQLite)':>18}{'2 nodes+nginx+PG':>20}"
@@ -474,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prime-ms", type=int, default=200, help="silence queued ahead of the echo")
     p.add_argument("--nodes", type=int, default=2, help="nodes behind nginx (2)")
     p.add_argument("--idle", type=float, default=3.0, help="seconds the idle nodes are timed")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of both; medians reported")
     args = p.parse_args(argv)
     from getpatter.testing import services
 
@@ -482,13 +484,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster.py needs {', '.join(missing)} (apt-get install nginx postgresql)")
         return 2
     ctx = mp.get_context("spawn")
-    print(f"direct: 1 node, SQLite, {args.calls} calls ...", flush=True)
-    direct = run_mode(ctx, "direct", args)
-    print(
-        f"cluster: {args.nodes} nodes behind nginx, PostgreSQL, {args.calls} calls ...", flush=True
-    )
-    cluster = run_mode(ctx, "cluster", args)
+    rounds: dict[str, list[Figures]] = {"direct": [], "cluster": []}
+    for i in range(args.repeat):  # alternated, so a change in the machine's load hits both
+        for mode in ("direct", "cluster"):
+            what = "1 node, SQLite" if mode == "direct" else f"{args.nodes} nodes, nginx, PG"
+            print(f"round {i + 1}/{args.repeat}: {mode} ({what}), {args.calls} calls", flush=True)
+            fig = run_mode(ctx, mode, args)
+            rounds[mode].append(fig)
+            others = fig.machine - fig.server - fig.fake - fig.nginx - fig.pg_window
+            print(
+                f"   server {fig.per_call(fig.server):.3f} %/call, pacing p99 "
+                f"{fig.jitter['p99']:.1f} ms, the machine's other load {max(0.0, others):.2f} "
+                "cores",
+                flush=True,
+            )
+    direct, cluster = (median_round(rounds[m]) for m in ("direct", "cluster"))
     return 0 if report(direct, cluster, args) else 1
+
+
+def median_round(figs: list[Figures]) -> Figures:
+    """Each figure's median over the rounds (one round: itself)."""
+    if len(figs) == 1:
+        return figs[0]
+    out = Figures(figs[0].mode, figs[0].n)
+    for name in ("window", "server", "idle", "nginx", "pg_window", "pg_ms_per_call", "fake",
+                 "machine", "frames_out"):  # fmt: skip
+        setattr(out, name, float(np.median([getattr(f, name) for f in figs])))
+    out.streaming = min(f.streaming for f in figs)
+    out.jitter = {k: float(np.median([f.jitter[k] for f in figs])) for k in figs[0].jitter}
+    out.problems = [p for f in figs for p in f.problems]
+    return out
 
 
 if __name__ == "__main__":
