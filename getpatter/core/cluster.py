@@ -101,6 +101,20 @@ class Cluster:
             log.warning("node %s: control channel not up yet; retrying", self.node)
 
     async def _join(self, con: Any) -> None:
+        fresh = await con.fetchval(
+            "SELECT state IN ('up', 'draining') AND heartbeat_at > now() - "
+            "make_interval(secs => $2) FROM nodes WHERE name = $1",
+            self.node,
+            self.timeout,
+        )
+        if fresh:  # a restart right after a crash looks the same: a warning, not a refusal
+            log.warning(
+                "node %s: a node of this name beat its heart %.0f s ago or less; if another "
+                "process runs as %s, give each node its own name (GETPATTER_NODE)",
+                self.node,
+                self.timeout,
+                self.node,
+            )
         await con.execute(
             "INSERT INTO nodes (name, url, state, started_at, heartbeat_at) "
             "VALUES ($1, $2, $3, now(), now()) ON CONFLICT (name) DO UPDATE SET "
@@ -211,6 +225,7 @@ class Cluster:
             except asyncio.CancelledError:
                 raise
             except self.db.transient as exc:
+                self._remote = []  # no longer known: better none than stale
                 log.debug("node %s: heartbeat failed: %r", self.node, exc)
             except Exception:
                 log.exception("node %s: heartbeat failed", self.node)
