@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from getpatter import Guardrail, OpenAIRealtime, Patter, Tool, Twilio
+from getpatter.core.realtime import cut_to_heard
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
-from getpatter.plugins.openai.realtime_session import cut_to_heard
 from getpatter.testing.openai_realtime import FakeRealtime, FunctionCall
 from getpatter.testing.twilio import FakeCall, FakeTwilio
 

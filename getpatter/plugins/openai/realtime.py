@@ -1,8 +1,9 @@
 """OpenAI Realtime as a getpatter engine: the options, and opening the model's WebSocket.
 
 The call's G.711 μ-law goes to the model as `audio/pcmu` and the model answers in `audio/pcmu`,
-so audio crosses this engine untouched in both directions. The per-call half (events, barge-in,
-tools, guardrails, reconnect) is in `realtime_session.py`.
+so audio crosses this engine untouched in both directions. What every realtime engine does
+(barge-in, truncation, tools, guardrails, reconnect) is in `getpatter.core.realtime`; the wire
+(the socket's outbox and translating OpenAI's events) is in `realtime_link.py`.
 
 The `openai` SDK is imported the first time a call connects, in a worker thread (importing it
 and building a client takes about a second and would otherwise stall every call on the loop).
@@ -19,18 +20,20 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
+from getpatter.core.realtime import RealtimeCall
 from getpatter.errors import PatterConfigError, PatterConnectionError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
+    from getpatter.core.realtime import EventHandler, SessionSetup
     from getpatter.core.session import CallSession
-    from getpatter.plugins.openai.realtime_session import RealtimeCall
+    from getpatter.plugins.openai.realtime_link import OpenAIRealtimeWire
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,8 @@ class OpenAIRealtime:
     )
     _secret: Secret = field(init=False, repr=False)
     _client: AsyncOpenAI | None = field(init=False, repr=False, default=None)
+    name: ClassVar[str] = "openai_realtime"
+    display_name: ClassVar[str] = "OpenAI Realtime"
 
     def __post_init__(self) -> None:
         self._secret = Secret(
@@ -210,9 +215,43 @@ class OpenAIRealtime:
     # --- the engine protocol -----------------------------------------------------------
 
     def open(self, call: CallSession) -> RealtimeCall:
-        from getpatter.plugins.openai.realtime_session import RealtimeCall
-
         return RealtimeCall(self, call)
+
+    @property
+    def server_turns(self) -> bool:
+        return self.turn_detection is not None
+
+    def wire(self, call: CallSession, handle: EventHandler) -> OpenAIRealtimeWire:
+        from getpatter.plugins.openai.realtime_link import OpenAIRealtimeWire
+
+        return OpenAIRealtimeWire(self, call, handle)
+
+    def session_config(self, setup: SessionSetup) -> dict[str, Any]:
+        """The `session` of a session.update: μ-law both ways, the voice, VAD and tools."""
+        audio_in: dict[str, Any] = {
+            "format": {"type": "audio/pcmu"},
+            "turn_detection": self.turn_detection,
+        }
+        if self.input_transcription:
+            transcription: dict[str, str] = {"model": self.input_transcription}
+            language = setup.language.replace("_", "-").split("-")[0].lower()
+            if len(language) == 2:
+                transcription["language"] = language
+            audio_in["transcription"] = transcription
+        voice: str | dict[str, str] = self.voice
+        if self.voice.startswith("voice_"):
+            voice = {"id": self.voice}
+        return {
+            "type": "realtime",
+            "instructions": setup.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_in,
+                "output": {"format": {"type": "audio/pcmu"}, "voice": voice},
+            },
+            "tools": [{"type": "function", **schema} for schema in setup.tools],
+            "tool_choice": "auto",
+        }
 
     # --- connecting --------------------------------------------------------------------
 
