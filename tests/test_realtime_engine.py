@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from getpatter import Guardrail, OpenAIRealtime, Patter, Tool, Twilio
+from getpatter.core import realtime as core_realtime
 from getpatter.core.realtime import cut_to_heard
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
@@ -395,6 +396,76 @@ async def test_guardrail_replaces_the_reply(
     assert sent.index("response.cancel") < len(sent) - 1 - sent[::-1].index("response.create")
     assert call.clears >= 1
     assert not [e for e in session.errors if e["code"] != "response_cancel_not_active"]
+
+
+async def test_a_guardrail_whose_check_raises_blocks_the_reply(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """One policy for both engines: a check that raises counts as violated (fail closed)."""
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("the moderation service is down")
+
+    replacement = "Let me find someone who can help with that."
+    fake.responses = ["Here is exactly what you asked for, in detail."]
+    s = await serve(
+        {
+            "engine": realtime(fake),
+            "guardrails": [Guardrail("Moderation", check=broken, replacement=replacement)],
+        }
+    )
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(0.3, 1.0))
+    await call.wait_for(has_transcript(s, "assistant", replacement), 10)
+    await call.hangup()
+    record = await ended(s, call)
+
+    assert not any("exactly what you asked" in text for _, text in transcripts(s))
+    assert [e["name"] for e in kinds(record, "guardrail")] == ["Moderation"]
+    creates = [e for e in fake.sessions[0].received if e["type"] == "response.create"]
+    assert replacement in creates[-1]["response"]["instructions"]
+
+
+async def test_the_model_socket_may_drop_again_later_in_the_call(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """Reconnects are budgeted per minute, not per call: a second drop is survived too."""
+    fake.responses = ["We open at nine."]
+    fake.transcripts = ["When do you open?"]
+    s = await serve({"engine": realtime(fake), "first_message": "Hello, Acme here."})
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(3.5, 1.0))
+    await call.wait_for(has_transcript(s, "assistant", "Hello, Acme here."), 5)
+    for n in (2, 3):
+        assert await fake.drop_connections() == 1
+        await call.wait_for(
+            lambda n=n: len(fake.live_sessions) == 1 == n - len(fake.sessions) + 1, 5
+        )
+    await call.wait_for(has_transcript(s, "assistant", "We open at nine."), 10)
+    await call.hangup()
+    record = await ended(s, call)
+
+    assert len(fake.sessions) == 3
+    assert len(kinds(record, "engine_reconnect")) == 2
+    assert record["end_reason"] == "hangup"
+    assert "Hello, Acme here." in fake.sessions[2].instructions
+
+
+async def test_a_model_that_keeps_dropping_ends_the_call(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget: more drops within a minute than `RECONNECTS_PER_MINUTE` and the call ends
+    with the carrier's goodbye (short backoffs, so the test takes a second, not eight)."""
+    monkeypatch.setattr(core_realtime, "BACKOFF", (0.0, 0.05))
+    s = await serve({"engine": realtime(fake), "first_message": "Hi."})
+    call = await net.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(has_transcript(s, "assistant", "Hi."), 5)
+    for n in range(core_realtime.RECONNECTS_PER_MINUTE + 1):
+        await call.wait_for(lambda n=n: len(fake.sessions) == n + 1 and bool(fake.live_sessions), 5)
+        assert await fake.drop_connections() == 1
+    record = await ended(s, call)
+    assert record["end_reason"] == "engine_failed"
+    assert len(kinds(record, "engine_reconnect")) == core_realtime.RECONNECTS_PER_MINUTE
+    assert call.said == [OpenAIRealtime.failure_message]
+    assert "within a minute" in kinds(record, "error")[0]["error"]
 
 
 async def test_a_dropped_model_socket_is_reopened_with_the_conversation(
