@@ -28,12 +28,14 @@ _EXPORTS: dict[str, str] = {
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "GeminiLive": "getpatter.plugins.google.live",
 }
 
 __all__ = [
     "Agent",
     "CallError",
     "EmbeddedServer",
+    "GeminiLive",
     "Guardrail",
     "LocalConfig",
     "MachineDetectionResult",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.google.live import GeminiLive
     from getpatter.plugins.openai.realtime import OpenAIRealtime
 
 

@@ -1,9 +1,10 @@
 """The provider-neutral half of every realtime (speech-to-speech) engine.
 
-A realtime provider writes only its wire format: a `RealtimeWire` that opens the model's
-socket, sends what `RealtimeCall` asks for (caller audio, "respond", "cancel", "truncate", tool
-results) in the provider's own messages, and translates what the model sends into the
-`RealtimeEvent`s below. Everything a caller would notice lives here, once, for every provider:
+A realtime provider writes only its wire format: a `RealtimeWire` (the contract is in
+`core/realtime_wire.py`) that opens the model's socket, sends what `RealtimeCall` asks for
+(caller audio, "respond", "cancel", "truncate", tool results) in the provider's own messages,
+and translates what the model sends into `RealtimeEvent`s. Everything a caller would notice
+lives here, once, for every provider:
 
 - Each agent audio item is one utterance on the call's playout (`begin_utterance(item_id)` …
   `play(audio)` … `end_utterance(item_id)`), so the session knows how much of it was heard.
@@ -29,13 +30,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from getpatter.core.engine import InboundAudio
 from getpatter.core.frame import AudioFrame
 from getpatter.core.guardrails import screen
+from getpatter.core.realtime_wire import (
+    AgentAudio,
+    AgentAudioDone,
+    AgentText,
+    AgentTextDone,
+    CallerSpeechStarted,
+    CallerText,
+    EventHandler,
+    ModelError,
+    RealtimeEngine,
+    RealtimeEvent,
+    RealtimeWire,
+    ResponseDone,
+    ResponseStarted,
+    SessionSetup,
+    ToolCallRequested,
+    ToolResult,
+    Usage,
+)
 from getpatter.core.tools import ToolOutcome, run_tool, tool_schemas
 from getpatter.errors import PatterConnectionError, ProviderError
 
@@ -68,192 +88,6 @@ def cut_to_heard(text: str, fraction: float) -> str:
         cut = text.rfind(" ", 0, n)
         n = cut if cut > 0 else n
     return text[:n].rstrip(" ,;:")
-
-
-# --- the contract: what a provider's wire receives and reports ------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSetup:
-    """What a new model session is configured with (the first, or one after a drop)."""
-
-    instructions: str  # the system prompt, plus the conversation so far when `resumed`
-    tools: list[dict[str, Any]]  # {"name", "description", "parameters"} per function
-    language: str  # the agent's language code, e.g. "en" or "en-US"
-    resumed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ToolResult:
-    call_id: str
-    name: str
-    output: str  # JSON text
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """A response's token usage, in the fields the price table knows."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    input_audio_tokens: int = 0
-    input_text_tokens: int = 0
-    cached_tokens: int = 0
-    output_audio_tokens: int = 0
-    output_text_tokens: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseStarted:
-    """The model started a response; `scripted` if it is one `respond(say=...)` asked for."""
-
-    response_id: str
-    scripted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class AgentAudio:
-    """Agent speech: μ-law bytes at 8 kHz, or an int16 frame at any rate."""
-
-    response_id: str
-    item_id: str
-    audio: bytes | AudioFrame
-
-
-@dataclass(frozen=True, slots=True)
-class AgentText:
-    """More of the transcript of what the agent is saying."""
-
-    response_id: str
-    item_id: str
-    delta: str
-
-
-@dataclass(frozen=True, slots=True)
-class AgentAudioDone:
-    response_id: str
-    item_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class AgentTextDone:
-    """The item's final transcript (may come before or after its audio is done)."""
-
-    response_id: str
-    item_id: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class CallerSpeechStarted:
-    """The model's own VAD heard the caller start talking."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallerText:
-    """The model's transcript of a caller turn."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCallRequested:
-    response_id: str
-    call_id: str
-    name: str
-    arguments: str  # JSON text
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseDone:
-    """A response is over: `completed`, `cancelled`, `failed`, ..."""
-
-    response_id: str
-    status: str = "completed"
-    usage: Usage = field(default_factory=Usage)
-    details: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelError:
-    """An error the model reported on a live session; the call goes on."""
-
-    code: str
-    message: str
-
-
-RealtimeEvent = (
-    ResponseStarted
-    | AgentAudio
-    | AgentText
-    | AgentAudioDone
-    | AgentTextDone
-    | CallerSpeechStarted
-    | CallerText
-    | ToolCallRequested
-    | ResponseDone
-    | ModelError
-)
-EventHandler = Callable[[RealtimeEvent], Awaitable[None]]
-
-
-class RealtimeWire(Protocol):
-    """One call's connection to a realtime model, in the provider's own messages.
-
-    Every send method queues and returns at once (never blocks); `open` and `receive` are
-    the only awaits. Events go to the handler the engine's `wire()` was given, in order.
-    """
-
-    @property
-    def number(self) -> int:
-        """Sessions opened so far: 1 for the first, 2 after a reconnect, ..."""
-
-    async def open(self, setup: SessionSetup) -> None:
-        """Connect and configure a session. Raises PatterConnectionError (unreachable,
-        refused, dropped during setup) or ProviderError (the model refused the settings)."""
-
-    async def receive(self) -> None:
-        """Hand every event to the handler until the socket closes (by us or the network)."""
-
-    def send_audio(self, audio: InboundAudio) -> None:
-        """Caller audio as the carrier sent it; kept while the socket is down (bounded)."""
-
-    def respond(self, say: str | None = None) -> None:
-        """Ask for a response; with `say`, one that speaks exactly that text (scripted)."""
-
-    def cancel(self, response_id: str) -> None:
-        """Stop a response in flight (a no-op where the model has no such command)."""
-
-    def truncate(self, item_id: str, heard_ms: int) -> None:
-        """The caller heard `heard_ms` of this item: make the model's memory match."""
-
-    def add_user_text(self, text: str) -> None:
-        """A caller turn in words (a key press), without asking for a response."""
-
-    def send_tool_results(self, results: Sequence[ToolResult], respond: bool) -> None:
-        """The outputs of one response's tool calls; `respond`: let the model go on."""
-
-    def caller_turn(self, kind: str) -> None:
-        """Only for models without their own turn detection: our VAD heard the caller
-        `speech_started` or `speech_ended` (the end of the caller's turn)."""
-
-    async def close(self) -> None: ...
-
-
-class RealtimeEngine(Protocol):
-    """What `RealtimeCall` needs of a provider's agent-level engine config."""
-
-    name: ClassVar[str]  # for events and records, e.g. "openai_realtime"
-    display_name: ClassVar[str]  # for log lines, e.g. "OpenAI Realtime"
-    model: str
-    barge_in: bool
-    failure_message: str
-
-    @property
-    def server_turns(self) -> bool:
-        """The model detects the caller's turns itself (its own VAD)."""
-
-    def wire(self, call: CallSession, handle: EventHandler) -> RealtimeWire: ...
 
 
 # --- the engine call ---------------------------------------------------------------------------

@@ -25,11 +25,11 @@ import binascii
 import json
 import logging
 import secrets
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from getpatter.core.realtime import (
+from getpatter.core.realtime import say_exactly
+from getpatter.core.realtime_wire import (
     AgentAudio,
     AgentAudioDone,
     AgentText,
@@ -38,6 +38,7 @@ from getpatter.core.realtime import (
     CallerText,
     EventHandler,
     ModelError,
+    Outbox,
     RealtimeEvent,
     ResponseDone,
     ResponseStarted,
@@ -45,7 +46,6 @@ from getpatter.core.realtime import (
     ToolCallRequested,
     ToolResult,
     Usage,
-    say_exactly,
 )
 from getpatter.errors import PatterConnectionError, ProviderError
 
@@ -75,20 +75,16 @@ class OpenAIRealtimeWire:
         self.number = 0  # sessions opened so far: 1 for the first, 2 after a reconnect
         self._handle = handle
         self._conn: AsyncRealtimeConnection | None = None
-        self._outbox: deque[str | dict[str, Any]] = deque()
-        self._audio_queued = 0  # appends in the outbox
-        self._batch = bytearray()  # caller audio not yet in an append
-        self._wake = asyncio.Event()
+        self._outbox: Outbox[str | dict[str, Any]] = Outbox(
+            APPEND_BYTES, MAX_QUEUED_APPENDS, _append
+        )
         self._sender: asyncio.Task[None] | None = None
 
     # --- the core's commands -------------------------------------------------------------
 
     def send_audio(self, audio: InboundAudio) -> None:
         """Queue caller audio exactly as the carrier sent it (never blocks)."""
-        self._batch += audio.payload
-        if len(self._batch) >= APPEND_BYTES:
-            self._flush_audio()
-            self._wake.set()
+        self._outbox.audio(audio.payload)
 
     def respond(self, say: str | None = None) -> None:
         if say is None:
@@ -127,44 +123,8 @@ class OpenAIRealtimeWire:
             self._send({"type": "input_audio_buffer.commit"})
             self._send({"type": "response.create"})
 
-    # --- sending -------------------------------------------------------------------------
-
     def _send(self, event: dict[str, Any]) -> None:
-        """Queue a client event (never blocks), after the caller audio that came before it."""
-        self._flush_audio()
-        self._outbox.append(event)
-        self._wake.set()
-
-    def _flush_audio(self) -> None:
-        if not self._batch:
-            return
-        b64 = base64.b64encode(self._batch).decode("ascii")  # base64 needs no JSON escaping
-        self._batch.clear()
-        self._outbox.append(f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}')
-        self._audio_queued += 1
-        if self._audio_queued > MAX_QUEUED_APPENDS:
-            for i, item in enumerate(self._outbox):
-                if isinstance(item, str):
-                    del self._outbox[i]
-                    self._audio_queued -= 1
-                    break
-
-    async def _send_loop(self, conn: AsyncRealtimeConnection) -> None:
-        while True:
-            while not self._outbox:
-                self._wake.clear()
-                await self._wake.wait()
-            item = self._outbox[0]
-            data = item if isinstance(item, str) else json.dumps(item)
-            try:
-                # the SDK's typed send() would re-validate every 20 ms audio frame
-                await conn.send_raw(data)
-            except Exception as exc:  # the socket is gone: the receiver notices and reopens
-                log.debug("call %s: Realtime send failed: %r", self.call.call_id, exc)
-                return
-            self._outbox.popleft()
-            if isinstance(item, str):
-                self._audio_queued -= 1
+        self._outbox.control(event)
 
     # --- life ----------------------------------------------------------------------------
 
@@ -180,9 +140,7 @@ class OpenAIRealtimeWire:
         conn = await self.engine.connect()
         self._conn = conn
         self.number += 1
-        kept = [e for e in self._outbox if isinstance(e, str)]  # audio only: see module doc
-        self._outbox.clear()
-        self._outbox.extend(kept)
+        self._outbox.new_session()
         update_id = f"evt_setup_{secrets.token_hex(4)}"
         update = {
             "type": "session.update",
@@ -213,8 +171,8 @@ class OpenAIRealtimeWire:
             if not isinstance(exc, Exception):
                 raise
             raise PatterConnectionError(f"OpenAI Realtime session setup failed: {exc!r}") from None
-        self._sender = self.call.spawn(self._send_loop(conn), "openai-realtime-send")
-        self._wake.set()
+        what = f"call {self.call.call_id}: OpenAI Realtime"
+        self._sender = self.call.spawn(self._outbox.run(_sender(conn), what), "openai-send")
 
     async def receive(self) -> None:
         """Hand every server event to the core, in order, until the socket closes."""
@@ -307,6 +265,20 @@ class OpenAIRealtimeWire:
                 return None
             return ModelError(code, str(error.get("message") or ""))
         return None
+
+
+def _append(audio: bytes) -> str:
+    """An input_audio_buffer.append, built as text (base64 needs no JSON escaping)."""
+    b64 = base64.b64encode(audio).decode("ascii")
+    return f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}'
+
+
+def _sender(conn: AsyncRealtimeConnection) -> Callable[[str | dict[str, Any]], Awaitable[None]]:
+    async def send(message: str | dict[str, Any]) -> None:
+        # the SDK's typed send() would re-validate every audio append
+        await conn.send_raw(message if isinstance(message, str) else json.dumps(message))
+
+    return send
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

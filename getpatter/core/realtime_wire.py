@@ -1,0 +1,272 @@
+"""The realtime contract: what a provider's wire is asked to do, and the events it reports.
+
+A realtime provider implements `RealtimeWire` in its own messages and translates what its
+model sends into the `RealtimeEvent`s below; `getpatter.core.realtime.RealtimeCall` does the
+rest for every provider. `Outbox` is the ordered, bounded send queue every wire needs: one
+writer per socket, control events after the audio that came before them, caller audio kept
+(bounded, oldest dropped) while the socket is down, control events of a dead session dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+from getpatter.core.frame import AudioFrame
+
+if TYPE_CHECKING:
+    from getpatter.core.engine import InboundAudio
+    from getpatter.core.session import CallSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSetup:
+    """What a new model session is configured with (the first, or one after a drop)."""
+
+    instructions: str  # the system prompt, plus the conversation so far when `resumed`
+    tools: list[dict[str, Any]]  # {"name", "description", "parameters"} per function
+    language: str  # the agent's language code, e.g. "en" or "en-US"
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    call_id: str
+    name: str
+    output: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A response's token usage, in the fields the price table knows."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_text_tokens: int = 0
+    cached_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_text_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    """The model started a response; `scripted` if it is one `respond(say=...)` asked for."""
+
+    response_id: str
+    scripted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAudio:
+    """Agent speech: μ-law bytes at 8 kHz, or an int16 frame at any rate."""
+
+    response_id: str
+    item_id: str
+    audio: bytes | AudioFrame
+
+
+@dataclass(frozen=True, slots=True)
+class AgentText:
+    """More of the transcript of what the agent is saying."""
+
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTextDone:
+    """The item's final transcript (may come before or after its audio is done)."""
+
+    response_id: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSpeechStarted:
+    """The model's own VAD heard the caller start talking."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerText:
+    """The model's transcript of a caller turn."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequested:
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """A response is over: `completed`, `cancelled`, `failed`, ..."""
+
+    response_id: str
+    status: str = "completed"
+    usage: Usage = field(default_factory=Usage)
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelError:
+    """An error the model reported on a live session; the call goes on."""
+
+    code: str
+    message: str
+
+
+RealtimeEvent = (
+    ResponseStarted
+    | AgentAudio
+    | AgentText
+    | AgentAudioDone
+    | AgentTextDone
+    | CallerSpeechStarted
+    | CallerText
+    | ToolCallRequested
+    | ResponseDone
+    | ModelError
+)
+EventHandler = Callable[[RealtimeEvent], Awaitable[None]]
+
+
+class RealtimeWire(Protocol):
+    """One call's connection to a realtime model, in the provider's own messages.
+
+    Every send method queues and returns at once (never blocks); `open` and `receive` are
+    the only awaits. Events go to the handler the engine's `wire()` was given, in order.
+    """
+
+    @property
+    def number(self) -> int:
+        """Sessions opened so far: 1 for the first, 2 after a reconnect, ..."""
+
+    async def open(self, setup: SessionSetup) -> None:
+        """Connect and configure a session. Raises PatterConnectionError (unreachable,
+        refused, dropped during setup) or ProviderError (the model refused the settings)."""
+
+    async def receive(self) -> None:
+        """Hand every event to the handler until the socket closes (by us or the network)."""
+
+    def send_audio(self, audio: InboundAudio) -> None:
+        """Caller audio as the carrier sent it; kept while the socket is down (bounded)."""
+
+    def respond(self, say: str | None = None) -> None:
+        """Ask for a response; with `say`, one that speaks exactly that text (scripted)."""
+
+    def cancel(self, response_id: str) -> None:
+        """Stop a response in flight (a no-op where the model has no such command)."""
+
+    def truncate(self, item_id: str, heard_ms: int) -> None:
+        """The caller heard `heard_ms` of this item: make the model's memory match."""
+
+    def add_user_text(self, text: str) -> None:
+        """A caller turn in words (a key press), without asking for a response."""
+
+    def send_tool_results(self, results: Sequence[ToolResult], respond: bool) -> None:
+        """The outputs of one response's tool calls; `respond`: let the model go on."""
+
+    def caller_turn(self, kind: str) -> None:
+        """Only for models without their own turn detection: our VAD heard the caller
+        `speech_started` or `speech_ended` (the end of the caller's turn)."""
+
+    async def close(self) -> None: ...
+
+
+class RealtimeEngine(Protocol):
+    """What `RealtimeCall` needs of a provider's agent-level engine config."""
+
+    name: ClassVar[str]  # for events and records, e.g. "openai_realtime"
+    display_name: ClassVar[str]  # for log lines, e.g. "OpenAI Realtime"
+    model: str
+    barge_in: bool
+    failure_message: str
+
+    @property
+    def server_turns(self) -> bool:
+        """The model detects the caller's turns itself (its own VAD)."""
+
+    def wire(self, call: CallSession, handle: EventHandler) -> RealtimeWire: ...
+
+
+class Outbox(Generic[T]):
+    """A wire's send queue: caller audio in batches of `batch_bytes`, encoded by `encode`,
+    and control messages, sent in order by one task (`run`) through `send`."""
+
+    def __init__(self, batch_bytes: int, max_audio: int, encode: Callable[[bytes], T]) -> None:
+        self._batch_bytes = batch_bytes
+        self._max_audio = max_audio
+        self._encode = encode
+        self._items: deque[tuple[bool, T]] = deque()  # (is audio, message)
+        self._audio = 0
+        self._batch = bytearray()
+        self._wake = asyncio.Event()
+
+    def audio(self, data: bytes) -> None:
+        self._batch += data
+        if len(self._batch) >= self._batch_bytes:
+            self._flush()
+            self._wake.set()
+
+    def control(self, message: T) -> None:
+        """Queue a control message after the audio that came before it."""
+        self._flush()
+        self._items.append((False, message))
+        self._wake.set()
+
+    def new_session(self) -> None:
+        """A new socket: the control messages queued for the old one are dropped."""
+        kept = [item for item in self._items if item[0]]
+        self._items.clear()
+        self._items.extend(kept)
+        self._wake.set()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        self._items.append((True, self._encode(bytes(self._batch))))
+        self._batch.clear()
+        self._audio += 1
+        if self._audio > self._max_audio:
+            for i, (is_audio, _) in enumerate(self._items):
+                if is_audio:
+                    del self._items[i]
+                    self._audio -= 1
+                    break
+
+    async def run(self, send: Callable[[T], Awaitable[None]], what: str) -> None:
+        """Send until a send fails (the socket is gone: the receiver notices and reopens)."""
+        while True:
+            while not self._items:
+                self._wake.clear()
+                await self._wake.wait()
+            is_audio, message = self._items[0]
+            try:
+                await send(message)
+            except Exception as exc:
+                log.debug("%s: send failed: %r", what, exc)
+                return
+            self._items.popleft()
+            if is_audio:
+                self._audio -= 1
