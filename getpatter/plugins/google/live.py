@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import math
 import os
 import ssl
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +33,18 @@ if TYPE_CHECKING:
     from getpatter.plugins.google.live_wire import GeminiLiveWire
 
 __all__ = ["GeminiLive"]
+
+_preloading: threading.Thread | None = None
+
+
+def _preload_sdk() -> None:
+    """Import the SDK in the background now, so the first call does not wait ~1 s for it."""
+    global _preloading
+    if _preloading is None and "google.genai.live" not in sys.modules:
+        _preloading = threading.Thread(
+            target=importlib.import_module, args=("google.genai.live",), daemon=True
+        )
+        _preloading.start()
 
 
 @dataclass(repr=False, eq=False)
@@ -95,6 +110,12 @@ class GeminiLive:
         ct = self.connect_timeout
         if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
             raise PatterConfigError("GeminiLive connect_timeout must be a positive number")
+        _preload_sdk()
+
+    @property
+    def key(self) -> Secret:
+        """The API key (call `.reveal()` where it must be sent)."""
+        return self._secret
 
     def __repr__(self) -> str:
         return (
