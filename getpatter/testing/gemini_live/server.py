@@ -106,6 +106,10 @@ class FakeGeminiLive(LoopbackServer):
         self._ca.configure_trust(ctx)
         return ctx
 
+    def ca_pem(self) -> str:
+        """The fake's CA certificate (PEM), for a client in another process."""
+        return str(self._ca.cert_pem.bytes().decode())
+
     @property
     def base_url(self) -> str:
         return f"https://{self.host}:{self.port}"
