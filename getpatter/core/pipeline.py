@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from getpatter.core.audio import AudioFrame, pcm16_bytes, ulaw_encode
 from getpatter.core.chunker import ChunkerOptions
-from getpatter.core.engine import InboundAudio
+from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import TurnTimes
 from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
 from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces

@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from getpatter.core.engine import InboundAudio
 from getpatter.core.frame import AudioFrame
 from getpatter.core.guardrails import screen
+from getpatter.core.media import InboundAudio
 from getpatter.core.realtime_wire import (
     AgentAudio,
     AgentAudioDone,

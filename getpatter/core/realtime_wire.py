@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from getpatter.core.frame import AudioFrame
 
 if TYPE_CHECKING:
-    from getpatter.core.engine import InboundAudio
+    from getpatter.core.media import InboundAudio
     from getpatter.core.session import CallSession
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from google.genai.live import AsyncSession
     from google.genai.types import LiveServerMessage, UsageMetadata
 
-    from getpatter.core.engine import InboundAudio
+    from getpatter.core.media import InboundAudio
     from getpatter.core.session import CallSession
     from getpatter.plugins.google.live import GeminiLive
 

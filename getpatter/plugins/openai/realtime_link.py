@@ -52,7 +52,7 @@ from getpatter.errors import PatterConnectionError, ProviderError
 if TYPE_CHECKING:
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
-    from getpatter.core.engine import InboundAudio
+    from getpatter.core.media import InboundAudio
     from getpatter.core.session import CallSession
     from getpatter.plugins.openai.realtime import OpenAIRealtime
 
