@@ -171,7 +171,9 @@ async def test_a_whole_call_on_every_engine(
     reply = "Sure, a table for two at eight."
     agent = kit.agent([reply], ["I would like a table."], first_message="Thanks for calling!")
     s = await serve_any(agent)
-    call = await network.fake.place_call(from_=CALLER, to=NUMBER, audio=hello(2.0, 1.0))
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(saying(s, "assistant", "Thanks for calling!"), 8)  # heard in full
+    await call.send_audio(hello(0.3, 1.0))
     await call.wait_for(saying(s, "assistant", reply), 12)
     await call.hangup()
     record = await finished(s, call)
@@ -191,7 +193,9 @@ async def test_barge_in_on_every_engine(
 ) -> None:
     greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 4
     s = await serve_any(kit.agent(["Sorry, go ahead."], first_message=greeting.strip()))
-    call = await network.fake.place_call(from_=CALLER, to=NUMBER, audio=hello(1.8, 1.0))
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 12000, 8)  # 1.5 s of the greeting heard
+    await call.send_audio(hello(0.0, 1.0))
     await call.wait_for(lambda: call.clears >= 1, 8)
     clear_at = next(t for t, event, _ in call.received if event == "clear")
     await call.wait_for(saying(s, "assistant", "Sorry, go ahead."), 10)

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import math
 import os
 import ssl
-import sys
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.realtime import RealtimeCall
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 if TYPE_CHECKING:
@@ -33,18 +31,6 @@ if TYPE_CHECKING:
     from getpatter.plugins.google.live_wire import GeminiLiveWire
 
 __all__ = ["GeminiLive"]
-
-_preloading: threading.Thread | None = None
-
-
-def _preload_sdk() -> None:
-    """Import the SDK in the background now, so the first call does not wait ~1 s for it."""
-    global _preloading
-    if _preloading is None and "google.genai.live" not in sys.modules:
-        _preloading = threading.Thread(
-            target=importlib.import_module, args=("google.genai.live",), daemon=True
-        )
-        _preloading.start()
 
 
 @dataclass(repr=False, eq=False)
@@ -110,7 +96,7 @@ class GeminiLive:
         ct = self.connect_timeout
         if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
             raise PatterConfigError("GeminiLive connect_timeout must be a positive number")
-        _preload_sdk()
+        preload("google.genai.live")  # so the first call does not wait ~1 s for it
 
     @property
     def key(self) -> Secret:
@@ -174,7 +160,7 @@ class GeminiLive:
         """Open a Live session (closed with `stack`). Raises PatterConnectionError, or
         ProviderError when the service refuses the settings."""
         if self._client is None:
-            self._client = await asyncio.to_thread(self._new_client)
+            self._client = await in_sdk_thread(self._new_client)
         from google.genai.errors import APIError
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 

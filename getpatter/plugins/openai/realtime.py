@@ -12,12 +12,9 @@ and building a client takes about a second and would otherwise stall every call 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import math
-import sys
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -25,6 +22,7 @@ from urllib.parse import urlsplit
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.realtime import RealtimeCall
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError
 
 if TYPE_CHECKING:
@@ -85,19 +83,6 @@ def realtime_voice(voice: str) -> str:
     warnings.warn(message, UserWarning, stacklevel=4)
     log.warning("%s", message)
     return mapped
-
-
-_preloading: threading.Thread | None = None
-
-
-def _preload_sdk() -> None:
-    """Import the SDK in the background now, so the first call does not wait ~1 s for it."""
-    global _preloading
-    if _preloading is None and "openai" not in sys.modules:
-        _preloading = threading.Thread(
-            target=importlib.import_module, args=("openai",), name="import-openai", daemon=True
-        )
-        _preloading.start()
 
 
 @dataclass(repr=False, eq=False)
@@ -183,7 +168,7 @@ class OpenAIRealtime:
         ct = self.connect_timeout
         if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
             raise PatterConfigError("OpenAIRealtime connect_timeout must be a positive number")
-        _preload_sdk()
+        preload("openai")  # so the first call does not wait ~1 s for it
 
     @property
     def key(self) -> Secret:
@@ -268,7 +253,7 @@ class OpenAIRealtime:
     async def connect(self) -> AsyncRealtimeConnection:
         """Open a Realtime WebSocket. Raises PatterConnectionError, with a message to act on."""
         if self._client is None:
-            self._client = await asyncio.to_thread(self._new_client)
+            self._client = await in_sdk_thread(self._new_client)
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 
         manager = self._client.realtime.connect(model=self.model)
