@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "CallError": "getpatter.errors",
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
     "GeminiLive": "getpatter.plugins.google.live",
+    "UltravoxRealtime": "getpatter.plugins.ultravox.realtime",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Telnyx",
     "Tool",
     "Twilio",
+    "UltravoxRealtime",
 ]
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     )
     from getpatter.plugins.google.live import GeminiLive
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.ultravox.realtime import UltravoxRealtime
 
 
 def __getattr__(name: str) -> Any:

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from getpatter import GeminiLive, OpenAIRealtime
+from getpatter import GeminiLive, OpenAIRealtime, UltravoxRealtime
 from getpatter.testing.gemini_live import FakeGeminiLive
 from getpatter.testing.openai_realtime import FakeRealtime, FunctionCall
 from getpatter.testing.providers import ScriptedLLM, ScriptedSTT, ScriptedTTS, ToolCallScript
+from getpatter.testing.ultravox import FakeUltravox
 
 from helpers import speech
 
@@ -23,6 +24,7 @@ ENGINES = ("openai", "gemini", "pipeline")
 REALTIME = ("openai", "gemini")
 OPENAI_KEY = "sk-test-realtime-key"
 GEMINI_KEY = "gemini-test-key-0123"
+ULTRAVOX_KEY = "ultravox-test-key-0123"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,10 @@ class Kit:
                 websocket_base_url=self.fake.ws_url,
                 **options,
             )
+        if self.kind == "ultravox":
+            return UltravoxRealtime(
+                api_key=options.pop("api_key", ULTRAVOX_KEY), base_url=self.fake.base_url, **options
+            )
         return GeminiLive(
             api_key=options.pop("api_key", GEMINI_KEY),
             base_url=self.fake.base_url,
@@ -84,6 +90,8 @@ class Kit:
             return [json.loads(o["output"]) for s in self.fake.sessions for o in s.tool_outputs]
         if self.kind == "gemini":
             return [r["response"] for s in self.fake.sessions for r in s.tool_responses]
+        if self.kind == "ultravox":
+            return [json.loads(r["result"]) for c in self.fake.calls for r in c.tool_results]
         assert self.llm is not None
         return [
             json.loads(m["content"])
@@ -108,6 +116,8 @@ async def open_kit(kind: str) -> AsyncIterator[Kit]:
     fake: Any
     if kind == "openai":
         fake = FakeRealtime(OPENAI_KEY, seconds_per_char=0.03)
+    elif kind == "ultravox":
+        fake = FakeUltravox(ULTRAVOX_KEY, seconds_per_char=0.03)
     else:
         fake = FakeGeminiLive(GEMINI_KEY, seconds_per_char=0.03)
     async with fake:
