@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar
 
+from getpatter.core.credentials import Secret
 from getpatter.core.frame import AudioFrame
+from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
     from getpatter.core.media import InboundAudio
+    from getpatter.core.realtime import RealtimeCall
     from getpatter.core.session import CallSession
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: What the caller hears, in the carrier's voice, when the model cannot be reached.
+FAILURE_MESSAGE: Final = (
+    "Sorry, we're having technical difficulties and can't continue this call. "
+    "Please call back in a few minutes. Goodbye."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,3 +280,51 @@ class Outbox(Generic[T]):
             self._items.popleft()
             if is_audio:
                 self._audio -= 1
+
+
+class RealtimeOptions:
+    """What every provider's engine config takes the same way (a mixin: it adds no fields).
+
+    The config keeps its key as `_secret`, and has `model`, `base_url`, `barge_in`,
+    `failure_message` ("" hangs up silently), `connect_timeout` and `temperature`."""
+
+    _secret: Secret
+    model: str
+    base_url: str
+    barge_in: bool
+    failure_message: str
+    connect_timeout: float
+    temperature: float | None
+
+    def _check_options(self) -> None:
+        who = type(self).__name__
+        t = self.temperature
+        if t is not None and (
+            isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)
+        ):
+            raise PatterConfigError(f"{who} temperature must be a number, got {t!r}")
+        if not isinstance(self.barge_in, bool):
+            raise PatterConfigError(f"{who} barge_in must be True or False")
+        if not isinstance(self.failure_message, str):
+            raise PatterConfigError(f"{who} failure_message must be a string")
+        self.failure_message = self.failure_message.strip()
+        ct = self.connect_timeout
+        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
+            raise PatterConfigError(f"{who} connect_timeout must be a positive number")
+
+    @property
+    def key(self) -> Secret:
+        """The API key (call `.reveal()` where it must be sent)."""
+        return self._secret
+
+    def open(self, call: CallSession) -> RealtimeCall:
+        from getpatter.core.realtime import RealtimeCall
+
+        return RealtimeCall(self, call)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        voice = getattr(self, "voice", None)
+        return (
+            f"{type(self).__name__}(model={self.model!r}, voice={voice!r}, "
+            f"base_url={self.base_url!r}, api_key={'<set>' if self._secret else '<unset>'})"
+        )

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
-from getpatter.core.realtime import RealtimeCall
+from getpatter.core.realtime_wire import FAILURE_MESSAGE, RealtimeOptions
 from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
@@ -34,7 +33,7 @@ __all__ = ["GeminiLive"]
 
 
 @dataclass(repr=False, eq=False)
-class GeminiLive:
+class GeminiLive(RealtimeOptions):
     """Speech to speech with Google's Gemini Live API, over one WebSocket per call.
 
     - `api_key`: defaults to `GOOGLE_API_KEY` (or `GEMINI_API_KEY`).
@@ -58,10 +57,7 @@ class GeminiLive:
     input_transcription: bool = True
     barge_in: bool = True
     connect_timeout: float = 10.0
-    failure_message: str = (
-        "Sorry, we're having technical difficulties and can't continue this call. "
-        "Please call back in a few minutes. Goodbye."
-    )
+    failure_message: str = FAILURE_MESSAGE
     _secret: Secret = field(init=False, repr=False)
     _client: Client | None = field(init=False, repr=False, default=None)
     name: ClassVar[str] = "gemini_live"
@@ -82,37 +78,13 @@ class GeminiLive:
         self.base_url = validate_http_url(self.base_url, "GeminiLive base_url")
         if self.ssl is not None and not isinstance(self.ssl, ssl.SSLContext):
             raise PatterConfigError("GeminiLive ssl must be an ssl.SSLContext")
-        t = self.temperature
-        if t is not None and (
-            isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)
-        ):
-            raise PatterConfigError(f"GeminiLive temperature must be a number, got {t!r}")
-        for flag in ("turn_detection", "input_transcription", "barge_in"):
+        for flag in ("turn_detection", "input_transcription"):
             if not isinstance(getattr(self, flag), bool):
                 raise PatterConfigError(f"GeminiLive {flag} must be True or False")
-        if not isinstance(self.failure_message, str):
-            raise PatterConfigError("GeminiLive failure_message must be a string")
-        self.failure_message = self.failure_message.strip()
-        ct = self.connect_timeout
-        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
-            raise PatterConfigError("GeminiLive connect_timeout must be a positive number")
+        self._check_options()
         preload("google.genai.live")  # so the first call does not wait ~1 s for it
 
-    @property
-    def key(self) -> Secret:
-        """The API key (call `.reveal()` where it must be sent)."""
-        return self._secret
-
-    def __repr__(self) -> str:
-        return (
-            f"GeminiLive(model={self.model!r}, voice={self.voice!r}, base_url={self.base_url!r}, "
-            f"api_key={'<set>' if self._secret else '<unset>'})"
-        )
-
     # --- the engine protocol -----------------------------------------------------------
-
-    def open(self, call: CallSession) -> RealtimeCall:
-        return RealtimeCall(self, call)
 
     @property
     def server_turns(self) -> bool:

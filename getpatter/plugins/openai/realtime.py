@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
-from getpatter.core.realtime import RealtimeCall
+from getpatter.core.realtime_wire import FAILURE_MESSAGE, RealtimeOptions
 from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError
 
@@ -86,7 +85,7 @@ def realtime_voice(voice: str) -> str:
 
 
 @dataclass(repr=False, eq=False)
-class OpenAIRealtime:
+class OpenAIRealtime(RealtimeOptions):
     """Speech to speech with OpenAI's Realtime API (GA), over one WebSocket per call.
 
     - `voice`: a Realtime voice (`marin`, `cedar`, …); a text-to-speech voice such as `nova`
@@ -113,10 +112,7 @@ class OpenAIRealtime:
     input_transcription: str | None = "gpt-4o-transcribe"
     barge_in: bool = True
     connect_timeout: float = 10.0
-    failure_message: str = (
-        "Sorry, we're having technical difficulties and can't continue this call. "
-        "Please call back in a few minutes. Goodbye."
-    )
+    failure_message: str = FAILURE_MESSAGE
     _secret: Secret = field(init=False, repr=False)
     _client: AsyncOpenAI | None = field(init=False, repr=False, default=None)
     name: ClassVar[str] = "openai_realtime"
@@ -147,11 +143,6 @@ class OpenAIRealtime:
                     f"OpenAIRealtime websocket_base_url must be a ws:// or wss:// URL, got {ws!r}"
                 )
             self.websocket_base_url = ws.rstrip("/")
-        if self.temperature is not None:
-            t = self.temperature
-            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
-                raise PatterConfigError(f"OpenAIRealtime temperature must be a number, got {t!r}")
-            log.info("OpenAIRealtime: the GA Realtime API has no temperature; %s is ignored", t)
         self.turn_detection = self._check_turn_detection(self.turn_detection)
         if self.input_transcription is not None and (
             not isinstance(self.input_transcription, str) or not self.input_transcription.strip()
@@ -160,20 +151,10 @@ class OpenAIRealtime:
                 "OpenAIRealtime input_transcription must be a model name such as "
                 "'gpt-4o-transcribe', or None for no caller transcripts"
             )
-        if not isinstance(self.failure_message, str):
-            raise PatterConfigError("OpenAIRealtime failure_message must be a string")
-        self.failure_message = self.failure_message.strip()
-        if not isinstance(self.barge_in, bool):
-            raise PatterConfigError("OpenAIRealtime barge_in must be True or False")
-        ct = self.connect_timeout
-        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
-            raise PatterConfigError("OpenAIRealtime connect_timeout must be a positive number")
+        self._check_options()
+        if self.temperature is not None:
+            log.info("OpenAIRealtime: the GA Realtime API has no temperature; it is ignored")
         preload("openai")  # so the first call does not wait ~1 s for it
-
-    @property
-    def key(self) -> Secret:
-        """The API key (call `.reveal()` where it must be sent)."""
-        return self._secret
 
     def _check_turn_detection(self, value: object) -> dict[str, Any] | None:
         if value is None:
@@ -191,16 +172,7 @@ class OpenAIRealtime:
         settings.setdefault("interrupt_response", self.barge_in)
         return settings
 
-    def __repr__(self) -> str:
-        return (
-            f"OpenAIRealtime(model={self.model!r}, voice={self.voice!r}, "
-            f"base_url={self.base_url!r}, api_key={'<set>' if self._secret else '<unset>'})"
-        )
-
     # --- the engine protocol -----------------------------------------------------------
-
-    def open(self, call: CallSession) -> RealtimeCall:
-        return RealtimeCall(self, call)
 
     @property
     def server_turns(self) -> bool:

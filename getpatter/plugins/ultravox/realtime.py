@@ -13,14 +13,13 @@ apps with a microphone; it has no server-WebSocket client and no REST client to 
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
-from getpatter.core.realtime import RealtimeCall
+from getpatter.core.realtime_wire import FAILURE_MESSAGE, RealtimeOptions
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ RATE = 8000  # both ways: the carrier's own rate
 
 
 @dataclass(repr=False, eq=False)
-class UltravoxRealtime:
+class UltravoxRealtime(RealtimeOptions):
     """Speech to speech with Ultravox Realtime, one call (and WebSocket) per phone call.
 
     - `api_key`: defaults to `ULTRAVOX_API_KEY`.
@@ -52,10 +51,7 @@ class UltravoxRealtime:
     barge_in: bool = True
     buffer_ms: int = 30_000
     connect_timeout: float = 10.0
-    failure_message: str = (
-        "Sorry, we're having technical difficulties and can't continue this call. "
-        "Please call back in a few minutes. Goodbye."
-    )
+    failure_message: str = FAILURE_MESSAGE
     _secret: Secret = field(init=False, repr=False)
     name: ClassVar[str] = "ultravox_realtime"
     display_name: ClassVar[str] = "Ultravox"
@@ -70,36 +66,11 @@ class UltravoxRealtime:
         if self.voice is not None and (not isinstance(self.voice, str) or not self.voice.strip()):
             raise PatterConfigError("UltravoxRealtime voice must be a voice name or None")
         self.base_url = validate_http_url(self.base_url, "UltravoxRealtime base_url")
-        t = self.temperature
-        if t is not None and (
-            isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)
-        ):
-            raise PatterConfigError(f"UltravoxRealtime temperature must be a number, got {t!r}")
-        if not isinstance(self.barge_in, bool):
-            raise PatterConfigError("UltravoxRealtime barge_in must be True or False")
         if isinstance(self.buffer_ms, bool) or not isinstance(self.buffer_ms, int):
             raise PatterConfigError("UltravoxRealtime buffer_ms must be an int")
-        if not isinstance(self.failure_message, str):
-            raise PatterConfigError("UltravoxRealtime failure_message must be a string")
-        self.failure_message = self.failure_message.strip()
-        ct = self.connect_timeout
-        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
-            raise PatterConfigError("UltravoxRealtime connect_timeout must be a positive number")
-
-    @property
-    def key(self) -> Secret:
-        return self._secret
-
-    def __repr__(self) -> str:
-        return (
-            f"UltravoxRealtime(model={self.model!r}, voice={self.voice!r}, "
-            f"base_url={self.base_url!r}, api_key={'<set>' if self._secret else '<unset>'})"
-        )
+        self._check_options()
 
     # --- the engine protocol -----------------------------------------------------------
-
-    def open(self, call: CallSession) -> RealtimeCall:
-        return RealtimeCall(self, call)
 
     def wire(self, call: CallSession, handle: EventHandler) -> UltravoxWire:
         from getpatter.plugins.ultravox.wire import UltravoxWire
