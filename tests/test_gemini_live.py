@@ -187,7 +187,7 @@ async def test_a_bad_key_ends_the_call_with_a_clear_error(
     agent["engine"] = kit.engine(api_key="AIza-wrong-key-9876", failure_message="Sorry, bye.")
     s = await serve(agent)
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 5)
+    record = await ended(s, call, 10)
     assert record["end_reason"] == "engine_failed" and call.said == ["Sorry, bye."]
     assert "refused the API key" in caplog.text and "GOOGLE_API_KEY" in caplog.text
     assert "wrong-key" not in caplog.text and "9876" not in caplog.text
@@ -203,7 +203,7 @@ async def test_an_unknown_model_is_refused_with_the_services_reason(
     agent["engine"] = kit.engine(model="gemini-nope")
     s = await serve(agent)
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 5)
+    record = await ended(s, call, 10)
     [error] = kinds(record, "error")
     assert (
         error["error"].startswith("ProviderError") and "gemini-nope is not found" in error["error"]

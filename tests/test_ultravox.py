@@ -187,7 +187,7 @@ async def test_a_bad_key_ends_the_call_with_a_clear_error(
     agent["engine"] = kit.engine(api_key="uv-wrong-key-9876", failure_message="Sorry, bye.")
     s = await serve(agent)
     call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 5)
+    record = await ended(s, call, 10)
     assert record["end_reason"] == "engine_failed" and call.said == ["Sorry, bye."]
     assert "refused the API key (HTTP 403)" in caplog.text and "ULTRAVOX_API_KEY" in caplog.text
     assert "wrong-key" not in caplog.text and "9876" not in caplog.text

@@ -220,6 +220,77 @@ class RealtimeEngine(Protocol):
     def wire(self, call: CallSession, handle: EventHandler) -> RealtimeWire: ...
 
 
+class ModelTurns:
+    """For models that give their turns no ids (Gemini, Ultravox): one id per model turn, used
+    for its response and its one audio item; whether the turn is one a `respond(say=...)`
+    asked for (`expect`, in order); its transcript so far; the caller's words before it."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.text = ""
+        self.cut = False  # the model stopped it (the caller talked over it)
+        self._count = 0
+        self._session = 0
+        self._scripted: deque[bool] = deque()
+        self._heard: list[str] = []
+
+    def new_session(self, number: int) -> None:
+        self._session, self.id = number, None
+        self._scripted.clear()
+
+    def expect(self, scripted: bool) -> None:
+        """A request that makes the model take a turn was sent."""
+        self._scripted.append(scripted)
+
+    def heard(self, text: str) -> None:
+        """A piece of the caller's transcript; reported when the model's next turn starts."""
+        self._heard.append(text)
+
+    def start(self) -> list[RealtimeEvent]:
+        if self.id is not None:
+            return []
+        self._count += 1
+        self.id, self.text, self.cut = f"turn-{self._session}-{self._count}", "", False
+        scripted = self._scripted.popleft() if self._scripted else False
+        events: list[RealtimeEvent] = []
+        if self._heard:
+            events.append(CallerText("".join(self._heard)))
+            self._heard.clear()
+        return [*events, ResponseStarted(self.id, scripted)]
+
+    def audio(self, audio: bytes | AudioFrame) -> list[RealtimeEvent]:
+        events = self.start()
+        assert self.id is not None
+        return [*events, AgentAudio(self.id, self.id, audio)]
+
+    def said(self, delta: str) -> list[RealtimeEvent]:
+        events = self.start()
+        assert self.id is not None
+        self.text += delta
+        return [*events, AgentText(self.id, self.id, delta)] if delta else events
+
+    def tool_calls(self, calls: Sequence[tuple[str, str, str]]) -> list[RealtimeEvent]:
+        """(call id, name, JSON arguments) of a turn that ends by calling tools."""
+        events = self.start()
+        assert self.id is not None
+        turn = self.id
+        events += [ToolCallRequested(turn, *call) for call in calls]
+        return events + self.end()
+
+    def end(
+        self, status: str = "completed", usage: Usage | None = None, audio_done: bool = True
+    ) -> list[RealtimeEvent]:
+        turn, self.id = self.id, None
+        if turn is None:
+            return []
+        done: list[RealtimeEvent] = [AgentAudioDone(turn, turn)] if audio_done else []
+        return [
+            *done,
+            AgentTextDone(turn, turn, self.text),
+            ResponseDone(turn, status, usage or Usage()),
+        ]
+
+
 class Outbox(Generic[T]):
     """A wire's send queue: caller audio in batches of `batch_bytes`, encoded by `encode`,
     and control messages, sent in order by one task (`run`) through `send`."""
@@ -232,6 +303,7 @@ class Outbox(Generic[T]):
         self._audio = 0
         self._batch = bytearray()
         self._wake = asyncio.Event()
+        self._sessions = 0
 
     def audio(self, data: bytes) -> None:
         self._batch += data
@@ -246,7 +318,12 @@ class Outbox(Generic[T]):
         self._wake.set()
 
     def new_session(self) -> None:
-        """A new socket: the control messages queued for the old one are dropped."""
+        """A new socket: the control messages queued for the old one are dropped (those
+        queued before the first socket are for it, and kept)."""
+        self._sessions += 1
+        if self._sessions == 1:
+            self._wake.set()
+            return
         kept = [item for item in self._items if item[0]]
         self._items.clear()
         self._items.extend(kept)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,19 +24,13 @@ import numpy as np
 from getpatter.core.frame import AudioFrame, pcm16_bytes
 from getpatter.core.realtime import say_exactly
 from getpatter.core.realtime_wire import (
-    AgentAudio,
     AgentAudioDone,
-    AgentText,
-    AgentTextDone,
     CallerSpeechStarted,
-    CallerText,
     EventHandler,
+    ModelTurns,
     Outbox,
     RealtimeEvent,
-    ResponseDone,
-    ResponseStarted,
     SessionSetup,
-    ToolCallRequested,
     ToolResult,
     Usage,
 )
@@ -74,13 +68,8 @@ class GeminiLiveWire:
         )
         self._sender: asyncio.Task[None] | None = None
         self._user_text: list[str] = []
-        self._scripted: deque[bool] = deque()  # what the next model turns were asked to be
-        self._turn: str | None = None
-        self._turns = 0
-        self._text = ""
-        self._heard: list[str] = []  # the caller's words since the last model turn
+        self._turns = ModelTurns()
         self._usage: Usage | None = None
-        self._cut = False  # the model said the current turn was interrupted
 
     # --- the core's commands -------------------------------------------------------------
 
@@ -92,7 +81,7 @@ class GeminiLiveWire:
         self._user_text.clear()
         if say is not None:
             turns.append({"role": "user", "parts": [{"text": say_exactly(say)}]})
-        self._scripted.append(say is not None)
+        self._turns.expect(say is not None)
         self._queue("content", {"turns": turns, "turn_complete": True})
 
     def cancel(self, response_id: str) -> None:
@@ -113,7 +102,7 @@ class GeminiLiveWire:
                 value = r.output
             response = value if isinstance(value, dict) else {"result": value}
             responses.append({"id": r.call_id, "name": r.name, "response": response})
-        self._scripted.append(False)
+        self._turns.expect(False)
         self._queue("tool", responses)  # Gemini goes on by itself once it has every result
 
     def caller_turn(self, kind: str) -> None:
@@ -147,8 +136,7 @@ class GeminiLiveWire:
         self._stack = stack
         self.number += 1
         self._outbox.new_session()
-        self._scripted.clear()
-        self._turn = None
+        self._turns.new_session(self.number)
         session, what = self._session, f"call {self.call.call_id}: Gemini Live"
         sender = self._outbox.run(lambda m: self._send(session, m), what)
         self._sender = self.call.spawn(sender, "gemini-live-send")
@@ -180,77 +168,44 @@ class GeminiLiveWire:
 
     # --- translating server messages -----------------------------------------------------
 
-    def _start(self) -> list[RealtimeEvent]:
-        """Content of a model turn arrived: the turn (and so the caller's before it) begins."""
-        if self._turn is not None:
-            return []
-        self._turns += 1
-        self._turn, self._text, self._usage = f"turn-{self.number}-{self._turns}", "", None
-        self._cut = False
-        scripted = self._scripted.popleft() if self._scripted else False
-        events: list[RealtimeEvent] = []
-        if self._heard:
-            events.append(CallerText("".join(self._heard)))
-            self._heard.clear()
-        return [*events, ResponseStarted(self._turn, scripted)]
-
-    def _end(self, status: str) -> list[RealtimeEvent]:
-        turn, self._turn = self._turn, None
-        if turn is None:
-            return []
-        usage = self._usage or Usage()
-        return [AgentTextDone(turn, turn, self._text), ResponseDone(turn, status, usage)]
-
     def _events(self, message: LiveServerMessage) -> list[RealtimeEvent]:
-        events: list[RealtimeEvent] = []
+        turns, events = self._turns, list[RealtimeEvent]()
         if message.usage_metadata is not None:
             self._usage = _usage(message.usage_metadata)
         content = message.server_content
         if content is not None:
             if content.input_transcription is not None and content.input_transcription.text:
-                self._heard.append(content.input_transcription.text)
+                turns.heard(content.input_transcription.text)
             if content.interrupted:
-                self._cut = True
+                turns.cut = True
                 events.append(CallerSpeechStarted())
             parts = content.model_turn.parts if content.model_turn is not None else None
             for part in parts or []:
                 blob = part.inline_data
                 if blob is not None and blob.data and (blob.mime_type or "").startswith("audio/"):
-                    events += self._start()
-                    assert self._turn is not None
                     rate = _rate(blob.mime_type or "")
-                    frame = AudioFrame(np.frombuffer(blob.data, "<i2"), rate, 0.0)
-                    events.append(AgentAudio(self._turn, self._turn, frame))
-            text = content.output_transcription.text if content.output_transcription else None
-            if text:
-                events += self._start()
-                assert self._turn is not None
-                self._text += text
-                events.append(AgentText(self._turn, self._turn, text))
-            if content.generation_complete and self._turn is not None:
-                events.append(AgentAudioDone(self._turn, self._turn))
+                    events += turns.audio(AudioFrame(np.frombuffer(blob.data, "<i2"), rate, 0.0))
+            if content.output_transcription is not None and content.output_transcription.text:
+                events += turns.said(content.output_transcription.text)
+            if content.generation_complete and turns.id is not None:
+                events.append(AgentAudioDone(turns.id, turns.id))
             if content.turn_complete:
-                if self._turn is not None and not self._cut:
-                    events.append(AgentAudioDone(self._turn, self._turn))
-                events += self._end("cancelled" if self._cut else "completed")
+                status = "cancelled" if turns.cut else "completed"
+                events += turns.end(status, self._usage, audio_done=not turns.cut)
+                self._usage = None
         if message.tool_call is not None and message.tool_call.function_calls:
-            events += self._start()
-            assert self._turn is not None
-            for fc in message.tool_call.function_calls:
-                args = json.dumps(fc.args or {})
-                events.append(ToolCallRequested(self._turn, fc.id or "", fc.name or "", args))
-            events += self._end("completed")
+            calls = message.tool_call.function_calls
+            events += turns.tool_calls(
+                [(fc.id or "", fc.name or "", json.dumps(fc.args or {})) for fc in calls]
+            )
         if message.go_away is not None:
             log.info("call %s: Gemini Live will close the session soon", self.call.call_id)
         return events
 
 
 def _rate(mime: str) -> int:
-    for param in mime.split(";")[1:]:
-        name, _, value = param.strip().partition("=")
-        if name == "rate" and value.isdigit():
-            return int(value)
-    return 24000
+    match = re.search(r";\s*rate=(\d+)", mime)
+    return int(match[1]) if match else 24000
 
 
 def _usage(meta: UsageMetadata) -> Usage:

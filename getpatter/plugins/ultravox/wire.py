@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -22,19 +21,13 @@ import numpy as np
 
 from getpatter.core.frame import AudioFrame, pcm16_bytes
 from getpatter.core.realtime_wire import (
-    AgentAudio,
-    AgentAudioDone,
-    AgentText,
-    AgentTextDone,
     CallerSpeechStarted,
     CallerText,
     EventHandler,
+    ModelTurns,
     Outbox,
     RealtimeEvent,
-    ResponseDone,
-    ResponseStarted,
     SessionSetup,
-    ToolCallRequested,
     ToolResult,
 )
 
@@ -64,10 +57,7 @@ class UltravoxWire:
         )
         self._sender: asyncio.Task[None] | None = None
         self._user_text: list[str] = []
-        self._scripted: deque[bool] = deque()
-        self._turn: str | None = None
-        self._turns = 0
-        self._text = ""
+        self._turns = ModelTurns()
 
     # --- the core's commands -------------------------------------------------------------
 
@@ -80,7 +70,7 @@ class UltravoxWire:
             urgency = "later" if say is not None else "immediate"
             self._send({"type": "user_text_message", "text": text, "urgency": urgency})
         if say is not None:
-            self._scripted.append(True)
+            self._turns.expect(True)
             self._send({"type": "forced_agent_message", "content": say})
 
     def cancel(self, response_id: str) -> None:
@@ -115,9 +105,9 @@ class UltravoxWire:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         ws = await self.engine.connect(self._http, setup)
-        self._ws, self.number, self._turn = ws, self.number + 1, None
+        self._ws, self.number = ws, self.number + 1
         self._outbox.new_session()
-        self._scripted.clear()
+        self._turns.new_session(self.number)
 
         async def send(message: bytes | dict[str, Any]) -> None:
             if isinstance(message, bytes):
@@ -166,62 +156,36 @@ class UltravoxWire:
 
     # --- translating server messages -----------------------------------------------------
 
-    def _start(self) -> list[RealtimeEvent]:
-        if self._turn is not None:
-            return []
-        self._turns += 1
-        self._turn, self._text = f"turn-{self.number}-{self._turns}", ""
-        scripted = self._scripted.popleft() if self._scripted else False
-        return [ResponseStarted(self._turn, scripted)]
-
-    def _end(self, status: str = "completed") -> list[RealtimeEvent]:
-        turn, self._turn = self._turn, None
-        if turn is None:
-            return []
-        return [
-            AgentAudioDone(turn, turn),
-            AgentTextDone(turn, turn, self._text),
-            ResponseDone(turn, status),
-        ]
-
     def _audio(self, data: bytes) -> list[RealtimeEvent]:
-        events = self._start()
-        assert self._turn is not None
         frame = AudioFrame(np.frombuffer(data[: len(data) // 2 * 2], "<i2"), 8000, 0.0)
-        return [*events, AgentAudio(self._turn, self._turn, frame)]
+        return self._turns.audio(frame)
 
     def _events(self, msg: dict[str, Any]) -> list[RealtimeEvent]:
-        kind = msg.get("type")
+        kind, turns = msg.get("type"), self._turns
         if kind == "transcript":
             text = str(msg.get("text") or msg.get("delta") or "")
             if msg.get("role") == "user":
                 return [CallerText(text)] if msg.get("final") and text else []
-            if self._turn is None and msg.get("final"):
+            if turns.id is None and msg.get("final"):
                 return []  # the last word on a turn already over (cut short by the caller)
-            events = self._start()
-            assert self._turn is not None
-            delta = text if "delta" in msg else text[len(self._text) :]
-            if "text" in msg and msg.get("final"):
-                self._text = text
+            if "delta" in msg:
+                return turns.said(text)
+            if msg.get("final"):  # the whole utterance's text: keep it as its transcript
+                events = turns.start()
+                turns.text = text
                 return events
-            self._text += delta
-            return [*events, AgentText(self._turn, self._turn, delta)] if delta else events
-        if kind == "state":
-            if msg.get("state") == "speaking":
-                return self._start()
-            if msg.get("state") == "listening":
-                return self._end()
-            return []
+            return turns.said(text[len(turns.text) :])
+        if kind == "state" and msg.get("state") == "speaking":
+            return turns.start()
+        if kind == "state" and msg.get("state") == "listening":
+            return turns.end()
         if kind == "playback_clear_buffer":
-            return [CallerSpeechStarted(), *self._end("cancelled")]
+            return [CallerSpeechStarted(), *turns.end("cancelled")]
         if kind == "client_tool_invocation":
-            events = self._start()
-            assert self._turn is not None
-            call = ToolCallRequested(
-                self._turn,
+            call = (
                 str(msg.get("invocationId") or ""),
                 str(msg.get("toolName") or ""),
                 json.dumps(msg.get("parameters") or {}),
             )
-            return [*events, call, *self._end()]
+            return turns.tool_calls([call])
         return []
