@@ -18,10 +18,11 @@ Processes (all on 127.0.0.1):
   fake       `FakeTwilio` (the testing fake of the Twilio network) placing the inbound calls at
              `--rate` calls/s, streaming quiet noise and recording when each agent frame
              arrived. `--fakes 2` splits the calls across two fake processes (same account).
-  model      with `--engine realtime`: for each provider (`--provider openai|gemini|all`) its
-             fake (`FakeRealtime`, `FakeGeminiLive`); the server then runs `OpenAIRealtime` or
-             `GeminiLive` pointed at it, and the callers say a 0.4 s loud burst every 4 s,
-             which the fake's energy VAD takes as a turn and answers with 2.7 s of audio.
+  model      with `--engine realtime`: for each provider (`--provider openai|gemini|ultravox|all`)
+             its fake (`FakeRealtime`, `FakeGeminiLive`, `FakeUltravox`); the server runs
+             `OpenAIRealtime`, `GeminiLive` or `UltravoxRealtime` pointed at it, and the
+             callers say a 0.4 s loud burst every 4 s, which the fake's energy VAD takes as a
+             turn and answers with 2.7 s of audio.
              `--engine both` runs echo then each provider at each N and prints realtime / echo,
              CPU per call-second and RSS per call (judged <= 1.5x for OpenAI; reported for the
              others). With a realtime engine, one idle model socket is measured too
@@ -108,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--provider",
-        choices=("openai", "gemini", "all"),
+        choices=("openai", "gemini", "ultravox", "all"),
         default="all",
         help="the realtime providers run by --engine realtime/both (default: all)",
     )
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     results = []
     started = time.monotonic()
-    providers = ["openai", "gemini"] if args.provider == "all" else [args.provider]
+    providers = ["openai", "gemini", "ultravox"] if args.provider == "all" else [args.provider]
     engines = {"echo": ["echo"], "realtime": providers, "both": ["echo", *providers]}[args.engine]
     for n in args.calls:
         for rep in range(args.repeat):

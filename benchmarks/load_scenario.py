@@ -35,7 +35,8 @@ FAKE_SATURATED = 0.90  # share of one core above which the fake is called the bo
 RATIO_TARGET = 1.5  # realtime / echo, CPU per call and RSS per call (--engine both)
 MODEL_KEY = "sk-bench-fake-realtime"
 GEMINI_KEY = "bench-fake-gemini-key"
-REALTIME = ("openai", "gemini")  # the realtime providers, each against its fake
+ULTRAVOX_KEY = "bench-fake-ultravox-key"
+REALTIME = ("openai", "gemini", "ultravox")  # the realtime providers, each against its fake
 # Realtime callers: every PERIOD_S a SPEECH_S burst of loud noise (well over the fake model's
 # energy VAD threshold, RMS 500), the rest quiet noise (RMS 300); the model's turn detection
 # ends the turn SILENCE_S after the burst and it answers with REPLY_S of audio, which ends
@@ -155,6 +156,10 @@ class _ServerSide(ServerSide):
                 base_url=model["base_url"],
                 websocket_base_url=model["ws_url"],
             )
+        elif model["kind"] == "ultravox":
+            from getpatter.plugins.ultravox.realtime import UltravoxRealtime
+
+            engine = UltravoxRealtime(api_key=ULTRAVOX_KEY, base_url=model["base_url"])
         else:
             from getpatter.plugins.google.live import GeminiLive
 
@@ -383,6 +388,13 @@ class _ModelSide:
             )
             await self.fake.start()
             out["ws_url"] = self.fake.ws_url
+        elif kind == "ultravox":
+            from getpatter.testing.ultravox import FakeUltravox
+
+            self.fake = FakeUltravox(
+                ULTRAVOX_KEY, default_reply=reply, seconds_per_char=SECONDS_PER_CHAR
+            )
+            await self.fake.start()
         else:
             from getpatter.testing.gemini_live import FakeGeminiLive
 
@@ -395,7 +407,7 @@ class _ModelSide:
         return out
 
     async def mark(self) -> dict[str, Any]:
-        sessions = self.fake.sessions
+        sessions = getattr(self.fake, "sessions", None) or getattr(self.fake, "calls", [])
         if hasattr(self.fake, "received"):
             self.fake.received.clear()  # every client event is kept: do not let it grow
         for session in sessions:
@@ -405,7 +417,7 @@ class _ModelSide:
             "cpu": time.process_time(),
             "t": asyncio.get_running_loop().time(),
             "sessions": len(sessions),
-            "live": len(self.fake.live_sessions),
+            "live": sum(1 for s in sessions if not s.closed),
         }
 
     async def exit(self) -> None:

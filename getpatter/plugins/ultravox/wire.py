@@ -143,11 +143,10 @@ class UltravoxWire:
             self._sender.cancel()
             self._sender = None
         ws, self._ws = self._ws, None
-        if ws is not None and not ws.closed:
+        if ws is not None:
             try:
                 async with asyncio.timeout(2):
-                    await ws.send_str(json.dumps({"type": "hang_up"}))
-                    await ws.close()
+                    await ws.close()  # leaving the socket ends the Ultravox call
             except Exception as exc:
                 log.debug("call %s: closing Ultravox: %r", self.call.call_id, exc)
         if self._http is not None:
