@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from getpatter.testing._loopback import LoopbackServer
-from getpatter.testing.openai_realtime.wire import FunctionCall, Reply
+from getpatter.testing.model_script import FunctionCall, Reply
 
 from .session import FakeLiveSession
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.testing.openai_realtime.wire import FunctionCall, Reply, spoken_text, tone
+from getpatter.testing.model_script import FunctionCall, Reply, spoken_text, tone
 
 if TYPE_CHECKING:
     from .server import FakeGeminiLive

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.testing.openai_realtime.wire import FunctionCall, Reply, tone
+from getpatter.testing.model_script import FunctionCall, Reply, tone
 
 if TYPE_CHECKING:
     from .server import FakeUltravox

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from getpatter.testing._loopback import LoopbackServer
-from getpatter.testing.openai_realtime.wire import FunctionCall, Reply
+from getpatter.testing.model_script import FunctionCall, Reply
 
 from .call import FakeUltravoxCall
 
