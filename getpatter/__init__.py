@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "Guardrail": "getpatter.agent",
     "Twilio": "getpatter.config",
     "Telnyx": "getpatter.config",
+    "Plivo": "getpatter.config",
     "LocalConfig": "getpatter.config",
     "PatterError": "getpatter.errors",
     "PatterConfigError": "getpatter.errors",
@@ -28,6 +29,12 @@ _EXPORTS: dict[str, str] = {
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "RimeTTS": "getpatter.plugins.rime.tts",
+    "LmntTTS": "getpatter.plugins.lmnt.tts",
+    "GoogleLLM": "getpatter.plugins.google.llm",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
+    "SileroVAD": "getpatter.plugins.silero.vad",
     "GeminiLive": "getpatter.plugins.google.live",
     "UltravoxRealtime": "getpatter.plugins.ultravox.realtime",
 }
@@ -35,9 +42,13 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "Agent",
     "CallError",
+    "CerebrasLLM",
     "EmbeddedServer",
     "GeminiLive",
+    "GoogleLLM",
+    "GroqLLM",
     "Guardrail",
+    "LmntTTS",
     "LocalConfig",
     "MachineDetectionResult",
     "OpenAIRealtime",
@@ -45,8 +56,11 @@ __all__ = [
     "PatterConfigError",
     "PatterConnectionError",
     "PatterError",
+    "Plivo",
     "PluginNotFoundError",
     "ProviderError",
+    "RimeTTS",
+    "SileroVAD",
     "Telnyx",
     "Tool",
     "Twilio",
@@ -56,7 +70,7 @@ __all__ = [
 if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool
     from getpatter.client import MachineDetectionResult, Patter
-    from getpatter.config import LocalConfig, Telnyx, Twilio
+    from getpatter.config import LocalConfig, Plivo, Telnyx, Twilio
     from getpatter.core.server import EmbeddedServer
     from getpatter.errors import (
         CallError,
@@ -67,7 +81,12 @@ if TYPE_CHECKING:
         ProviderError,
     )
     from getpatter.plugins.google.live import GeminiLive
+    from getpatter.plugins.google.llm import GoogleLLM
+    from getpatter.plugins.lmnt.tts import LmntTTS
+    from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.rime.tts import RimeTTS
+    from getpatter.plugins.silero.vad import SileroVAD
     from getpatter.plugins.ultravox.realtime import UltravoxRealtime
 
 

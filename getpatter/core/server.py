@@ -193,7 +193,8 @@ class EmbeddedServer:
         session.key = key
         self.sessions[key] = session
         self.bind_carrier_id(info.call_id, key)
-        token = secrets.token_urlsafe(24)
+        # letters and digits only: some carriers can carry nothing else (e.g. in a header list)
+        token = secrets.token_hex(24)
         self._tokens[key] = (token, time.monotonic() + token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
         return session, token
@@ -297,9 +298,11 @@ class EmbeddedServer:
         if engine is None:
             engine = self._engines.get(id(agent))
             if engine is None:
+                from getpatter.core.credentials import PROVIDER_KEY_ENV
                 from getpatter.core.pipeline import PipelineEngine
 
-                engine = self._engines[id(agent)] = PipelineEngine.for_agent(agent)
+                keys = {env: getattr(self.config, f, "") for f, env in PROVIDER_KEY_ENV.items()}
+                engine = self._engines[id(agent)] = PipelineEngine.for_agent(agent, keys=keys)
         if not isinstance(engine, Engine):
             raise PatterConfigError(
                 f"engine {type(engine).__name__} has no open(call) method: it is not an engine"

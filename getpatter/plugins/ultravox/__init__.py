@@ -15,5 +15,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="ultravox",
             requires=("aiohttp",),
             description="Ultravox Realtime speech-to-speech (8 kHz PCM both ways)",
+            env=("ULTRAVOX_API_KEY",),
         ),
     ]
