@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from engine_kits import ENGINES, REALTIME, Kit, open_kit
+from engine_kits import ENGINES, Kit, open_kit
 
 from getpatter import Patter, Twilio
 from getpatter.agent import Agent
@@ -103,12 +103,5 @@ async def serve_any(network: Network) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture(params=ENGINES)
 async def kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
     """The same call tests on every engine: OpenAI Realtime, Gemini Live, the pipeline."""
-    async with open_kit(request.param) as k:
-        yield k
-
-
-@pytest.fixture(params=REALTIME)
-async def realtime_kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
-    """Every realtime engine, each against its own fake."""
     async with open_kit(request.param) as k:
         yield k

@@ -21,7 +21,6 @@ from getpatter.testing.ultravox import FakeUltravox
 from helpers import speech
 
 ENGINES = ("openai", "gemini", "pipeline")
-REALTIME = ("openai", "gemini")
 OPENAI_KEY = "sk-test-realtime-key"
 GEMINI_KEY = "gemini-test-key-0123"
 ULTRAVOX_KEY = "ultravox-test-key-0123"
