@@ -122,7 +122,11 @@ class GeminiLive(RealtimeOptions):
         from google import genai
         from google.genai import types
 
-        client_args = {"ssl": self.ssl} if self.ssl is not None else None
+        # no permessage-deflate: base64 PCM hardly compresses, and each socket's zlib
+        # contexts cost ~190 KiB and CPU per message (benchmarks/load.py --memory)
+        client_args: dict[str, Any] = {"compression": None}
+        if self.ssl is not None:
+            client_args["ssl"] = self.ssl
         options = types.HttpOptions(
             base_url=self.base_url, api_version=self.api_version, async_client_args=client_args
         )
