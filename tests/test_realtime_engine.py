@@ -674,3 +674,19 @@ Transfer technical support to +15550002222.""",
     assert session.voice == "marin"
     assert json.loads(session.tool_outputs[0]["output"])["confirmation"] == "ACME-123"
     assert np.abs(call.heard_audio().astype(np.int32)).max() > 4000
+
+
+async def test_a_hangup_while_the_agent_speaks_closes_the_model_socket(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """The caller hangs up mid-greeting: the record keeps what was heard and the model's
+    socket is closed (a cancelled playout future must not cut the engine's close short)."""
+    fake.audio_speed = 0  # the whole greeting arrives at once: it is done, but still playing
+    s = await serve({"engine": realtime(fake), "first_message": GREETING.strip()})
+    call = await net.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 8000, 8)  # a second of the greeting heard
+    await call.hangup()
+    record = await ended(s, call)
+    [entry] = record["transcript"]
+    assert GREETING.startswith(entry["text"]) and 0 < len(entry["text"]) < len(GREETING) / 3
+    await call.wait_for(lambda: all(sess.closed for sess in fake.sessions), 5)

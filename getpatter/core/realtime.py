@@ -195,17 +195,20 @@ class RealtimeCall:
 
     async def aclose(self) -> None:
         self._closing = True
-        for utt in list(self._utterances.values()):  # speech still playing at hang-up
-            if not utt.begun or utt.recorded or utt.interrupted or utt.blocked:
-                continue
-            if utt.done is not None and utt.done.done() and utt.done.result():
-                utt.played = True  # heard in full; only the bookkeeping was cut short
-                await self._maybe_record(utt)
-            else:
-                await self._record_heard(utt)
-        await self._wire.close()
-        if self._http is not None:
-            await self._http.close()
+        try:
+            for utt in list(self._utterances.values()):  # speech still playing at hang-up
+                if not utt.begun or utt.recorded or utt.interrupted or utt.blocked:
+                    continue
+                done = utt.done  # cancelled with the task that awaited it, at the call's end
+                if done is not None and done.done() and not done.cancelled() and done.result():
+                    utt.played = True  # heard in full; only the bookkeeping was cut short
+                    await self._maybe_record(utt)
+                else:
+                    await self._record_heard(utt)
+        finally:
+            await self._wire.close()
+            if self._http is not None:
+                await self._http.close()
 
     # --- connection life -----------------------------------------------------------------
 
