@@ -72,6 +72,7 @@ class Cluster:
         self._scrub = scrub
         self._state = UP
         self._remote: list[dict[str, Any]] = []
+        self._reported: dict[str, tuple[str, str]] = {}  # key → (call id, state) in live_calls
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._listener: Any = None  # asyncpg.Connection holding the LISTEN
@@ -190,6 +191,7 @@ class Cluster:
 
     def call_opened(self, session: CallSession) -> None:
         args = self._live_row(session)
+        self._reported[session.key] = (session.call_id, args[6])
 
         async def insert(con: Any) -> None:
             await con.execute(
@@ -202,10 +204,20 @@ class Cluster:
 
         self.db.submit(insert, f"live call {session.call_id}", droppable=True)
 
-    def call_live(self, session: CallSession) -> None:
-        self.call_opened(session)  # the same row, now with the carrier's id and its start
+    def _sync_live(self) -> None:
+        """Each heartbeat: the rows of calls that went live (or learned the carrier's id)
+        since, so the media path never waits on this bookkeeping."""
+        for session in self._local_calls():
+            state = "live" if session.state == "live" else "pending"
+            if session.state != "ended" and self._reported.get(session.key) != (
+                session.call_id,
+                state,
+            ):
+                self.call_opened(session)
 
     def call_ended(self, key: str) -> None:
+        self._reported.pop(key, None)
+
         async def delete(con: Any) -> None:
             await con.execute("DELETE FROM live_calls WHERE key = $1", key)
 
@@ -231,7 +243,8 @@ class Cluster:
                 log.exception("node %s: heartbeat failed", self.node)
 
     async def beat(self) -> None:
-        """One heartbeat: our row, the other nodes' live calls, and the dead nodes' calls."""
+        """One heartbeat: our row and calls, the other nodes' live calls, the dead nodes'."""
+        self._sync_live()
         was = await self.db.run(self._beat, transaction=True)
         if was == LOST:
             sessions = [s for s in self._local_calls() if s.state != "ended"]

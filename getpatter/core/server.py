@@ -438,8 +438,6 @@ class EmbeddedServer:
                 await session.attach_media(
                     event.stream_id, encoder, sink, self.open_engine(session)
                 )
-                if self.cluster is not None:
-                    self.cluster.call_live(session)
             elif isinstance(event, StreamStopped):
                 session.end_reason = session.end_reason or "hangup"
                 return
