@@ -60,3 +60,10 @@ def test_real_nginx_accepts_it(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_deploy_holds_what_the_generator_writes() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+    assert shipped.read_text() == nginx_config(workers(3, 8001)), (
+        "regenerate: getpatter nginx-config --workers 3 --port 8001 -o deploy/nginx.conf"
+    )
