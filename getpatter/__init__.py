@@ -27,23 +27,48 @@ _EXPORTS: dict[str, str] = {
     "ProviderError": "getpatter.errors",
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
+    "Message": "getpatter.core.message",
+    # every built-in provider, by class (the registered names work too: stt="deepgram")
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "OpenAILLM": "getpatter.plugins.openai.llm",
+    "OpenAITTS": "getpatter.plugins.openai.tts",
+    "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
+    "DeepgramSTT": "getpatter.plugins.deepgram.stt",
+    "AssemblyAISTT": "getpatter.plugins.assemblyai.stt",
+    "SpeechmaticsSTT": "getpatter.plugins.speechmatics.stt",
+    "ElevenLabsTTS": "getpatter.plugins.elevenlabs.tts",
+    "CartesiaTTS": "getpatter.plugins.cartesia.tts",
+    "AnthropicLLM": "getpatter.plugins.anthropic.llm",
+    "LocalSTT": "getpatter.plugins.local.stt",
+    "LocalTTS": "getpatter.plugins.local.tts",
 }
 
 __all__ = [
     "Agent",
+    "AnthropicLLM",
+    "AssemblyAISTT",
     "CallError",
+    "CartesiaTTS",
+    "DeepgramSTT",
+    "ElevenLabsTTS",
     "EmbeddedServer",
     "Guardrail",
     "LocalConfig",
+    "LocalSTT",
+    "LocalTTS",
     "MachineDetectionResult",
+    "Message",
+    "OpenAILLM",
     "OpenAIRealtime",
+    "OpenAITTS",
+    "OpenAITranscribeSTT",
     "Patter",
     "PatterConfigError",
     "PatterConnectionError",
     "PatterError",
     "PluginNotFoundError",
     "ProviderError",
+    "SpeechmaticsSTT",
     "Telnyx",
     "Tool",
     "Twilio",
@@ -53,6 +78,7 @@ if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool
     from getpatter.client import MachineDetectionResult, Patter
     from getpatter.config import LocalConfig, Telnyx, Twilio
+    from getpatter.core.message import Message
     from getpatter.core.server import EmbeddedServer
     from getpatter.errors import (
         CallError,
@@ -62,7 +88,18 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.anthropic.llm import AnthropicLLM
+    from getpatter.plugins.assemblyai.stt import AssemblyAISTT
+    from getpatter.plugins.cartesia.tts import CartesiaTTS
+    from getpatter.plugins.deepgram.stt import DeepgramSTT
+    from getpatter.plugins.elevenlabs.tts import ElevenLabsTTS
+    from getpatter.plugins.local.stt import LocalSTT
+    from getpatter.plugins.local.tts import LocalTTS
+    from getpatter.plugins.openai.llm import OpenAILLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.openai.stt import OpenAITranscribeSTT
+    from getpatter.plugins.openai.tts import OpenAITTS
+    from getpatter.plugins.speechmatics.stt import SpeechmaticsSTT
 
 
 def __getattr__(name: str) -> Any:

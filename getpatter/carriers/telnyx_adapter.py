@@ -147,6 +147,13 @@ class _Stream:
 
 class TelnyxAdapter:
     name = "telnyx"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        (
+            "Telnyx portal → Voice → Call Control application → Webhook URL (API v2)",
+            WEBHOOK_PATH,
+        ),
+    )
 
     def __init__(self, server: EmbeddedServer) -> None:
         cfg = server.config

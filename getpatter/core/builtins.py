@@ -18,6 +18,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             "getpatter.carriers.twilio_adapter:TwilioAdapter",
             requires=("aiohttp",),
             description="Twilio Programmable Voice + Media Streams",
+            env=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
         ),
         ProviderSpec(
             "carrier",
@@ -26,6 +27,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="telnyx",
             requires=("aiohttp", "nacl"),
             description="Telnyx Call Control v2 + media streaming",
+            env=("TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY"),
         ),
         ProviderSpec(
             "vad",

@@ -10,10 +10,11 @@ plugins``) never imports a provider SDK; the class is imported only when it is a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 import pluggy
@@ -39,6 +40,9 @@ class ProviderSpec:
     extra: str = ""
     requires: tuple[str, ...] = ()
     description: str = ""
+    #: The environment variables the provider reads its credentials from (shown by
+    #: `getpatter plugins`), e.g. ``("DEEPGRAM_API_KEY",)``.
+    env: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -117,15 +121,7 @@ class Registry:
             for spec in offered or ():
                 key = (spec.kind, spec.name)
                 if key not in specs:
-                    specs[key] = ProviderSpec(
-                        spec.kind,
-                        spec.name,
-                        spec.target,
-                        spec.extra,
-                        spec.requires,
-                        spec.description,
-                        source,
-                    )
+                    specs[key] = replace(spec, source=source)
         self._specs = specs
         return specs
 
@@ -142,12 +138,14 @@ class Registry:
             )
         spec = self._collect().get((kind, name))
         if spec is None:
+            specs = self.specs(kind)
+            close = difflib.get_close_matches(name.lower(), [s.name for s in specs], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             available = ", ".join(
-                f"{s.name}" + ("" if s.installed else f" (needs {s.install_hint})")
-                for s in self.specs(kind)
+                f"{s.name}" + ("" if s.installed else f" (needs {s.install_hint})") for s in specs
             )
             raise PluginNotFoundError(
-                f"no {kind} provider named {name!r}. Available: {available or 'none'}. "
+                f"no {kind} provider named {name!r}: {hint}Available: {available or 'none'}. "
                 "A third-party provider is found once its package is installed."
             )
         return spec

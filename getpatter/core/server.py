@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
+from getpatter.core.context import CALL_ID
 from getpatter.core.engine import (
     DtmfReceived,
     Engine,
@@ -136,8 +137,9 @@ class EmbeddedServer:
             )
         if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
             raise PatterConfigError(
-                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
-                "or on_message=... to serve()"
+                "this pipeline agent has no brain: pass llm=OpenAILLM() (or any LLM) to "
+                "phone.agent(), on_message=fn to serve(), or engine=OpenAIRealtime() for speech "
+                "to speech (the default when OPENAI_API_KEY is set)"
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
@@ -161,6 +163,17 @@ class EmbeddedServer:
         adapter_cls = default_registry().load("carrier", self.config.telephony_provider)
         adapter: CarrierAdapter = adapter_cls(self)
         return adapter
+
+    @property
+    def dashboard_guard(self) -> str:
+        """How the dashboard (and /metrics) is guarded: `off` (no dashboard), `open` (no token:
+        loopback only), `token` (the dashboard_token= given) or `generated` (made at start)."""
+        ui = self._dashboard_ui
+        if ui is None:
+            return "off"
+        if not ui.token:
+            return "open"
+        return "token" if self._dashboard_token else "generated"
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -301,6 +314,7 @@ class EmbeddedServer:
         if key in self._sockets or session.state != "pending":
             return web.Response(status=409, text="this call already has a media socket")
         self._sockets.add(key)
+        session.adopt_context()
         ws = web.WebSocketResponse(max_msg_size=64 * 1024, autoping=True)
         await ws.prepare(request)
         try:
@@ -381,6 +395,8 @@ class EmbeddedServer:
             return False
         if session.call_id == key and session.direction == "outbound":
             session.info.call_id = event.call_id  # the carrier's id, learned at answer
+            session.context.run(CALL_ID.set, event.call_id)
+            CALL_ID.set(event.call_id)
             self.bind_carrier_id(event.call_id, key)
         return session.call_id == event.call_id
 
@@ -410,7 +426,8 @@ class EmbeddedServer:
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
-        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        # DEBUG: `serve()` logs the full start-up banner right after this
+        log.debug("listening on %s:%s (public %s)", self.host, self.port, self.public_host)
         ui = self._dashboard_ui
         if ui is not None and ui.token and not self._dashboard_token:
             # generated for a server reachable beyond this machine: shown once, to its owner

@@ -8,6 +8,7 @@ and nothing else. Its record is written exactly once, whatever way the call ends
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from getpatter.core.audio import AudioFrame
+from getpatter.core.context import CALL_ID
 from getpatter.core.engine import EngineCall, InboundAudio
 from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
@@ -142,6 +144,10 @@ class CallSession:
         self._caller_vad: VAD | None = None  # see `_watch_caller`
         self._on_caller_speech: Callable[[str, float], None] | None = None
         self._metric_tasks: set[asyncio.Task[Any]] = set()
+        # the context every task of this call runs in (which call it is; observers such as
+        # tracing add their own variables through `context.run`)
+        self.context = contextvars.copy_context()
+        self.context.run(CALL_ID.set, info.call_id)
 
     # --- identity ------------------------------------------------------------------------
 
@@ -198,9 +204,17 @@ class CallSession:
 
     # --- tasks ---------------------------------------------------------------------------
 
+    def adopt_context(self) -> None:
+        """Make the current task (e.g. the media socket's handler) run as part of this call:
+        its log lines name the call, its spans are the call's."""
+        for var, value in self.context.items():
+            var.set(value)
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
         """Run `coro` as part of this call: cancelled when the call ends; a crash ends the call."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.call_id}:{name}")
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"{self.call_id}:{name}", context=self.context.copy()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -211,7 +225,9 @@ class CallSession:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("call %s: task %s failed: %r", self.call_id, task.get_name(), exc)
+            log.error(
+                "call %s: task %s failed: %r", self.call_id, task.get_name(), exc, exc_info=exc
+            )
             self.event("error", where=task.get_name(), error=repr(exc))
             self.end_soon(f"error: {type(exc).__name__}")
 

@@ -3,7 +3,21 @@ in a worker thread, when a call first opens the provider."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from getpatter.core.lazy import lazy_exports
 from getpatter.core.registry import ProviderSpec, hookimpl
+
+# `from getpatter.plugins.cartesia import ...` loads the class on first use (no SDK import)
+_EXPORTS = {
+    "CartesiaTTS": "getpatter.plugins.cartesia.tts",
+    "CartesiaOptions": "getpatter.plugins.cartesia.tts",
+}
+__all__ = ["CartesiaOptions", "CartesiaTTS", "getpatter_providers"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from getpatter.plugins.cartesia.tts import CartesiaOptions, CartesiaTTS
 
 
 @hookimpl
@@ -16,5 +30,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="cartesia",
             requires=("cartesia", "websockets"),
             description="Cartesia Sonic over one WebSocket per call, with continuations",
+            env=("CARTESIA_API_KEY",),
         ),
     ]

@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from getpatter.core.lazy import lazy_exports
 from getpatter.core.registry import ProviderSpec, hookimpl
+
+# `from getpatter.plugins.openai import ...` loads the class on first use (no SDK import)
+_EXPORTS = {
+    "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "OpenAILLM": "getpatter.plugins.openai.llm",
+    "OpenAILLMOptions": "getpatter.plugins.openai.llm",
+    "OpenAITTS": "getpatter.plugins.openai.tts",
+    "OpenAITTSOptions": "getpatter.plugins.openai.tts",
+    "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
+    "OpenAITranscribeOptions": "getpatter.plugins.openai.stt",
+}
+__all__ = [
+    "OpenAILLM",
+    "OpenAILLMOptions",
+    "OpenAIRealtime",
+    "OpenAITTS",
+    "OpenAITTSOptions",
+    "OpenAITranscribeOptions",
+    "OpenAITranscribeSTT",
+    "getpatter_providers",
+]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from getpatter.plugins.openai.llm import OpenAILLM, OpenAILLMOptions
+    from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.openai.stt import OpenAITranscribeOptions, OpenAITranscribeSTT
+    from getpatter.plugins.openai.tts import OpenAITTS, OpenAITTSOptions
 
 
 @hookimpl
@@ -15,6 +46,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai", "websockets"),
             description="OpenAI Realtime speech-to-speech (G.711 end to end, no transcoding)",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "llm",
@@ -23,6 +55,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="Chat Completions, streamed, with tools (any OpenAI-compatible base_url)",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "tts",
@@ -31,6 +64,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="OpenAI text-to-speech (gpt-4o-mini-tts), streamed 24 kHz PCM",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "stt",
@@ -39,5 +73,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="OpenAI transcription (gpt-4o-transcribe), one request per utterance",
+            env=("OPENAI_API_KEY",),
         ),
     ]
