@@ -25,11 +25,11 @@ from getpatter.core.context import CALL_ID
 
 __all__ = [
     "CallContextFilter",
-    "install_error_hook",
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
     "install_default_handler",
+    "install_error_hook",
 ]
 
 LOGGER: Final = "getpatter"

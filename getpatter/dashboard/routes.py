@@ -54,8 +54,9 @@ class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
-        self, server: EmbeddedServer, store: Store, scrub: Scrubber, token: str = ""
+        self, server: EmbeddedServer | None, store: Store, scrub: Scrubber, token: str = ""
     ) -> None:
+        """`server` None: history only (`getpatter dashboard`), no live calls."""
         self.server = server
         self.store = store
         self.scrub = scrub
@@ -231,6 +232,8 @@ class Dashboard:
         }
 
     def _sessions(self) -> list[CallSession]:
+        if self.server is None:
+            return []
         return [s for s in self.server.sessions.values() if s.state != "ended"]
 
     async def _active_calls(self, request: web.Request) -> web.StreamResponse:
