@@ -95,7 +95,7 @@ def load_app(spec: str) -> App:
             raise
     if not hasattr(module, attr):
         public = [n for n in dir(module) if not n.startswith("_")]
-        raise AppError(f"{target} has no {attr!r}.{_suggest(attr, public)}")
+        raise AppError(f"{target} has no {attr!r}{_suggest(attr, public)}")
     return unpack(getattr(module, attr), spec)
 
 

@@ -137,17 +137,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _run(app_spec: str, args: argparse.Namespace, title: str) -> int:
     import asyncio
 
+    from getpatter.errors import PatterConfigError
     from getpatter.testing import simulator as sim
 
     setup_logging(args)
     sim.ensure_placeholder_credentials(fake_realtime=args.fake_realtime)
-    phone, agent, serve_kwargs = sim.load_app(app_spec)
+    try:
+        phone, agent, serve_kwargs = sim.load_app(app_spec)
+    except PatterConfigError as exc:
+        if "OPENAI_API_KEY" in str(exc) and not args.fake_realtime:
+            raise PatterConfigError(
+                f"{exc} (or add --fake-realtime: an offline stand-in for the model)"
+            ) from None
+        raise
     turns = []
     for kind, value in args.turns:
         if kind == "wav":
             if not Path(value).is_file():
-                from getpatter.errors import PatterConfigError
-
                 raise PatterConfigError(f"--wav {value}: no such file")
             turns.append(sim.CallerTurn(text=f"<{Path(value).name}>", audio=sim.read_wav(value)))
         else:

@@ -287,6 +287,9 @@ async def simulate(
                 say(f"  dashboard while the call runs: {result.dashboard_url}")
             call = await _connect(net, phone, agent, cfg.phone_number, outbound, answered_by)
             result.call = call
+            # an agent with a greeting speaks first: give its engine time to come up
+            greeting = 3.0 if not getattr(agent, "first_message", "") else turn_timeout
+            await wait_until(lambda: bool(agent_media_times(call)), greeting)
             await _play_turns(call, turns, audios, result, barge_delay, quiet_s, turn_timeout)
             if not call.ended:
                 await call.hangup()
@@ -316,8 +319,6 @@ async def _play_turns(
     turn_timeout: float,
 ) -> None:
     loop = asyncio.get_running_loop()
-    # let a greeting start before judging the line quiet
-    await wait_until(lambda: bool(agent_media_times(call)), 3.0)
     for turn, audio in zip(turns, audios, strict=True):
         if turn.barge:
             await wait_until(
