@@ -167,10 +167,10 @@ def test_a_simulated_call_stays_out_of_the_apps_history_unless_asked(
         with sqlite3.connect(db) as conn:
             return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
 
-    code, out, _ = _run_cli(["simulate", APP + ":app", "--say", "hello"], capsys)
+    code, _out, _ = _run_cli(["simulate", APP + ":app", "--say", "hello"], capsys)
     assert code == 0 and stored() == 0
     assert (tmp_path / "call.wav").stat().st_size > 8000  # the default recording
-    code, out, _ = _run_cli(
+    code, _out, _ = _run_cli(
         ["simulate", APP + ":app", "--say", "hello", "--keep-history", "--no-record"], capsys
     )
     assert code == 0 and stored() == 1
