@@ -222,8 +222,12 @@ class Patter:
         tunnel: bool = False,
         *,
         host: str = "0.0.0.0",
+        tracer_provider: Any = None,
     ) -> None:
-        """Start the embedded server and block until it is stopped (`disconnect()`)."""
+        """Start the embedded server and block until it is stopped (`disconnect()`).
+
+        `tracer_provider`: where OpenTelemetry spans go (with `getpatter[otel]` installed);
+        OpenTelemetry's global provider if None."""
         from getpatter.logs import install_default_handler
 
         install_default_handler()  # a script that set up no logging still sees the banner
@@ -261,6 +265,7 @@ class Patter:
                 host=host,
                 pricing=self.pricing,
                 mask_phone_numbers=self.mask_phone_numbers,
+                tracer_provider=tracer_provider,
             )
         except BaseException as exc:
             self._settle(exc)

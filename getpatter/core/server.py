@@ -30,6 +30,7 @@ from getpatter.core.engine import (
     StreamStarted,
     StreamStopped,
 )
+from getpatter.core.observe import CallObserver
 from getpatter.core.playout import MediaEncoder, PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallControl, CallInfo, CallSession
 from getpatter.errors import PatterConfigError
@@ -103,6 +104,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.agent = agent
@@ -130,6 +132,9 @@ class EmbeddedServer:
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
+        self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -209,6 +214,7 @@ class EmbeddedServer:
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
             pricing=self.pricing,
+            observers=self.observers,
         )
         session.key = key
         self.sessions[key] = session
@@ -497,10 +503,24 @@ class EmbeddedServer:
 
         self._history_sink = keep
         self.record_sinks.append(keep)
+        from getpatter.observability import has_prometheus, tracer_for
+
+        self.observers.clear()
+        tracer = tracer_for(self.tracer_provider, self.carrier.name)
+        if tracer is not None:
+            self.observers.append(tracer)
+        render = None
+        self.metrics_enabled = self.dashboard and has_prometheus()
+        if self.metrics_enabled:
+            from getpatter.observability.prometheus import CallMetricsExporter
+
+            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
+            self.observers.append(exporter)
+            render = exporter.render
         if self.dashboard:
             from getpatter.dashboard.routes import Dashboard
 
-            self._dashboard_ui = Dashboard(self, store, scrub, token)
+            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
     async def _close_history(self) -> None:
         sink, self._history_sink = self._history_sink, None

@@ -12,7 +12,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +20,7 @@ from getpatter.core.audio import AudioFrame
 from getpatter.core.context import CALL_ID
 from getpatter.core.engine import EngineCall, InboundAudio
 from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
+from getpatter.core.observe import CallObserver, notify
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class CallSession:
         on_record: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
         recording: bool = False,
         pricing: PriceTable | None = None,
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         self.info = info
         self.key = info.call_id  # the server's handle for this call (the media socket path)
@@ -148,6 +150,8 @@ class CallSession:
         # tracing add their own variables through `context.run`)
         self.context = contextvars.copy_context()
         self.context.run(CALL_ID.set, info.call_id)
+        self.observers = tuple(observers)
+        notify(self.observers, "call_started", self)
 
     # --- identity ------------------------------------------------------------------------
 
@@ -180,6 +184,8 @@ class CallSession:
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"t": time.time(), "kind": kind, **data})
         self.metrics.on_event(kind, data)
+        if self.observers:
+            notify(self.observers, "call_event", self, kind, data)
         if kind == "usage" and self._turns is not None:
             self._turns.model_done()
 
@@ -193,6 +199,8 @@ class CallSession:
     def complete_turn(self, times: TurnTimes) -> None:
         """A turn is over: keep its metrics and hand them to `on_metrics` (once per turn)."""
         event = self.metrics.complete(times, self.call_seconds())
+        if event is not None and self.observers:
+            notify(self.observers, "turn_completed", self, times, self.metrics.turns[-1])
         if event is None or self.callbacks.on_metrics is None:
             return
         event["call_id"] = self.call_id
@@ -429,6 +437,7 @@ class CallSession:
                         await result
             except Exception:
                 log.exception("call %s: writing the call record failed", self.call_id)
+            notify(self.observers, "call_ended", self, record)
             await invoke(self.callbacks.on_call_end, record, what="on_call_end")
             if not self.ended.done():
                 self.ended.set_result(reason)

@@ -54,9 +54,17 @@ class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
-        self, server: EmbeddedServer | None, store: Store, scrub: Scrubber, token: str = ""
+        self,
+        server: EmbeddedServer | None,
+        store: Store,
+        scrub: Scrubber,
+        token: str = "",
+        *,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
-        """`server` None: history only (`getpatter dashboard`), no live calls."""
+        """`server` None: history only (`getpatter dashboard`), no live calls. `metrics`
+        renders the Prometheus exposition served at /metrics."""
+        self._metrics = metrics
         self.server = server
         self.store = store
         self.scrub = scrub
@@ -81,6 +89,7 @@ class Dashboard:
             web.get("/api/calls/active", g(self._active_calls)),
             web.get("/api/calls/{call_id}", g(self._call)),
             web.get("/api/events", self._events),
+            web.get("/metrics", g(self._prometheus)),
         ]
 
     def changed(self) -> None:
@@ -283,6 +292,23 @@ class Dashboard:
         response = self._json({"calls": records})
         response.headers["Content-Disposition"] = 'attachment; filename="getpatter-calls.json"'
         return response
+
+    # --- Prometheus ----------------------------------------------------------------------
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        if self._metrics is None:
+            why = (
+                "no live calls here: run the agent's server for metrics"
+                if self.server is None
+                else "metrics need prometheus-client: pip install 'getpatter[prometheus]'"
+            )
+            return web.Response(status=501, text=why + "\n")
+        from getpatter.observability.prometheus import CONTENT_TYPE_LATEST
+
+        return web.Response(
+            body=self._metrics(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
 
     # --- live ----------------------------------------------------------------------------
 
