@@ -8,7 +8,10 @@ import logging
 from typing import Any
 
 import aiohttp
-import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from getpatter import Patter, Twilio
 from getpatter.logs import CallContextFilter, JsonFormatter
@@ -16,16 +19,6 @@ from getpatter.testing.providers import ScriptedLLM, ScriptedSTT, ScriptedTTS
 from getpatter.testing.simulator import CallerTurn, Simulation, simulate
 
 from helpers import HOST, NUMBER, speech
-
-pytest.importorskip("opentelemetry.sdk", reason="pip install 'getpatter[otel]' opentelemetry-sdk")
-pytest.importorskip("prometheus_client", reason="pip install 'getpatter[prometheus]'")
-
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 PRICING = {
     "stt": {"test": {"per_minute": 0.6}},
