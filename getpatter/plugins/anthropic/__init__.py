@@ -13,11 +13,16 @@ _EXPORTS = {
     "AnthropicLLM": "getpatter.plugins.anthropic.llm",
     "AnthropicOptions": "getpatter.plugins.anthropic.llm",
 }
-__all__ = ["AnthropicLLM", "AnthropicOptions", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.anthropic.llm import AnthropicLLM, AnthropicOptions
+    from getpatter.plugins.anthropic.llm import (
+        AnthropicLLM as AnthropicLLM,
+    )
+    from getpatter.plugins.anthropic.llm import (
+        AnthropicOptions as AnthropicOptions,
+    )
 
 
 @hookimpl

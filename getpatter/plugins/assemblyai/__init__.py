@@ -16,12 +16,12 @@ _EXPORTS = {
     "AssemblyAISTT": "getpatter.plugins.assemblyai.stt",
     "AssemblyAIOptions": "getpatter.plugins.assemblyai.options",
 }
-__all__ = ["AssemblyAIOptions", "AssemblyAISTT", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.assemblyai.options import AssemblyAIOptions
-    from getpatter.plugins.assemblyai.stt import AssemblyAISTT
+    from getpatter.plugins.assemblyai.options import AssemblyAIOptions as AssemblyAIOptions
+    from getpatter.plugins.assemblyai.stt import AssemblyAISTT as AssemblyAISTT
 
 
 @hookimpl

@@ -13,11 +13,16 @@ _EXPORTS = {
     "CartesiaTTS": "getpatter.plugins.cartesia.tts",
     "CartesiaOptions": "getpatter.plugins.cartesia.tts",
 }
-__all__ = ["CartesiaOptions", "CartesiaTTS", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.cartesia.tts import CartesiaOptions, CartesiaTTS
+    from getpatter.plugins.cartesia.tts import (
+        CartesiaOptions as CartesiaOptions,
+    )
+    from getpatter.plugins.cartesia.tts import (
+        CartesiaTTS as CartesiaTTS,
+    )
 
 
 @hookimpl

@@ -16,12 +16,12 @@ _EXPORTS = {
     "DeepgramSTT": "getpatter.plugins.deepgram.stt",
     "DeepgramOptions": "getpatter.plugins.deepgram.options",
 }
-__all__ = ["DeepgramOptions", "DeepgramSTT", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.deepgram.options import DeepgramOptions
-    from getpatter.plugins.deepgram.stt import DeepgramSTT
+    from getpatter.plugins.deepgram.options import DeepgramOptions as DeepgramOptions
+    from getpatter.plugins.deepgram.stt import DeepgramSTT as DeepgramSTT
 
 
 @hookimpl

@@ -13,11 +13,16 @@ _EXPORTS = {
     "ElevenLabsTTS": "getpatter.plugins.elevenlabs.tts",
     "ElevenLabsOptions": "getpatter.plugins.elevenlabs.tts",
 }
-__all__ = ["ElevenLabsOptions", "ElevenLabsTTS", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.elevenlabs.tts import ElevenLabsOptions, ElevenLabsTTS
+    from getpatter.plugins.elevenlabs.tts import (
+        ElevenLabsOptions as ElevenLabsOptions,
+    )
+    from getpatter.plugins.elevenlabs.tts import (
+        ElevenLabsTTS as ElevenLabsTTS,
+    )
 
 
 @hookimpl

@@ -16,12 +16,12 @@ _EXPORTS = {
     "LocalSTT": "getpatter.plugins.local.stt",
     "LocalTTS": "getpatter.plugins.local.tts",
 }
-__all__ = ["LocalSTT", "LocalTTS", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.local.stt import LocalSTT
-    from getpatter.plugins.local.tts import LocalTTS
+    from getpatter.plugins.local.stt import LocalSTT as LocalSTT
+    from getpatter.plugins.local.tts import LocalTTS as LocalTTS
 
 
 @hookimpl

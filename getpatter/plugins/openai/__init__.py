@@ -17,23 +17,29 @@ _EXPORTS = {
     "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
     "OpenAITranscribeOptions": "getpatter.plugins.openai.stt",
 }
-__all__ = [
-    "OpenAILLM",
-    "OpenAILLMOptions",
-    "OpenAIRealtime",
-    "OpenAITTS",
-    "OpenAITTSOptions",
-    "OpenAITranscribeOptions",
-    "OpenAITranscribeSTT",
-    "getpatter_providers",
-]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.openai.llm import OpenAILLM, OpenAILLMOptions
-    from getpatter.plugins.openai.realtime import OpenAIRealtime
-    from getpatter.plugins.openai.stt import OpenAITranscribeOptions, OpenAITranscribeSTT
-    from getpatter.plugins.openai.tts import OpenAITTS, OpenAITTSOptions
+    from getpatter.plugins.openai.llm import (
+        OpenAILLM as OpenAILLM,
+    )
+    from getpatter.plugins.openai.llm import (
+        OpenAILLMOptions as OpenAILLMOptions,
+    )
+    from getpatter.plugins.openai.realtime import OpenAIRealtime as OpenAIRealtime
+    from getpatter.plugins.openai.stt import (
+        OpenAITranscribeOptions as OpenAITranscribeOptions,
+    )
+    from getpatter.plugins.openai.stt import (
+        OpenAITranscribeSTT as OpenAITranscribeSTT,
+    )
+    from getpatter.plugins.openai.tts import (
+        OpenAITTS as OpenAITTS,
+    )
+    from getpatter.plugins.openai.tts import (
+        OpenAITTSOptions as OpenAITTSOptions,
+    )
 
 
 @hookimpl

@@ -16,11 +16,16 @@ _EXPORTS = {
     "SpeechmaticsSTT": "getpatter.plugins.speechmatics.stt",
     "SpeechmaticsOptions": "getpatter.plugins.speechmatics.stt",
 }
-__all__ = ["SpeechmaticsOptions", "SpeechmaticsSTT", "getpatter_providers"]
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from getpatter.plugins.speechmatics.stt import SpeechmaticsOptions, SpeechmaticsSTT
+    from getpatter.plugins.speechmatics.stt import (
+        SpeechmaticsOptions as SpeechmaticsOptions,
+    )
+    from getpatter.plugins.speechmatics.stt import (
+        SpeechmaticsSTT as SpeechmaticsSTT,
+    )
 
 
 @hookimpl
