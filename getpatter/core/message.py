@@ -29,7 +29,9 @@ class Message(dict[str, Any]):
 
     The same values are the dict's keys (`dtmf` only when a key was pressed, as before).
     `await msg.call_tool(name, **args)` runs one of the agent's tools the way an LLM's tool
-    call would (timed, logged, in the call's events) and returns its result.
+    call would (timed, logged, in the call's events) and returns its result; the built-ins
+    work too: `call_tool("end_call")` hangs up and `call_tool("transfer_call", number=...)`
+    transfers, once the reply being spoken has been heard.
     """
 
     __slots__ = ("_run_tool",)

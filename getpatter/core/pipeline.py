@@ -461,6 +461,8 @@ class PipelineCall:
         from getpatter.core.tools import run_tool
 
         outcome = await run_tool(self.call, self.call.agent, name, arguments)
+        if outcome.action is not None:  # end_call / transfer_call: once this reply is heard
+            self._pending_action = outcome
         return tool_result(outcome.output)
 
     async def _llm_reply(self) -> AsyncIterator[str]:

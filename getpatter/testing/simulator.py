@@ -215,15 +215,17 @@ async def simulate(
     turn_timeout: float = 20.0,
     printer: Callable[[str], None] | None = print,
     keep_history: bool = False,
-    fake_realtime: bool = False,
+    fake_realtime: bool | Any = False,
     after_call: Callable[[Simulation], Awaitable[None]] | None = None,
 ) -> Simulation:
     """Place one call to the app through the fake network and play the caller's turns.
 
     The call is kept out of the app's call history (an in-memory store) unless
     `keep_history`. `fake_realtime` runs an `OpenAIRealtime` agent against the fake model of
-    `getpatter.testing.openai_realtime` instead of OpenAI. `after_call(result)` runs once the
-    call has ended, while the server (and its dashboard) is still up.
+    `getpatter.testing.openai_realtime` instead of OpenAI: True for one that echoes each turn,
+    or a running `FakeRealtime` with your own script (its api_key is used).
+    `after_call(result)` runs once the call has ended, while the server (and its dashboard)
+    is still up.
     """
     say = printer or (lambda _line: None)
     result = Simulation()
@@ -256,8 +258,10 @@ async def simulate(
 
     audios = [t.audio if t.audio is not None else await speak(t.text) for t in turns]
     async with contextlib.AsyncExitStack() as stack:
-        if fake_realtime:
+        if fake_realtime is True:
             agent = await stack.enter_async_context(_fake_model(agent, turns))
+        elif fake_realtime:
+            agent = _on_fake_model(agent, fake_realtime)
         net = await stack.enter_async_context(FakeTwilio())
         cfg = phone.config
         if cfg.telephony_provider != "twilio":
@@ -400,15 +404,9 @@ async def _watch_tools(phone: Any, say: Callable[[str], None], stamp: Callable[[
 async def _fake_model(agent: Any, turns: Sequence[CallerTurn]) -> AsyncIterator[Any]:
     """The agent, its `OpenAIRealtime` engine pointed at the offline fake model, which
     transcribes each caller turn as its script says and answers with a fixed sentence."""
-    from getpatter.plugins.openai.realtime import OpenAIRealtime
     from getpatter.testing.openai_realtime import FakeRealtime
 
-    engine = getattr(agent, "engine", None)
-    if not isinstance(engine, OpenAIRealtime):
-        raise PatterConfigError(
-            "--fake-realtime runs an OpenAIRealtime agent against a fake model; this app's "
-            f"agent has {'no engine' if engine is None else type(engine).__name__}"
-        )
+    _on_fake_model(agent, None)  # the agent must be a realtime one: fail before starting
     heard = [t.text or "something" for t in turns]
     replies = [f"This is the offline stand-in for the model. You said: {text}" for text in heard]
     async with FakeRealtime(
@@ -418,13 +416,25 @@ async def _fake_model(agent: Any, turns: Sequence[CallerTurn]) -> AsyncIterator[
         audio_speed=1.0,
         default_reply="This is the offline stand-in for the model.",
     ) as fake:
-        stand_in = dataclasses.replace(
-            engine,
-            api_key=FAKE_OPENAI_KEY,
-            base_url=fake.base_url,
-            websocket_base_url=fake.ws_url,
+        yield _on_fake_model(agent, fake)
+
+
+def _on_fake_model(agent: Any, fake: Any) -> Any:
+    """`agent` with its `OpenAIRealtime` engine talking to `fake` (a `FakeRealtime`)."""
+    from getpatter.plugins.openai.realtime import OpenAIRealtime
+
+    engine = getattr(agent, "engine", None)
+    if not isinstance(engine, OpenAIRealtime):
+        raise PatterConfigError(
+            "--fake-realtime runs an OpenAIRealtime agent against a fake model; this app's "
+            f"agent has {'no engine' if engine is None else type(engine).__name__}"
         )
-        yield agent.replace(engine=stand_in)
+    if fake is None:
+        return agent
+    stand_in = dataclasses.replace(
+        engine, api_key=fake.api_key, base_url=fake.base_url, websocket_base_url=fake.ws_url
+    )
+    return agent.replace(engine=stand_in)
 
 
 async def _connect(
