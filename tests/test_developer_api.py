@@ -19,7 +19,7 @@ from getpatter import Message, Patter, Tool, Twilio
 from getpatter.core.registry import default_registry
 from getpatter.errors import PatterConfigError, PluginNotFoundError
 from getpatter.testing.clock import run_virtual
-from getpatter.testing.providers import ScriptedSTT
+from getpatter.testing.providers import ScriptedLLM, ScriptedSTT, ScriptedTTS, ToolCallScript
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import HOST, NUMBER, speech
@@ -132,6 +132,45 @@ def test_a_failing_on_message_is_logged_with_its_traceback(
     assert with_trace, [r.getMessage() for r in caplog.records]
     text = logging.Formatter().formatException(with_trace[0].exc_info)  # type: ignore[arg-type]
     assert "my_on_message" in text and "RuntimeError: my bug" in text
+
+
+async def test_failing_tools_and_call_callbacks_are_logged_with_their_tracebacks(
+    caplog: pytest.LogCaptureFixture, serve: Callable[..., Any], net: FakeTwilio
+) -> None:
+    import asyncio
+
+    def broken_tool(args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("no such slot")
+
+    def broken_start(event: dict[str, Any]) -> None:
+        raise RuntimeError("start bug")
+
+    llm = ScriptedLLM([ToolCallScript("book", {}), "Sorry, that did not work."])
+    s = await serve(
+        {
+            "stt": ScriptedSTT(["book me"]),
+            "tts": ScriptedTTS(),
+            "llm": llm,
+            "tools": [Tool(name="book", handler=broken_tool)],
+        },
+        on_call_start=broken_start,
+    )
+    with caplog.at_level(logging.ERROR, logger="getpatter"):
+        call = await net.place_call(from_="+15557654321", to=NUMBER, audio=speech(lead=0.5))
+        for _ in range(200):
+            if any(
+                e["kind"] == "tool" for s_ in s.phone.server.sessions.values() for e in s_.events
+            ):
+                break
+            await asyncio.sleep(0.05)
+        await call.hangup()
+    traces = [
+        logging.Formatter().formatException(r.exc_info)  # type: ignore[arg-type]
+        for r in caplog.records
+        if r.exc_info
+    ]
+    assert any("broken_tool" in t and "KeyError" in t for t in traces), traces
+    assert any("broken_start" in t and "RuntimeError: start bug" in t for t in traces), traces
 
 
 # --- import paths ----------------------------------------------------------------------------
