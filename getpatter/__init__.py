@@ -41,6 +41,13 @@ _EXPORTS: dict[str, str] = {
     "AnthropicLLM": "getpatter.plugins.anthropic.llm",
     "LocalSTT": "getpatter.plugins.local.stt",
     "LocalTTS": "getpatter.plugins.local.tts",
+    "RimeTTS": "getpatter.plugins.rime.tts",
+    "LmntTTS": "getpatter.plugins.lmnt.tts",
+    "GoogleLLM": "getpatter.plugins.google.llm",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
+    "SileroVAD": "getpatter.plugins.silero.vad",
+    "SonioxSTT": "getpatter.plugins.soniox.stt",
 }
 
 __all__ = [
@@ -49,10 +56,14 @@ __all__ = [
     "AssemblyAISTT",
     "CallError",
     "CartesiaTTS",
+    "CerebrasLLM",
     "DeepgramSTT",
     "ElevenLabsTTS",
     "EmbeddedServer",
+    "GoogleLLM",
+    "GroqLLM",
     "Guardrail",
+    "LmntTTS",
     "LocalConfig",
     "LocalSTT",
     "LocalTTS",
@@ -68,6 +79,9 @@ __all__ = [
     "PatterError",
     "PluginNotFoundError",
     "ProviderError",
+    "RimeTTS",
+    "SileroVAD",
+    "SonioxSTT",
     "SpeechmaticsSTT",
     "Telnyx",
     "Tool",
@@ -93,12 +107,18 @@ if TYPE_CHECKING:
     from getpatter.plugins.cartesia.tts import CartesiaTTS
     from getpatter.plugins.deepgram.stt import DeepgramSTT
     from getpatter.plugins.elevenlabs.tts import ElevenLabsTTS
+    from getpatter.plugins.google.llm import GoogleLLM
+    from getpatter.plugins.lmnt.tts import LmntTTS
     from getpatter.plugins.local.stt import LocalSTT
     from getpatter.plugins.local.tts import LocalTTS
+    from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
     from getpatter.plugins.openai.llm import OpenAILLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
     from getpatter.plugins.openai.stt import OpenAITranscribeSTT
     from getpatter.plugins.openai.tts import OpenAITTS
+    from getpatter.plugins.rime.tts import RimeTTS
+    from getpatter.plugins.silero.vad import SileroVAD
+    from getpatter.plugins.soniox.stt import SonioxSTT
     from getpatter.plugins.speechmatics.stt import SpeechmaticsSTT
 
 

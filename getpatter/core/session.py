@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from getpatter.core.audio import AudioFrame
 from getpatter.core.context import CALL_ID
-from getpatter.core.engine import EngineCall, InboundAudio
+from getpatter.core.engine import EngineCall, HearsCaller, ReportsTurns
+from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
 from getpatter.core.observe import CallObserver, notify
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
@@ -26,7 +27,7 @@ from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutSche
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.core.pricing import PriceTable
-    from getpatter.core.vad import VAD
+    from getpatter.core.vad import SpeechDetector
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class CallCallbacks:
 
 
 class CallControl(Protocol):
-    """Carrier-side commands a call can issue (the carrier's REST API)."""
+    """Carrier-side commands a call can issue (the carrier's REST API): the part of the
+    carrier contract (`Carrier`, core/carrier.py) a call uses."""
 
     async def hangup(self, call: CallSession) -> None: ...
     async def transfer(self, call: CallSession, to: str) -> None: ...
@@ -143,7 +145,7 @@ class CallSession:
             pricing, carrier=str(getattr(control, "name", "")), direction=info.direction
         )
         self._turns: UtteranceTurns | None = None  # for engines that don't report turns
-        self._caller_vad: VAD | None = None  # see `_watch_caller`
+        self._caller_vad: SpeechDetector | None = None  # see `_watch_caller`
         self._on_caller_speech: Callable[[str, float], None] | None = None
         self._metric_tasks: set[asyncio.Task[Any]] = set()
         # the context every task of this call runs in (which call it is; observers such as
@@ -273,14 +275,16 @@ class CallSession:
         """One VAD over the caller's audio, when someone needs it: the turn metrics of an
         engine that doesn't time its own turns, and an engine that wants to know when the
         caller starts or stops talking (`on_caller_speech(kind, at)`, e.g. for barge-in).
-        Engines with their own VAD (the pipeline) declare `reports_turns` and get none."""
-        if not getattr(engine, "reports_turns", False):
+        Engines with their own VAD (the pipeline) declare `reports_turns` and get none.
+        Both capabilities are declared in `core/engine.py`."""
+        if not (isinstance(engine, ReportsTurns) and engine.reports_turns):
             self._turns = UtteranceTurns("realtime", self.complete_turn)
-        self._on_caller_speech = getattr(engine, "on_caller_speech", None)
+        if isinstance(engine, HearsCaller):
+            self._on_caller_speech = engine.on_caller_speech
         if self._turns is not None or self._on_caller_speech is not None:
-            from getpatter.core.vad import VAD
+            from getpatter.core.vad import resolve_vad
 
-            self._caller_vad = VAD()
+            self._caller_vad = resolve_vad(self.agent.vad).create(8000)  # the agent's choice
 
     def push_audio(self, audio: InboundAudio) -> None:
         if self.engine is not None and self.state == "live":

@@ -1,4 +1,6 @@
-"""OpenAI providers. Registering them imports nothing: the SDK loads when one is first used."""
+"""OpenAI providers, and the OpenAI-compatible presets (Groq, Cerebras) built on its client.
+
+Registering them imports nothing: the SDK loads when one is first used."""
 
 from __future__ import annotations
 
@@ -16,11 +18,15 @@ _EXPORTS = {
     "OpenAITTSOptions": "getpatter.plugins.openai.tts",
     "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
     "OpenAITranscribeOptions": "getpatter.plugins.openai.stt",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
 }
 __all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
+    from getpatter.plugins.openai.compatible import CerebrasLLM as CerebrasLLM
+    from getpatter.plugins.openai.compatible import GroqLLM as GroqLLM
     from getpatter.plugins.openai.llm import (
         OpenAILLM as OpenAILLM,
     )
@@ -80,5 +86,23 @@ def getpatter_providers() -> list[ProviderSpec]:
             requires=("openai",),
             description="OpenAI transcription (gpt-4o-transcribe), one request per utterance",
             env=("OPENAI_API_KEY",),
+        ),
+        ProviderSpec(
+            "llm",
+            "groq",
+            "getpatter.plugins.openai.compatible:GroqLLM",
+            extra="groq",
+            requires=("openai",),
+            description="Groq chat completions (OpenAI-compatible), streamed, with tools",
+            env=("GROQ_API_KEY",),
+        ),
+        ProviderSpec(
+            "llm",
+            "cerebras",
+            "getpatter.plugins.openai.compatible:CerebrasLLM",
+            extra="cerebras",
+            requires=("openai",),
+            description="Cerebras Inference chat completions (OpenAI-compatible), with tools",
+            env=("CEREBRAS_API_KEY",),
         ),
     ]
