@@ -144,7 +144,7 @@ async def test_metrics_are_scraped_from_the_running_server(tmp_path: Any) -> Non
     phone = _phone(tmp_path)
     stt = ScriptedSTT(["what are your hours", "book me in", "stop"])
     llm = ScriptedLLM(["We are open nine to five.", LONG, "Okay."])
-    # the greeting's synthesis fails once: a provider error the caller hears an apology for
+    # the greeting's first synthesis fails: a provider error (the sentence is asked for again)
     tts = ScriptedTTS(fail_with=RuntimeError("tts down"), fail_first=1)
     agent = phone.agent(stt=stt, tts=tts, llm=llm, first_message="Acme, hello.")
     scrapes: dict[str, Any] = {}
@@ -185,6 +185,6 @@ async def test_metrics_are_scraped_from_the_running_server(tmp_path: Any) -> Non
     assert after['getpatter_turn_latency_seconds_bucket{le="5.0",stage="total"}'] == 3
     assert after['getpatter_turn_latency_seconds_count{stage="bargein"}'] == 1
     assert after["getpatter_barge_ins_total"] == 1
-    assert after['getpatter_provider_errors_total{component="reply",kind="reply_error"}'] == 1
+    assert after['getpatter_provider_errors_total{component="tts",kind="tts_retry"}'] == 1
     assert after['getpatter_call_cost_total{component="tts",currency="USD"}'] > 0
     assert after['getpatter_call_cost_total{component="telephony",currency="USD"}'] > 0

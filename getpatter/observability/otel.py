@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["CallTracer"]
 
 _EVENTS = {"tool", "transfer", "hangup", "engine_reconnect", "guardrail", "amd", "dtmf"}
-_ERRORS = {"error", "reply_error", "engine_error"}
+_ERRORS = {"error", "reply_error", "engine_error", "tts_retry"}
 _STAGES = (
     ("final_at", "stt.final"),
     ("text_first_at", "llm.first_token"),

@@ -8,6 +8,7 @@ dashboard and guarded by the same token.
                                                     bargein (caller starts → agent cut)
     getpatter_barge_ins_total                       the caller interrupted the agent
     getpatter_provider_errors_total{component,kind} STT/TTS/LLM/engine failures inside calls
+                                                    (a TTS sentence asked for again: tts_retry)
     getpatter_tool_calls_total{tool,ok}             tool calls, by tool and success
     getpatter_call_cost_total{component,currency}   spend of ended calls (stt, tts, llm,
                                                     telephony), from the price table
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_TYPE_LATEST", "CallMetricsExporter"]
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-_ERRORS = {"error", "reply_error", "engine_error"}
+_ERRORS = {"error", "reply_error", "engine_error", "tts_retry"}
 _COST = ("stt", "tts", "llm", "telephony")
 
 
@@ -47,9 +48,8 @@ def _outcome(reason: str) -> str:
 
 def _component(kind: str, data: dict[str, Any]) -> str:
     """Which part failed, with no call id or per-reply number in it."""
-    where = str(
-        data.get("where") or data.get("engine") or ("reply" if kind == "reply_error" else "")
-    )
+    implied = {"reply_error": "reply", "tts_retry": "tts"}.get(kind, "")
+    where = str(data.get("where") or data.get("engine") or implied)
     where = where.rsplit(":", 1)[-1]  # a task name is "<call id>:<name>"
     return re.sub(r"[-_]?\d+$", "", where)[:40] or "unknown"
 
