@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "Guardrail": "getpatter.agent",
     "Twilio": "getpatter.config",
     "Telnyx": "getpatter.config",
+    "Plivo": "getpatter.config",
     "LocalConfig": "getpatter.config",
     "PatterError": "getpatter.errors",
     "PatterConfigError": "getpatter.errors",
@@ -77,6 +78,7 @@ __all__ = [
     "PatterConfigError",
     "PatterConnectionError",
     "PatterError",
+    "Plivo",
     "PluginNotFoundError",
     "ProviderError",
     "RimeTTS",
@@ -91,7 +93,7 @@ __all__ = [
 if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool
     from getpatter.client import MachineDetectionResult, Patter
-    from getpatter.config import LocalConfig, Telnyx, Twilio
+    from getpatter.config import LocalConfig, Plivo, Telnyx, Twilio
     from getpatter.core.message import Message
     from getpatter.core.server import EmbeddedServer
     from getpatter.errors import (

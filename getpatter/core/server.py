@@ -212,7 +212,8 @@ class EmbeddedServer:
         session.key = key
         self.sessions[key] = session
         self.bind_carrier_id(info.call_id, key)
-        token = secrets.token_urlsafe(24)
+        # letters and digits only: some carriers can carry nothing else (e.g. in a header list)
+        token = secrets.token_hex(24)
         self._tokens[key] = (token, time.monotonic() + token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
         return session, token
