@@ -28,12 +28,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from getpatter.core.server import EmbeddedServer
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber, Store
 
@@ -50,20 +49,30 @@ def _page_html() -> str:
     return resources.files("getpatter.dashboard").joinpath("static/index.html").read_text("utf-8")
 
 
+class ServerView(Protocol):
+    """What the dashboard reads from its server: the live calls and its public host."""
+
+    @property
+    def sessions(self) -> dict[str, CallSession]: ...
+
+    @property
+    def public_host(self) -> str: ...
+
+
 class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
         self,
-        server: EmbeddedServer | None,
+        server: ServerView,
         store: Store,
         scrub: Scrubber,
         token: str = "",
         *,
         metrics: Callable[[], bytes] | None = None,
     ) -> None:
-        """`server` None: history only (`getpatter dashboard`), no live calls. `metrics`
-        renders the Prometheus exposition served at /metrics."""
+        """`server` is the `EmbeddedServer` (or, for `getpatter dashboard`, a view with no live
+        calls). `metrics` renders the Prometheus exposition served at /metrics."""
         self._metrics = metrics
         self.server = server
         self.store = store
@@ -241,8 +250,6 @@ class Dashboard:
         }
 
     def _sessions(self) -> list[CallSession]:
-        if self.server is None:
-            return []
         return [s for s in self.server.sessions.values() if s.state != "ended"]
 
     async def _active_calls(self, request: web.Request) -> web.StreamResponse:
@@ -297,11 +304,7 @@ class Dashboard:
 
     async def _prometheus(self, request: web.Request) -> web.StreamResponse:
         if self._metrics is None:
-            why = (
-                "no live calls here: run the agent's server for metrics"
-                if self.server is None
-                else "metrics need prometheus-client: pip install 'getpatter[prometheus]'"
-            )
+            why = "metrics need a running agent and prometheus-client (getpatter[prometheus])"
             return web.Response(status=501, text=why + "\n")
         from getpatter.observability.prometheus import CONTENT_TYPE_LATEST
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,9 +18,20 @@ from getpatter.core.store import Scrubber, Store, open_store, store_path
 from getpatter.dashboard.routes import Dashboard
 from getpatter.errors import PatterConfigError
 
+if TYPE_CHECKING:
+    from getpatter.core.session import CallSession
+
 log = logging.getLogger("getpatter.dashboard")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class _NoLiveCalls:
+    """The dashboard's view of a server, for history alone: no calls are live here."""
+
+    def __init__(self, host: str) -> None:
+        self.sessions: dict[str, CallSession] = {}
+        self.public_host = host
 
 
 class HistoryDashboard:
@@ -68,7 +80,7 @@ class HistoryDashboard:
         loop = asyncio.get_running_loop()
         self.listening = loop.create_future()
         store = self.store = await self._open()
-        ui = self._ui = Dashboard(None, store, self.scrub, self.token)
+        ui = self._ui = Dashboard(_NoLiveCalls(self.host), store, self.scrub, self.token)
         app = web.Application(client_max_size=64 * 1024)
         app.add_routes(ui.routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
