@@ -152,6 +152,36 @@ def test_a_failing_on_message_is_logged_with_its_traceback(
     assert "my_on_message" in text and "RuntimeError: my bug" in text
 
 
+def test_log_lines_from_a_plain_on_message_name_the_call() -> None:
+    """A plain function runs in a worker thread, in the call's context."""
+    from getpatter.logs import CallContextFilter
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(CallContextFilter())
+    app_log = logging.getLogger("test.plain_on_message")
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.INFO)
+
+    def on_message(msg: Message) -> str:
+        app_log.info("answering %s", msg.text)
+        return "Hello."
+
+    async def run() -> str:
+        h = await open_call(stt=ScriptedSTT(["hi"]), on_message=on_message)
+        await h.feed(SPEECH)
+        await settle(h)
+        await h.close()
+        return h.session.call_id
+
+    try:
+        call_id = run_virtual(run())
+    finally:
+        app_log.removeHandler(handler)
+    assert [r.call_id for r in records] == [call_id]  # type: ignore[attr-defined]
+
+
 async def test_failing_tools_and_call_callbacks_are_logged_with_their_tracebacks(
     caplog: pytest.LogCaptureFixture, serve: Callable[..., Any], net: FakeTwilio
 ) -> None:
