@@ -19,7 +19,7 @@ log = logging.getLogger("getpatter")
 __all__ = ["describe_agent", "log_banner", "render_banner"]
 
 _GUARDS = {
-    "open": "no token: anyone who can reach this port can read call history",
+    "open": "no token: it listens on this machine only",
     "token": "token required: your dashboard_token=, as Authorization: Bearer <token>",
     "generated": "token required: a generated one, see the log line with ?token=",
 }
@@ -80,8 +80,8 @@ def render_banner(
             lines += [f"  webhook     {url}", f"              ↳ {where}"]
     else:
         lines.append(
-            "  webhook     none: the carrier cannot reach this server. Pass webhook_url= (e.g. "
-            "your ngrok host) or tunnel=True; until then only the simulator can call it"
+            "  webhook     none yet: pass webhook_url= (e.g. your ngrok host) or tunnel=True; "
+            "until then only the simulator can call"
         )
     guard = server.dashboard_guard
     dashboard = ""
