@@ -242,6 +242,25 @@ def test_every_builtin_provider_imports_from_getpatter_and_its_plugin_package() 
     assert not set(json.loads(out.stdout.splitlines()[-1])) & SDKS
 
 
+def test_every_registered_builtin_class_is_exported_by_its_package_and_getpatter() -> None:
+    """A provider added later gets the same import paths (or this names what is missing)."""
+    import importlib
+
+    import getpatter
+
+    missing = []
+    for spec in default_registry().specs():
+        if not isinstance(spec.target, str) or not spec.target.startswith("getpatter.plugins."):
+            continue
+        module, _, name = spec.target.partition(":")
+        package = ".".join(module.split(".")[:3])  # getpatter.plugins.<name>
+        if not hasattr(importlib.import_module(package), name):
+            missing.append(f"from {package} import {name}")
+        if spec.kind != "vad" and not hasattr(getpatter, name):
+            missing.append(f"from getpatter import {name}")
+    assert not missing, missing
+
+
 def test_import_getpatter_pulls_no_provider_sdk() -> None:
     out = _run("import sys, json, getpatter; print(json.dumps(sorted(sys.modules)))")
     top = {m.split(".")[0] for m in json.loads(out.stdout)}
