@@ -135,7 +135,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(app_spec: str, args: argparse.Namespace, title: str) -> int:
-    import asyncio
 
     from getpatter.errors import PatterConfigError
     from getpatter.testing import simulator as sim
@@ -143,13 +142,22 @@ def _run(app_spec: str, args: argparse.Namespace, title: str) -> int:
     setup_logging(args)
     sim.ensure_placeholder_credentials(fake_realtime=args.fake_realtime)
     try:
-        phone, agent, serve_kwargs = sim.load_app(app_spec)
+        return _simulate(app_spec, args, title)
     except PatterConfigError as exc:
         if "OPENAI_API_KEY" in str(exc) and not args.fake_realtime:
             raise PatterConfigError(
                 f"{exc} (or add --fake-realtime: an offline stand-in for the model)"
             ) from None
         raise
+
+
+def _simulate(app_spec: str, args: argparse.Namespace, title: str) -> int:
+    import asyncio
+
+    from getpatter.errors import PatterConfigError
+    from getpatter.testing import simulator as sim
+
+    phone, agent, serve_kwargs = sim.load_app(app_spec)
     turns = []
     for kind, value in args.turns:
         if kind == "wav":
