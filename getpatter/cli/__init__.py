@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="getpatter",
-        description="Give an AI voice agent a phone number (self-hosted, Twilio or Telnyx).",
+        description="Give an AI voice agent a phone number (self-hosted: Twilio, Telnyx or Plivo).",
         epilog="`getpatter COMMAND --help` explains each command.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")

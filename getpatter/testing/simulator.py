@@ -265,7 +265,9 @@ async def simulate(
         net = await stack.enter_async_context(FakeTwilio())
         cfg = phone.config
         if cfg.telephony_provider != "twilio":
-            raise PatterConfigError("the simulator speaks Twilio; build the app with Twilio()")
+            # the agent is what is being tried: its calls take Twilio's path here
+            say(f"  (a {cfg.telephony_provider.capitalize()} app: simulated over Twilio's path)")
+            cfg.telephony_provider = "twilio"
         cfg.twilio_sid, cfg.twilio_token = net.account_sid, net.auth_token
         cfg.twilio_base_url, cfg.webhook_url = net.base_url, PUBLIC_HOST
         if not keep_history:
