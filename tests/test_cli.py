@@ -306,3 +306,21 @@ def test_plugins_shows_each_providers_env_var_and_description(
     assert "DEEPGRAM_API_KEY✓" in lines["stt", "deepgram"]  # set here
     assert "ELEVENLABS_API_KEY " in lines["tts", "elevenlabs"] + " "
     assert "nova-3" in lines["stt", "deepgram"] and "offline" in lines["stt", "local"]
+
+
+def test_a_telnyx_app_is_simulated_over_twilios_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tx.py").write_text(
+        "from getpatter import Patter, Telnyx\n"
+        "from getpatter.testing.providers import ScriptedSTT, ScriptedTTS\n"
+        "phone = Patter(carrier=Telnyx('KEY0123456789', 'conn-1'), phone_number='+15550001234',"
+        " persist=False)\n"
+        "agent = phone.agent(stt=ScriptedSTT(['hello']), tts=ScriptedTTS(), first_message='Hi')\n"
+        "app = (phone, agent, {'on_message': lambda m: 'Telnyx says hello.'})\n"
+    )
+    code, out, err = _run_cli(["simulate", "tx.py:app", "--say", "hello", "--no-record"], capsys)
+    assert code == 0, out + err
+    assert "a Telnyx app: simulated over Twilio's path" in out
+    assert "[agent ] Telnyx says hello." in out
