@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "CerebrasLLM": "getpatter.plugins.openai.compatible",
     "SileroVAD": "getpatter.plugins.silero.vad",
     "SonioxSTT": "getpatter.plugins.soniox.stt",
+    "GeminiLive": "getpatter.plugins.google.live",
+    "UltravoxRealtime": "getpatter.plugins.ultravox.realtime",
 }
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "DeepgramSTT",
     "ElevenLabsTTS",
     "EmbeddedServer",
+    "GeminiLive",
     "GoogleLLM",
     "GroqLLM",
     "Guardrail",
@@ -88,6 +91,7 @@ __all__ = [
     "Telnyx",
     "Tool",
     "Twilio",
+    "UltravoxRealtime",
 ]
 
 if TYPE_CHECKING:
@@ -109,6 +113,7 @@ if TYPE_CHECKING:
     from getpatter.plugins.cartesia.tts import CartesiaTTS
     from getpatter.plugins.deepgram.stt import DeepgramSTT
     from getpatter.plugins.elevenlabs.tts import ElevenLabsTTS
+    from getpatter.plugins.google.live import GeminiLive
     from getpatter.plugins.google.llm import GoogleLLM
     from getpatter.plugins.lmnt.tts import LmntTTS
     from getpatter.plugins.local.stt import LocalSTT
@@ -122,6 +127,7 @@ if TYPE_CHECKING:
     from getpatter.plugins.silero.vad import SileroVAD
     from getpatter.plugins.soniox.stt import SonioxSTT
     from getpatter.plugins.speechmatics.stt import SpeechmaticsSTT
+    from getpatter.plugins.ultravox.realtime import UltravoxRealtime
 
 
 def __getattr__(name: str) -> Any:
