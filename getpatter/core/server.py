@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from getpatter.core.carrier import CallTable, Carrier, DialRequest
+from getpatter.core.context import CALL_ID
 from getpatter.core.engine import Engine, EngineCall
 from getpatter.core.media import (
     DtmfReceived,
@@ -28,6 +29,7 @@ from getpatter.core.media import (
     StreamStarted,
     StreamStopped,
 )
+from getpatter.core.observe import CallObserver
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
 from getpatter.errors import CallError, PatterConfigError
@@ -90,6 +92,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.agent = agent
@@ -117,6 +120,9 @@ class EmbeddedServer:
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
+        self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -124,8 +130,9 @@ class EmbeddedServer:
             )
         if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
             raise PatterConfigError(
-                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
-                "or on_message=... to serve()"
+                "this pipeline agent has no brain: pass llm=OpenAILLM() (or any LLM) to "
+                "phone.agent(), on_message=fn to serve(), or engine=OpenAIRealtime() for speech "
+                "to speech (the default when OPENAI_API_KEY is set)"
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
@@ -151,6 +158,17 @@ class EmbeddedServer:
         table: CallTable = self
         carrier: Carrier = carrier_cls(table, self.config)
         return carrier
+
+    @property
+    def dashboard_guard(self) -> str:
+        """How the dashboard (and /metrics) is guarded: `off` (no dashboard), `open` (no token:
+        loopback only), `token` (the dashboard_token= given) or `generated` (made at start)."""
+        ui = self._dashboard_ui
+        if ui is None:
+            return "off"
+        if not ui.token:
+            return "open"
+        return "token" if self._dashboard_token else "generated"
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -189,6 +207,7 @@ class EmbeddedServer:
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
             pricing=self.pricing,
+            observers=self.observers,
         )
         session.key = key
         self.sessions[key] = session
@@ -341,6 +360,7 @@ class EmbeddedServer:
         if key in self._sockets or session.state != "pending":
             return web.Response(status=409, text="this call already has a media socket")
         self._sockets.add(key)
+        session.adopt_context()
         ws = web.WebSocketResponse(max_msg_size=64 * 1024, autoping=True)
         await ws.prepare(request)
         try:
@@ -421,6 +441,8 @@ class EmbeddedServer:
             return False
         if session.call_id == key and session.direction == "outbound":
             session.info.call_id = event.call_id  # the carrier's id, learned at answer
+            session.context.run(CALL_ID.set, event.call_id)
+            CALL_ID.set(event.call_id)
             self.bind_carrier_id(event.call_id, key)
         return session.call_id == event.call_id
 
@@ -450,7 +472,8 @@ class EmbeddedServer:
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
-        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        # DEBUG: `serve()` logs the full start-up banner right after this
+        log.debug("listening on %s:%s (public %s)", self.host, self.port, self.public_host)
         ui = self._dashboard_ui
         if ui is not None and ui.token and not self._dashboard_token:
             # generated for a server reachable beyond this machine: shown once, to its owner
@@ -520,10 +543,24 @@ class EmbeddedServer:
 
         self._history_sink = keep
         self.record_sinks.append(keep)
+        from getpatter.observability import has_prometheus, tracer_for
+
+        self.observers.clear()
+        tracer = tracer_for(self.tracer_provider, self.carrier.name)
+        if tracer is not None:
+            self.observers.append(tracer)
+        render = None
+        self.metrics_enabled = self.dashboard and has_prometheus()
+        if self.metrics_enabled:
+            from getpatter.observability.prometheus import CallMetricsExporter
+
+            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
+            self.observers.append(exporter)
+            render = exporter.render
         if self.dashboard:
             from getpatter.dashboard.routes import Dashboard
 
-            self._dashboard_ui = Dashboard(self, store, scrub, token)
+            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
     async def _close_history(self) -> None:
         sink, self._history_sink = self._history_sink, None
