@@ -1,8 +1,8 @@
 """Three getpatter nodes behind real nginx, sharing a real PostgreSQL, called through the fake
 Twilio network: what the cluster tests run against.
 
-The nodes are child processes (`python -m getpatter.workers tests/cluster_app.py:app`, what
-`getpatter serve --workers` starts), so signals and `kill -9` are real. nginx's config is the
+The nodes are child processes (`getpatter serve tests/cluster_app.py:app`, as `getpatter
+serve --workers` starts them), so signals and `kill -9` are real. nginx's config is the
 one `getpatter nginx-config` writes, on a plain port (the fake network stands in for the TLS
 terminating front: it sends https://calls.cluster.test/... to nginx with that Host).
 """
@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import aiohttp
 from getpatter.nginx import Node, nginx_config
 from getpatter.testing.services import LocalNginx, LocalPostgres, free_port
 from getpatter.testing.twilio import FakeTwilio
+from getpatter.workers import node_command
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "tests" / "cluster_app.py") + ":app"
@@ -99,16 +99,10 @@ class Rig:
     async def start_node(self, name: str) -> NodeProc:
         node = self.nodes[name]
         node.log.clear()
+        cmd = node_command(APP, node.port, "127.0.0.1", ["--log-level", "warning"])
         node.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "getpatter.workers",
-            APP,
-            "--port",
-            str(node.port),
-            "--log-level",
-            "warning",
-            stdout=asyncio.subprocess.PIPE,
+            *cmd,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=self.env(node),
             cwd=str(ROOT),
@@ -121,16 +115,25 @@ class Rig:
                 node.log.append(raw.decode(errors="replace").rstrip("\n"))
 
         node.reader = asyncio.create_task(drain())
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        except TimeoutError:
-            line = b""
-        if b"listening on" not in line:
-            proc.kill()
-            await proc.wait()
-            raise AssertionError(f"node {name} did not start: {line!r}\n" + "\n".join(node.log))
+        if not await self.healthy(node):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise AssertionError(f"node {name} did not start:\n" + "\n".join(node.log))
         return node
+
+    async def healthy(self, node: NodeProc, within: float = 30.0) -> bool:
+        """Until the node answers /health (False if it exits or takes too long)."""
+        deadline = asyncio.get_running_loop().time() + within
+        while asyncio.get_running_loop().time() < deadline and node.running:
+            try:
+                async with self.http.get(node.base + "/health") as resp:
+                    if resp.status == 200:
+                        return True
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        return False
 
     async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         node = self.nodes[name]

@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -237,14 +238,14 @@ async def test_workers_start_named_nodes_print_their_upstream_and_stop_on_sigter
     env = {k: v for k, v in rig.env(rig.nodes["a"]).items() if k != "GETPATTER_NODE"}
     env["CLUSTER_TEST_DIAL_PORT"] = ""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "getpatter.workers", APP, "--workers", "2", "--port", str(port),
-        "--log-level", "warning",
+        sys.executable, "-m", "getpatter.cli", "serve", APP, "--workers", "2",
+        "--port", str(port), "--log-level", "warning",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         lines: list[str] = []
-        while sum("listening on" in line for line in lines) < 2:
+        while not (lines and lines[-1] == "}\n" and any("_w2 {" in line for line in lines)):
             raw = await asyncio.wait_for(proc.stdout.readline(), 30)
             assert raw, lines
             lines.append(raw.decode())
@@ -252,8 +253,15 @@ async def test_workers_start_named_nodes_print_their_upstream_and_stop_on_sigter
         assert f"server 127.0.0.1:{port} max_fails=0;  # w1" in text
         assert "upstream getpatter_w2 {" in text
         for i, name in enumerate(("w1", "w2")):
-            async with rig.http.get(f"http://127.0.0.1:{port + i}/health") as resp:
-                assert (await resp.json())["node"] == name
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                try:
+                    async with rig.http.get(f"http://127.0.0.1:{port + i}/health") as resp:
+                        assert (await resp.json())["node"] == name
+                        break
+                except aiohttp.ClientError:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from getpatter.core.carrier import Admission, CallTable, Carrier, DialRequest
+from getpatter.core.context import CALL_ID
 from getpatter.core.engine import Engine, EngineCall
 from getpatter.core.media import (
     DtmfReceived,
@@ -36,6 +37,7 @@ from getpatter.core.node import (
     prefixed,
     request_url,
 )
+from getpatter.core.observe import CallObserver
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
 from getpatter.errors import CallError, PatterConfigError
@@ -99,6 +101,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        tracer_provider: Any = None,
         node: NodeSettings | None = None,
     ) -> None:
         self.config = config
@@ -132,6 +135,9 @@ class EmbeddedServer:
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
+        self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -139,8 +145,9 @@ class EmbeddedServer:
             )
         if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
             raise PatterConfigError(
-                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
-                "or on_message=... to serve()"
+                "this pipeline agent has no brain: pass llm=OpenAILLM() (or any LLM) to "
+                "phone.agent(), on_message=fn to serve(), or engine=OpenAIRealtime() for speech "
+                "to speech (the default when OPENAI_API_KEY is set)"
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
@@ -166,6 +173,17 @@ class EmbeddedServer:
         table: CallTable = self
         carrier: Carrier = carrier_cls(table, self.config)
         return carrier
+
+    @property
+    def dashboard_guard(self) -> str:
+        """How the dashboard (and /metrics) is guarded: `off` (no dashboard), `open` (no token:
+        loopback only), `token` (the dashboard_token= given) or `generated` (made at start)."""
+        ui = self._dashboard_ui
+        if ui is None:
+            return "off"
+        if not ui.token:
+            return "open"
+        return "token" if self._dashboard_token else "generated"
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -211,6 +229,7 @@ class EmbeddedServer:
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
             pricing=self.pricing,
+            observers=self.observers,
         )
         session.key = key
         self.sessions[key] = session
@@ -372,6 +391,7 @@ class EmbeddedServer:
         if key in self._sockets or session.state != "pending":
             return web.Response(status=409, text="this call already has a media socket")
         self._sockets.add(key)
+        session.adopt_context()
         ws = web.WebSocketResponse(max_msg_size=64 * 1024, autoping=True)
         await ws.prepare(request)
         try:
@@ -452,6 +472,8 @@ class EmbeddedServer:
             return False
         if session.call_id == key and session.direction == "outbound":
             session.info.call_id = event.call_id  # the carrier's id, learned at answer
+            session.context.run(CALL_ID.set, event.call_id)
+            CALL_ID.set(event.call_id)
             self.bind_carrier_id(event.call_id, key)
         return session.call_id == event.call_id
 
@@ -481,7 +503,8 @@ class EmbeddedServer:
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
-        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        # DEBUG: `serve()` logs the full start-up banner right after this
+        log.debug("listening on %s:%s (public %s)", self.host, self.port, self.public_host)
         ui = self._dashboard_ui
         if ui is not None and ui.token and not self._dashboard_token:
             # generated for a server reachable beyond this machine: shown once, to its owner
@@ -559,10 +582,24 @@ class EmbeddedServer:
 
         self._history_sink = keep
         self.record_sinks.append(keep)
+        from getpatter.observability import has_prometheus, tracer_for
+
+        self.observers.clear()
+        tracer = tracer_for(self.tracer_provider, self.carrier.name)
+        if tracer is not None:
+            self.observers.append(tracer)
+        render = None
+        self.metrics_enabled = self.dashboard and has_prometheus()
+        if self.metrics_enabled:
+            from getpatter.observability.prometheus import CallMetricsExporter
+
+            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
+            self.observers.append(exporter)
+            render = exporter.render
         if self.dashboard:
             from getpatter.dashboard.routes import Dashboard
 
-            self._dashboard_ui = Dashboard(self, store, scrub, token)
+            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
     async def _open_store(self, scrub: Scrubber) -> Store:
         """SQLite (or memory) for one node; PostgreSQL, and with it the cluster, for many."""
@@ -582,6 +619,11 @@ class EmbeddedServer:
         from getpatter.core.cluster import control_call
 
         return await control_call(self, call_id, op, args)
+
+    @property
+    def cluster_node(self) -> str:
+        """This node's name among many sharing a database ("" when it is alone)."""
+        return self.node.ident if self.cluster is not None else ""
 
     def remote_calls(self) -> list[dict[str, Any]]:
         """Live calls on the other nodes (empty for a lone node)."""

@@ -32,12 +32,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from getpatter.core.server import EmbeddedServer
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber, Store
 
@@ -75,12 +74,41 @@ def _page_html() -> str:
     return resources.files("getpatter.dashboard").joinpath("static/index.html").read_text("utf-8")
 
 
+class ServerView(Protocol):
+    """What the dashboard reads from its server: the live calls and its public host."""
+
+    @property
+    def sessions(self) -> dict[str, CallSession]: ...
+
+    @property
+    def public_host(self) -> str: ...
+
+    @property
+    def cluster_node(self) -> str:
+        """This node's name when it is one of many sharing a database ("": alone)."""
+
+    def remote_calls(self) -> list[dict[str, Any]]:
+        """The live calls of the other nodes."""
+
+    async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Hang up or transfer a live call, on whichever node holds it."""
+
+
 class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
-        self, server: EmbeddedServer, store: Store, scrub: Scrubber, token: str = ""
+        self,
+        server: ServerView,
+        store: Store,
+        scrub: Scrubber,
+        token: str = "",
+        *,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        """`server` is the `EmbeddedServer` (or, for `getpatter dashboard`, a view with no live
+        calls). `metrics` renders the Prometheus exposition served at /metrics."""
+        self._metrics = metrics
         self.server = server
         self.store = store
         self.scrub = scrub
@@ -107,6 +135,7 @@ class Dashboard:
             web.post("/api/calls/{call_id}/hangup", g(self._hangup)),
             web.post("/api/calls/{call_id}/transfer", g(self._transfer)),
             web.get("/api/events", self._events),
+            web.get("/metrics", g(self._prometheus)),
         ]
 
     def changed(self) -> None:
@@ -262,7 +291,7 @@ class Dashboard:
 
     def _all_live(self) -> list[dict[str, Any]]:
         """This node's calls, then the other nodes' (as of their last heartbeat)."""
-        node = self.server.node.ident if self.server.cluster is not None else ""
+        node = self.server.cluster_node
         here = [{**self._live(s), **({"node": node} if node else {})} for s in self._sessions()]
         return here + [_remote(row) for row in self.server.remote_calls()]
 
@@ -350,6 +379,19 @@ class Dashboard:
         response = self._json({"calls": records})
         response.headers["Content-Disposition"] = 'attachment; filename="getpatter-calls.json"'
         return response
+
+    # --- Prometheus ----------------------------------------------------------------------
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        if self._metrics is None:
+            why = "metrics need a running agent and prometheus-client (getpatter[prometheus])"
+            return web.Response(status=501, text=why + "\n")
+        from getpatter.observability.prometheus import CONTENT_TYPE_LATEST
+
+        return web.Response(
+            body=self._metrics(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
 
     # --- live ----------------------------------------------------------------------------
 
