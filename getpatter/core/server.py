@@ -31,6 +31,7 @@ from getpatter.core.engine import (
 )
 from getpatter.core.playout import MediaEncoder, PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallControl, CallInfo, CallSession
+from getpatter.core.signals import stop_on_signals
 from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ class _SocketSink:
 
 
 class EmbeddedServer:
-    """The server behind `Patter.serve()`; `start(port)` blocks until `stop()`."""
+    """The server behind `Patter.serve()`; `start(port)` blocks until `stop()` (or SIGTERM)."""
+
+    handle_signals = True  # SIGTERM stops politely (see core/signals.py); False leaves them be
 
     def __init__(
         self,
@@ -129,6 +132,7 @@ class EmbeddedServer:
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
+        self._signal_stop: asyncio.Task[None] | None = None
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -422,10 +426,18 @@ class EmbeddedServer:
                 ui.token,
             )
         self.listening.set_result(self.port)
+        release_signals = stop_on_signals(self._signalled) if self.handle_signals else None
         try:
             await self._stopped.wait()
         finally:
+            if release_signals is not None:
+                release_signals()
             await self._shutdown()
+
+    def _signalled(self, name: str) -> None:
+        """SIGTERM (see `core/signals.py`): the polite stop of `stop()`, from a signal."""
+        task = asyncio.get_running_loop().create_task(self.stop(), name=f"getpatter:{name}")
+        self._signal_stop = task  # held until done: a task nobody references may vanish
 
     async def stop(self) -> None:
         """End every live call politely (hang up, write its record) and stop listening."""
