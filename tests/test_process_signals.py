@@ -39,7 +39,7 @@ async def main() -> None:
         webhook_url={host!r},
         persist={persist!r},
     )
-    agent = phone.agent(engine=ScriptedEngine(replies=["I heard you."]), first_message="Hello there.")
+    agent = phone.agent(engine=ScriptedEngine(), first_message="Hello there.")
     serving = asyncio.create_task(phone.serve(agent, port=0, host="127.0.0.1", dashboard=False))
     await phone.ready
     print(phone.port, flush=True)

@@ -133,6 +133,8 @@ class EmbeddedServer:
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
         self._signal_stop: asyncio.Task[None] | None = None
+        self._unredact: list[Callable[[], None]] = []  # secrets kept out of the logs, to release
+        self._redacted: set[int] = set()  # agents whose secrets are registered
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -191,6 +193,11 @@ class EmbeddedServer:
         """A call the carrier is about to stream: its session and its single-use media token."""
         assert self._scheduler is not None, "server not started"
         key = key or info.call_id
+        if agent is not None and agent is not self.agent and id(agent) not in self._redacted:
+            from getpatter.core.credentials import redact_logs, secrets_in
+
+            self._redacted.add(id(agent))  # another agent's keys (phone.call(agent=...))
+            self._unredact.append(redact_logs(secrets_in(agent)))
         session = CallSession(
             info,
             agent or self.agent,
@@ -425,6 +432,10 @@ class EmbeddedServer:
                 self.port,
                 ui.token,
             )
+        if ui is not None and ui.token and not self._dashboard_token:
+            from getpatter.core.credentials import redact_logs
+
+            self._unredact.append(redact_logs([ui.token]))  # from now on, like any secret
         self.listening.set_result(self.port)
         release_signals = stop_on_signals(self._signalled) if self.handle_signals else None
         try:
@@ -471,15 +482,19 @@ class EmbeddedServer:
 
     async def _open_history(self) -> None:
         """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
-        from getpatter.core.credentials import secret_values
+        from getpatter.core.credentials import redact_logs, secret_values, secrets_in
         from getpatter.core.store import Scrubber, open_store
 
         token = self._dashboard_token
         if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:
             token = secrets.token_urlsafe(24)
-        scrub = Scrubber(
-            [*secret_values(self.config), token], mask_phone_numbers=self.mask_phone_numbers
+        known = [*secret_values(self.config), *secrets_in(self.agent), token]
+        # out of every log line of the process (any logger, any level) while we serve; a
+        # generated dashboard token only after start() has shown it, once, to its owner
+        self._unredact.append(
+            redact_logs([s for s in known if s != token or self._dashboard_token])
         )
+        scrub = Scrubber(known, mask_phone_numbers=self.mask_phone_numbers)
         store = self.store = await open_store(self.config.persist_root, scrub)
 
         async def keep(record: dict[str, Any]) -> None:
@@ -498,6 +513,9 @@ class EmbeddedServer:
             self._dashboard_ui = Dashboard(self, store, scrub, token)
 
     async def _close_history(self) -> None:
+        while self._unredact:
+            self._unredact.pop()()
+        self._redacted.clear()
         sink, self._history_sink = self._history_sink, None
         if sink is not None and sink in self.record_sinks:
             self.record_sinks.remove(sink)

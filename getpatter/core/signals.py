@@ -61,7 +61,7 @@ class _LoopSignals:
 
     def _received(self, sig: signal.Signals) -> None:
         stoppers = list(self.stoppers)
-        # one polite stop per signal; a second one gets the default action (kill / KeyboardInterrupt)
+        # one polite stop; a second signal gets the default action (kill, KeyboardInterrupt)
         self.uninstall()
         log.warning(
             "%s received: hanging up live calls, writing their records and stopping "
