@@ -1,6 +1,12 @@
 """Call history on disk: one SQLite file under the persist root, written off the event loop.
 
-Every call's record — metadata, transcript, turn metrics, cost, events — is one transaction.
+A call's row exists from its first webhook (`open_call`, state `active`, which also claims
+the carrier's call id: a replayed webhook finds it taken), its transcript is appended in
+batches while it runs (`append_transcript`), and its whole record — metadata, transcript,
+turn metrics, cost, events — replaces the row in one transaction when it ends (`write`, state
+`ended`). A process killed mid-call leaves `active` rows; the next start marks them
+`interrupted` (`interrupt_active`), with what was said so far.
+
 All database work runs on a single worker thread (one connection, never shared), so the event
 loop never waits on the disk and writes never interleave. The schema is versioned with
 `PRAGMA user_version`; `MIGRATIONS[i]` takes a database from version i to i+1, so a file
@@ -20,6 +26,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,9 +57,11 @@ SUMMARY_COLUMNS = (
     "cost_total",
     "currency",
     "pricing_version",
+    "state",
 )
 # the record's own fields among them (the rest are derived from its metrics)
-RECORD_COLUMNS = SUMMARY_COLUMNS[:10]
+RECORD_COLUMNS = (*SUMMARY_COLUMNS[:10], "state")
+ACTIVE, ENDED, INTERRUPTED = "active", "ended", "interrupted"
 LATENCY_COLUMNS = (
     "endpoint_ms",
     "stt_ms",
@@ -102,7 +111,32 @@ class Scrubber:
 class Store(Protocol):
     """What the server and the dashboard need from call history."""
 
-    async def write(self, record: dict[str, Any]) -> None: ...
+    async def open_call(self, record: dict[str, Any]) -> bool:
+        """The call's row, state `active`, from its first webhook; False (and nothing
+        written) when a row with its call id exists already: a replay, or a duplicate."""
+        ...
+
+    async def append_transcript(
+        self,
+        call_id: str,
+        first_seq: int,
+        entries: list[dict[str, Any]],
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        """Transcript entries `first_seq`, `first_seq + 1`, ... of an active call (and when
+        its media started); a finished call's row is left alone."""
+        ...
+
+    async def write(self, record: dict[str, Any]) -> None:
+        """The whole record of a call that ended (state `ended`), replacing its row."""
+        ...
+
+    async def interrupt_active(self) -> list[str]:
+        """At start: calls left `active` by a process that died become `interrupted`
+        (with their transcript so far); returns their ids."""
+        ...
+
     async def search(
         self, q: str = "", page: int = 1, page_size: int = 50
     ) -> tuple[list[dict[str, Any]], int]: ...
@@ -134,6 +168,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "cost_total": cost.get("total"),
         "currency": cost.get("currency", ""),
         "pricing_version": metrics.get("pricing_version", ""),
+        "state": record.get("state", "ended"),
     }
 
 
@@ -152,13 +187,48 @@ class MemoryStore:
         self.scrub = scrub or Scrubber()
         self._records: dict[str, dict[str, Any]] = {}
         self._limit = limit
+        self._claimed: OrderedDict[str, None] = OrderedDict()  # ids seen, beyond the records
 
-    async def write(self, record: dict[str, Any]) -> None:
-        record = self.scrub(record)
+    def _keep(self, record: dict[str, Any]) -> None:
         self._records.pop(record["call_id"], None)
         self._records[record["call_id"]] = record
         while len(self._records) > self._limit:
             self._records.pop(next(iter(self._records)))
+
+    async def open_call(self, record: dict[str, Any]) -> bool:
+        call_id = record["call_id"]
+        if call_id in self._claimed or call_id in self._records:
+            return False
+        self._claimed[call_id] = None
+        while len(self._claimed) > 10 * self._limit:
+            self._claimed.popitem(last=False)
+        self._keep({**self.scrub(record), "state": ACTIVE})
+        return True
+
+    async def append_transcript(
+        self,
+        call_id: str,
+        first_seq: int,
+        entries: list[dict[str, Any]],
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        record = self._records.get(call_id)
+        if record is None or record.get("state") != ACTIVE:
+            return
+        transcript = record.setdefault("transcript", [])
+        for i, entry in enumerate(self.scrub(entries)):
+            if first_seq + i == len(transcript):
+                transcript.append({"role": entry.get("role", ""), "text": entry.get("text", "")})
+        if started_at is not None:
+            record["started_at"], record["answered"] = started_at, True
+
+    async def write(self, record: dict[str, Any]) -> None:
+        self._claimed[record["call_id"]] = None
+        self._keep({**self.scrub(record), "state": ENDED})
+
+    async def interrupt_active(self) -> list[str]:
+        return []  # nothing outlives the process
 
     def _matching(self, q: str) -> list[dict[str, Any]]:
         needle = q.strip().lower()
@@ -259,8 +329,20 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    """Rows from the first webhook: a call's state (`active` → `ended`, or `interrupted` when
+    the process died); every row written before this version was a finished call."""
+    _statements(
+        db,
+        """
+        ALTER TABLE calls ADD COLUMN state TEXT NOT NULL DEFAULT 'ended';
+        CREATE INDEX calls_active ON calls (state) WHERE state = 'active';
+        """,
+    )
+
+
 #: MIGRATIONS[i] upgrades a database at schema version i to i + 1 (0: a new, empty file).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -342,7 +424,7 @@ class SQLiteStore:
         db = self._db
         if db is None:
             raise RuntimeError("the call store is closed")
-        row = summary(record)
+        row = {**summary(record), "state": ENDED}
         known = {"transcript", "events", "metrics", *SUMMARY_COLUMNS}
         extra = {k: v for k, v in record.items() if k not in known}
         metrics = record.get("metrics") or {}
@@ -400,6 +482,100 @@ class SQLiteStore:
                     for i, e in enumerate(record.get("events") or [])
                 ],
             )
+
+    async def open_call(self, record: dict[str, Any]) -> bool:
+        return await self._run(self._open_call, self.scrub(record))
+
+    def _open_call(self, record: dict[str, Any]) -> bool:
+        db = self._db
+        if db is None:
+            raise RuntimeError("the call store is closed")
+        row = {**summary(record), "state": ACTIVE}
+        known = {"transcript", "events", "metrics", *SUMMARY_COLUMNS}
+        extra = {k: v for k, v in record.items() if k not in known}
+        with db:
+            cursor = db.execute(
+                f"INSERT INTO calls ({', '.join(SUMMARY_COLUMNS)}, metrics, extra) "
+                f"VALUES ({', '.join('?' * len(SUMMARY_COLUMNS))}, '{{}}', ?) "
+                "ON CONFLICT (call_id) DO NOTHING",
+                (*(row[c] for c in SUMMARY_COLUMNS), _dumps(extra)),
+            )
+        return cursor.rowcount == 1
+
+    async def append_transcript(
+        self,
+        call_id: str,
+        first_seq: int,
+        entries: list[dict[str, Any]],
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        await self._run(self._append, call_id, first_seq, self.scrub(entries), started_at)
+
+    def _append(
+        self, call_id: str, first_seq: int, entries: list[dict[str, Any]], started_at: float | None
+    ) -> None:
+        db = self._db
+        if db is None:
+            raise RuntimeError("the call store is closed")
+        with db:
+            db.execute("BEGIN")
+            active = db.execute(
+                "SELECT 1 FROM calls WHERE call_id = ? AND state = ?", (call_id, ACTIVE)
+            ).fetchone()
+            if active is None:
+                return  # ended (its whole record is there) or never opened
+            db.executemany(
+                "INSERT OR IGNORE INTO transcript (call_id, seq, role, text, extra) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        call_id,
+                        first_seq + i,
+                        str(e.get("role", "")),
+                        str(e.get("text", "")),
+                        _dumps({k: v for k, v in e.items() if k not in ("role", "text")}),
+                    )
+                    for i, e in enumerate(entries)
+                ],
+            )
+            if started_at is not None:
+                db.execute(
+                    "UPDATE calls SET started_at = ?, answered = 1 WHERE call_id = ?",
+                    (started_at, call_id),
+                )
+
+    async def interrupt_active(self) -> list[str]:
+        return await self._run(self._interrupt_active)
+
+    def _interrupt_active(self) -> list[str]:
+        db = self._db
+        if db is None:
+            raise RuntimeError("the call store is closed")
+        ids: list[str] = []
+        with db:
+            db.execute("BEGIN")
+            rows = db.execute(
+                "SELECT call_id, created_at, started_at FROM calls WHERE state = ?", (ACTIVE,)
+            ).fetchall()
+            for call_id, created_at, started_at in rows:
+                # the end is unknown: the last thing said is the best estimate
+                said = [
+                    json.loads(extra).get("t")
+                    for (extra,) in db.execute(
+                        "SELECT extra FROM transcript WHERE call_id = ?", (call_id,)
+                    )
+                ]
+                times = [t for t in said if isinstance(t, int | float)]
+                ended_at = max(times, default=started_at or created_at)
+                duration = round(ended_at - started_at, 3) if started_at and ended_at else 0.0
+                db.execute(
+                    "UPDATE calls SET state = ?, end_reason = 'interrupted', ended_at = ?, "
+                    "duration = ? WHERE call_id = ?",
+                    (INTERRUPTED, ended_at, duration, call_id),
+                )
+                ids.append(call_id)
+        return ids
 
     # --- reading -------------------------------------------------------------------------
 
