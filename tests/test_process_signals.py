@@ -1,109 +1,29 @@
 """The server as a real process: what SIGTERM and `kill -9` leave behind.
 
-A tiny app file is run with `python app.py` against the fake Twilio network of this test
-process, a call is placed, and the process is signalled. The history it leaves on disk is
-read with sqlite3 directly: what a user would find after a `docker stop` or a crash.
+A tiny app file is run with `python app.py` (see app_process.py) against the fake Twilio
+network of this test process, a call is placed, and the process is signalled. The history it
+leaves on disk is read with sqlite3 directly: what a user would find after a `docker stop` or
+a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import sqlite3
 import sys
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_process import running_app
 
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, HOST, NUMBER, speech
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-APP = """
-import asyncio, sys
-from getpatter import Patter, Twilio
-from getpatter.testing.engines import ScriptedEngine
-
-async def main() -> None:
-    phone = Patter(
-        carrier=Twilio({sid!r}, {token!r}, base_url={base_url!r}),
-        phone_number={number!r},
-        webhook_url={host!r},
-        persist={persist!r},
-    )
-    agent = phone.agent(engine=ScriptedEngine(), first_message="Hello there.")
-    serving = asyncio.create_task(phone.serve(agent, port=0, host="127.0.0.1", dashboard=False))
-    await phone.ready
-    print(phone.port, flush=True)
-    await serving
-    print("served", flush=True)
-
-asyncio.run(main())
-"""
-
-
-class App:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, persist: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.persist = persist
-
-    def rows(self) -> list[dict[str, Any]]:
-        db = sqlite3.connect(self.persist / "calls.db")
-        db.row_factory = sqlite3.Row
-        try:
-            calls = [dict(r) for r in db.execute("SELECT * FROM calls")]
-            for call in calls:
-                call["transcript"] = [
-                    (r["role"], r["text"])
-                    for r in db.execute(
-                        "SELECT role, text FROM transcript WHERE call_id = ? ORDER BY seq",
-                        (call["call_id"],),
-                    )
-                ]
-            return calls
-        finally:
-            db.close()
-
-
-@contextlib.asynccontextmanager
-async def running_app(net: FakeTwilio, persist: Path) -> AsyncIterator[App]:
-    app = persist.parent / "app.py"
-    app.write_text(
-        textwrap.dedent(
-            APP.format(
-                sid=net.account_sid,
-                token=net.auth_token,
-                base_url=net.base_url,
-                number=NUMBER,
-                host=HOST,
-                persist=str(persist),
-            )
-        )
-    )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(app), stdout=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line.strip().isdigit(), f"the app did not start: {line!r}"
-        port = int(line)
-        net.route(HOST, f"127.0.0.1:{port}")
-        yield App(proc, port, persist)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.fixture

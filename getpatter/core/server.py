@@ -18,6 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
+from getpatter.core.connections import (
+    HEADER_TIMEOUT,
+    AcceptErrorLog,
+    ConnectionGuard,
+    connection_limit,
+    raise_fd_limit,
+)
 from getpatter.core.engine import (
     DtmfReceived,
     Engine,
@@ -32,6 +39,7 @@ from getpatter.core.engine import (
 from getpatter.core.playout import MediaEncoder, PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallControl, CallInfo, CallSession
 from getpatter.core.signals import stop_on_signals
+from getpatter.core.webguard import REQUEST_TIMEOUT, request_guard
 from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
@@ -91,6 +99,10 @@ class EmbeddedServer:
     """The server behind `Patter.serve()`; `start(port)` blocks until `stop()` (or SIGTERM)."""
 
     handle_signals = True  # SIGTERM stops politely (see core/signals.py); False leaves them be
+    max_connections: int | None = None  # None: from the open-file limit (core/connections.py)
+    header_timeout = HEADER_TIMEOUT  # seconds for a new connection's first request headers
+    keepalive_timeout = 15.0  # seconds an idle keep-alive connection is kept
+    request_timeout = REQUEST_TIMEOUT  # seconds for a request with a body (core/webguard.py)
 
     def __init__(
         self,
@@ -133,6 +145,9 @@ class EmbeddedServer:
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
         self._signal_stop: asyncio.Task[None] | None = None
+        self._guard: ConnectionGuard | None = None
+        self._listener: asyncio.Server | None = None
+        self._accept_log = AcceptErrorLog()
         self._unredact: list[Callable[[], None]] = []  # secrets kept out of the logs, to release
         self._redacted: set[int] = set()  # agents whose secrets are registered
         if agent.engine is not None and not isinstance(agent.engine, Engine):
@@ -286,7 +301,12 @@ class EmbeddedServer:
     # --- routes --------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024)
+        guard = request_guard(
+            restricted=lambda r: self._guard is not None and self._guard.restricted(r.transport),
+            reserved_for=self._reserved_for,
+            request_timeout=lambda: self.request_timeout,
+        )
+        app = web.Application(client_max_size=256 * 1024, middlewares=[guard])
         app.add_routes(
             [
                 web.get("/health", self._health),
@@ -297,6 +317,11 @@ class EmbeddedServer:
         if self._dashboard_ui is not None:
             app.add_routes(self._dashboard_ui.routes())
         return app
+
+    def _reserved_for(self, request: web.Request) -> bool:
+        """A media socket of a call we are waiting for: what the reserve of connections is for."""
+        key = request.match_info.get("call_id", "")
+        return request.method == "GET" and bool(key) and key in self._tokens
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -405,15 +430,30 @@ class EmbeddedServer:
         self._shutting_down = None
         self._scheduler = PlayoutScheduler()
         await self._open_history()
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        limit = self.max_connections or connection_limit(raise_fd_limit())
+        self._guard = ConnectionGuard(limit, header_timeout=self.header_timeout)
+        self._accept_log.install(loop)
+        self._runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,  # see core/webguard.py: nothing is inflated, ever
+            keepalive_timeout=self.keepalive_timeout,
+            # an unread body (a refusal) is drained this long, raw, so the peer reads the answer
+            lingering_time=2.0,
+        )
         try:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
-            await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
+            protocols = self._runner.server
+            assert protocols is not None
+            self._listener = await loop.create_server(
+                self._guard.wrap(protocols), self.host, port, reuse_address=True
+            )
+            sockets = list(self._listener.sockets)
             self.port = sockets[0].getsockname()[1] if sockets else port
         except BaseException as exc:
+            await self._close_listener()
             await self._runner.cleanup()
             self._runner = None
             await self._close_history()
@@ -472,11 +512,20 @@ class EmbeddedServer:
             await self._scheduler.aclose()
         if self._dashboard_ui is not None:
             await self._dashboard_ui.close()  # event streams end, so cleanup needn't wait
+        await self._close_listener()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         await self.carrier.aclose()
         await self._close_history()
+
+    async def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # open connections are closed by the runner's cleanup
+        if self._guard is not None:
+            self._guard.close()
+        self._accept_log.uninstall()
 
     # --- history and dashboard -----------------------------------------------------------
 
