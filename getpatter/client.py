@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,11 +22,10 @@ from getpatter.core.session import AmdCallback, CallCallbacks, CallSession, Mach
 from getpatter.errors import CallError, PatterConfigError
 
 if TYPE_CHECKING:
+    from getpatter.core.carrier import Restore
     from getpatter.core.pricing import PriceTable
     from getpatter.core.server import EmbeddedServer
     from getpatter.tunnel import Tunnel
-
-Restore = Callable[[], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -256,15 +255,14 @@ class Patter:
 
         async def repoint(host: str) -> None:  # a restarted quick tunnel has a new hostname
             self.config.webhook_url = check_public_host(host)
-            await server.carrier.point_at(host)  # type: ignore[attr-defined]
+            await server.carrier.point_at(host)
 
         host = check_public_host(await tunnel.start(server.port, repoint))
         self.config.webhook_url = host
         fut = self.tunnel_ready
         if not fut.done():
             fut.set_result(host)
-        restore: Restore = await server.carrier.point_at(host)  # type: ignore[attr-defined]
-        return restore
+        return await server.carrier.point_at(host)
 
     @staticmethod
     async def _close_tunnel(tunnel: Tunnel, restore: Restore | None) -> None:
@@ -300,7 +298,7 @@ class Patter:
             raise PatterConfigError("call() needs an Agent: build one with phone.agent(...)")
         if ring_timeout is not None and (not isinstance(ring_timeout, int) or ring_timeout < 1):
             raise PatterConfigError("ring_timeout must be a positive number of seconds or None")
-        session = await server.carrier.place_call(  # type: ignore[attr-defined]
+        session = await server.place_call(
             to=to,
             from_=from_,
             agent=agent,

@@ -11,7 +11,7 @@ import numpy as np
 
 from getpatter.agent import Agent
 from getpatter.core.audio import ulaw_encode
-from getpatter.core.engine import InboundAudio
+from getpatter.core.media import InboundAudio
 from getpatter.core.pipeline import PipelineCall, PipelineEngine, PipelineOptions
 from getpatter.core.playout import Playout, PlayoutScheduler
 from getpatter.core.session import CallCallbacks, CallInfo, CallSession

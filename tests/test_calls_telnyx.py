@@ -18,8 +18,8 @@ from nacl.signing import SigningKey
 
 from getpatter import CallError, MachineDetectionResult, Patter, Telnyx
 from getpatter.agent import Agent
-from getpatter.carriers.telnyx import TelnyxMediaEncoder, parse_media_message
-from getpatter.core.engine import DtmfReceived, Ignored, InboundAudio, StreamStarted
+from getpatter.carriers.telnyx.wire import TelnyxMediaEncoder, parse_media_message
+from getpatter.core.media import DtmfReceived, Ignored, InboundAudio, StreamStarted
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.telnyx import FakeCall, FakeTelnyx
 
@@ -387,22 +387,21 @@ def test_outbound_track_and_unknown_events_are_ignored() -> None:
 
 
 class _NoCalls:
-    """The slice of EmbeddedServer the adapter's media parsing touches."""
-
-    public_host = HOST
-    sessions: dict[str, Any] = {}  # noqa: RUF012
+    """A call table with no calls: all the adapter's media parsing looks up."""
 
     def find_call(self, call_id: str) -> None:
         return None
 
+    def call_by_key(self, key: str) -> None:
+        return None
+
 
 def _adapter() -> Any:
-    from getpatter.carriers.telnyx_adapter import TelnyxAdapter
+    from getpatter.carriers.telnyx.adapter import TelnyxAdapter
     from getpatter.config import LocalConfig
 
-    server = _NoCalls()
-    server.config = LocalConfig(telephony_provider="telnyx", telnyx_key="k")  # type: ignore[attr-defined]
-    return TelnyxAdapter(server)  # type: ignore[arg-type]
+    config = LocalConfig(telephony_provider="telnyx", telnyx_key="k")
+    return TelnyxAdapter(_NoCalls(), config)  # type: ignore[arg-type]
 
 
 async def test_late_and_duplicate_media_frames_are_dropped() -> None:

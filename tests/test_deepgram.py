@@ -456,3 +456,24 @@ async def test_with_the_tts_gone_too_the_carrier_says_the_goodbye(
     record = await lose_deepgram(dg, s, call)
     assert record["end_reason"] == "stt_failed"
     assert call.said == [PipelineOptions().hearing_lost]
+
+
+async def test_a_call_whose_final_never_comes_still_gets_its_answer(
+    serve: Callable[..., Any], net: FakeTwilio, dg: FakeDeepgram
+) -> None:
+    """Deepgram shows interims but never the final (not even for Finalize): the caller is
+    still answered, from the last interim, and the turn's metrics say so."""
+    dg.stall = "no_final"
+    heard: list[str] = []
+    s = await serve(
+        {"stt": client(dg), "tts": ScriptedTTS()},
+        on_message=lambda m: heard.append(m["text"]) or "We open at nine.",
+    )
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=1.0, tail=3.0))
+    await wait_until(lambda: any(e["text"] == "We open at nine." for e in transcript_of(s)), 12)
+    await call.hangup()
+    await wait_until(lambda: bool(s.events.get("on_call_end")), 5)
+    assert len(heard) == 1 and "What time do you open?".startswith(heard[0])
+    [turn] = s.events["on_call_end"][0]["metrics"]["turns"]
+    assert turn["stt_timeout"] is True and turn["user_text"] == heard[0]
+    assert dg.connections[0].count("Finalize") == 2  # at the end of speech, and at the deadline

@@ -21,8 +21,8 @@ from aiohttp import web
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from getpatter.testing.phone.audio import ulaw_encode
 from getpatter.testing.telnyx import FakeCall, FakeTelnyx
-from getpatter.testing.twilio.util import ulaw_encode
 
 NUMBER = "+15550001000"
 CALLER = "+15557654321"

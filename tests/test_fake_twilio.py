@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from getpatter.testing.phone.audio import ulaw_decode, ulaw_encode
 from getpatter.testing.twilio import FakeCall, FakeTwilio
-from getpatter.testing.twilio.util import ulaw_decode, ulaw_encode
 
 NUMBER = "+15550001000"
 CALLER = "+15557654321"

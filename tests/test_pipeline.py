@@ -308,7 +308,7 @@ async def test_text_of_separate_tool_rounds_keeps_its_words_apart() -> None:
 @virtual
 async def test_a_burst_of_buffered_frames_barges_in_once() -> None:
     from getpatter.core.audio import ulaw_encode
-    from getpatter.core.engine import InboundAudio
+    from getpatter.core.media import InboundAudio
 
     h = await open_call(
         stt=ScriptedSTT(["stop"]),

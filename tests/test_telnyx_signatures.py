@@ -21,7 +21,7 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from getpatter.agent import Agent
-from getpatter.carriers.telnyx import ReplayCache, WebhookVerifier
+from getpatter.carriers.telnyx.wire import ReplayCache, WebhookVerifier
 from getpatter.config import LocalConfig
 from getpatter.core.server import EmbeddedServer
 from getpatter.errors import SignatureError

@@ -102,7 +102,7 @@ async def test_carrier_is_pointed_at_the_tunnel_and_restored(kind: str) -> None:
             return str(fake.webhook_url)
 
         before = current()
-        restore = await server.carrier.point_at("abc.trycloudflare.com")  # type: ignore[attr-defined]
+        restore = await server.carrier.point_at("abc.trycloudflare.com")
         assert current() == f"https://abc.trycloudflare.com/webhooks/{kind}/voice"
         if kind == "twilio":
             status = fake.number(NUMBER).status_callback

@@ -1,1 +1,2 @@
-"""Carrier adapters: each maps one carrier's wire messages to and from audio frames and events."""
+"""Carriers, one folder each (wire formats, REST client, adapter), each registered through the
+`getpatter.plugins` entry points exactly like a provider; they implement `core/carrier.py`."""

@@ -1,7 +1,8 @@
-"""getpatter's own carriers and VAD, registered through the same hook a third party uses.
+"""The one provider that lives in the core, the VAD, registered through the same hook a third
+party uses.
 
-Each provider folder under `getpatter/plugins/` registers itself with its own entry point;
-this module covers the pieces that live in the core.
+Each carrier folder under `getpatter/carriers/` and each provider folder under
+`getpatter/plugins/` registers itself with its own entry point.
 """
 
 from __future__ import annotations
@@ -12,21 +13,6 @@ from getpatter.core.registry import ProviderSpec, hookimpl
 @hookimpl
 def getpatter_providers() -> list[ProviderSpec]:
     return [
-        ProviderSpec(
-            "carrier",
-            "twilio",
-            "getpatter.carriers.twilio_adapter:TwilioAdapter",
-            requires=("aiohttp",),
-            description="Twilio Programmable Voice + Media Streams",
-        ),
-        ProviderSpec(
-            "carrier",
-            "telnyx",
-            "getpatter.carriers.telnyx_adapter:TelnyxAdapter",
-            extra="telnyx",
-            requires=("aiohttp", "nacl"),
-            description="Telnyx Call Control v2 + media streaming",
-        ),
         ProviderSpec(
             "vad",
             "webrtc",

@@ -1,79 +1,21 @@
-"""The contract between a call and its conversation engine, and the carrier-neutral media events.
+"""The contract between a call and its conversation engine, and what an engine may offer.
 
 An engine (OpenAI Realtime, the STT→LLM→TTS pipeline, a test engine) is agent-level config;
 `open(call)` makes its per-call half, which receives the caller's audio and answers through
 the call: `call.play(...)`, `call.clear()`, `call.add_transcript(...)`, `call.hangup()`.
+
+Beyond the four required methods, an engine's call may declare optional capabilities
+(`ReportsTurns`, `HearsCaller` below); the session checks for them once, when the media starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from getpatter.core.audio import AudioFrame, ulaw_decode
+from getpatter.core.media import InboundAudio
 
 if TYPE_CHECKING:
     from getpatter.core.session import CallSession
-
-
-@dataclass(slots=True)
-class InboundAudio:
-    """20 ms of caller audio as the carrier sent it (G.711 μ-law, 8 kHz).
-
-    Engines that take G.711 use `payload` untouched; the rest use `frame`, decoded once.
-    """
-
-    payload: bytes
-    timestamp: float
-    _frame: AudioFrame | None = field(default=None, repr=False)
-
-    @property
-    def frame(self) -> AudioFrame:
-        if self._frame is None:
-            self._frame = AudioFrame(ulaw_decode(self.payload), 8000, self.timestamp)
-        return self._frame
-
-
-# --- media socket events, produced by carrier adapters -------------------------------------
-
-
-@dataclass(slots=True, frozen=True)
-class StreamStarted:
-    stream_id: str
-    call_id: str
-    parameters: dict[str, str]
-
-
-@dataclass(slots=True, frozen=True)
-class MarkPlayed:
-    name: str
-
-
-@dataclass(slots=True, frozen=True)
-class DtmfReceived:
-    digit: str
-
-
-@dataclass(slots=True, frozen=True)
-class StreamStopped:
-    reason: str = "stop"
-
-
-@dataclass(slots=True, frozen=True)
-class Ignored:
-    """A message we understood and have nothing to do with (e.g. `connected`)."""
-
-    event: str
-
-
-MediaEvent = StreamStarted | InboundAudio | MarkPlayed | DtmfReceived | StreamStopped | Ignored
-
-
-class MalformedMessage(ValueError):
-    """A media message that breaks the carrier's protocol (bad JSON, base64, fields)."""
-
-
-# --- engines -------------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -97,3 +39,26 @@ class Engine(Protocol):
     """Agent-level engine config; makes one `EngineCall` per call."""
 
     def open(self, call: CallSession) -> EngineCall: ...
+
+
+# --- optional capabilities of an engine's call ---------------------------------------------
+
+
+@runtime_checkable
+class ReportsTurns(Protocol):
+    """An engine call that times its own turns (`call.complete_turn`), e.g. with its own VAD.
+
+    Without it the session runs a VAD over the caller's audio to time the turns for metrics.
+    """
+
+    reports_turns: bool
+
+
+@runtime_checkable
+class HearsCaller(Protocol):
+    """An engine call that wants to know when the caller starts or stops talking, as heard by
+    the session's VAD (e.g. to barge in sooner than its model would notice)."""
+
+    def on_caller_speech(self, kind: str, at: float) -> None:
+        """`kind` is "speech_started" or "speech_ended"; `at` the loop time it
+        happened, after the frame was pushed to the engine."""

@@ -18,6 +18,8 @@ Latency fields (milliseconds; None where a stage does not exist for that turn or
                  the agent's response latency
 - `bargein_ms`   the caller starts talking over the agent → agent audio cleared
 
+`stt_timeout` (per turn): the STT sent no final in time and the turn is its last interim.
+
 Engines that do not report their own turns (the realtime engine) are measured by
 `UtteranceTurns` from what the session sees: the caller's audio (through a VAD), the agent's
 utterances, clears, transcripts and usage events.
@@ -102,6 +104,7 @@ class TurnTimes:
     barge_onset_at: float | None = None
     cleared_at: float | None = None
     interrupted: bool = False
+    stt_timeout: bool = False  # the turn is the STT's last interim: no final came in time
     done: bool = False
 
     def latency(self) -> dict[str, float | None]:
@@ -308,6 +311,7 @@ class CallMetrics:
             "user_text": times.user_text,
             "agent_text": times.agent_text,
             "interrupted": times.interrupted,
+            "stt_timeout": times.stt_timeout,
             "at": round(time.time(), 3),
             "latency": latency,
             "cost": turn_cost,

@@ -2,9 +2,15 @@
 
 Turn-taking: the VAD decides when the caller speaks. Audio is streamed to the STT while they
 do (with a little pre-roll), the STT is finalized when the VAD hears them stop, and the turn
-is taken on the final transcript. Caller speech that starts while the agent talks is a
-barge-in: the reply is cancelled first (so it can never play again), then the carrier is
-cleared, then the agent's turn is cut to the words the caller heard.
+is taken on the final transcript. A provider that shows interim results but never sends the
+final (it happens on real lines) does not lose the turn: `final_timeout` after the end of
+speech the STT is finalized again, and shortly after that the last interim is the turn
+(`stt_timeout` in its metrics). A final that comes only later (a stalled socket the STT
+reopened) still makes a turn, unless the caller has spoken again.
+
+Caller speech that starts while the agent talks is a barge-in: the reply is cancelled first
+(so it can never play again), then the carrier is cleared, then the agent's turn is cut to the
+words the caller heard.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from getpatter.core.audio import AudioFrame, pcm16_bytes, ulaw_encode
 from getpatter.core.chunker import ChunkerOptions
-from getpatter.core.engine import InboundAudio
+from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import TurnTimes
 from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
 from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
@@ -42,7 +48,10 @@ class PipelineOptions:
     # Extra caller speech (audio time) required after the VAD's start before a barge-in. The
     # VAD itself already needs ~120 ms of voice in a 200 ms window, which rejects coughs.
     barge_in_guard_ms: float = 0.0
-    final_transcript_wait: float = 1.5  # max seconds from end of speech to the STT's final
+    # From the end of speech to the STT's final: then finalize again, and `final_grace` later
+    # take the last interim as the turn.
+    final_timeout: float = 1.0
+    final_grace: float = 0.25
     preroll_ms: int = 300
     first_token_timeout: float = 10.0
     first_byte_timeout: float = 6.0
@@ -109,6 +118,9 @@ class PipelineCall:
         self._stt_ulaw = stt.encoding == "mulaw" and stt.sample_rate == 8000
         self._resampler = None if stt.sample_rate == 8000 else Resampler(8000, stt.sample_rate)
         self._finals: list[str] = []
+        self._interim = ""  # the latest interim text since the last final
+        self._late_finals_stale = False  # the turn took an interim: its late final is a dupe
+        self._orphaned = False  # a turn found no text: a late final makes it
         self._turn_waiter: asyncio.Task[None] | None = None
         self._final_arrived = asyncio.Event()
         self._reply: Reply | None = None
@@ -162,6 +174,7 @@ class PipelineCall:
             at = asyncio.get_running_loop().time() - max(0.0, frame.end - event.timestamp)
             if event.kind == "speech_started":
                 self._onset_at = at
+                self._late_finals_stale = self._orphaned = False
                 self._gate_open = True
                 while self._preroll:
                     self._send_q.put_nowait(self._preroll.popleft())
@@ -209,13 +222,28 @@ class PipelineCall:
         assert self.stt_stream is not None
         try:
             async for transcript in self.stt_stream.transcripts():
-                if transcript.is_final and transcript.text.strip():
-                    self._finals.append(transcript.text.strip())
-                    self._final_arrived.set()
+                self._on_transcript(transcript.text.strip(), transcript.is_final)
         except Exception as exc:
             self._hearing_lost(exc)
             return
         self._hearing_lost(None)  # the stream ended on its own, the call did not
+
+    def _on_transcript(self, text: str, is_final: bool) -> None:
+        if not text:
+            return
+        if not is_final:
+            if not self._late_finals_stale:
+                self._interim = text
+            return
+        self._interim = ""
+        if self._late_finals_stale:
+            log.info("call %s: a late final after the turn was taken; dropped", self.call.call_id)
+            return
+        self._finals.append(text)
+        self._final_arrived.set()
+        if self._orphaned and not self.vad.speaking:
+            self._orphaned = False
+            self._await_turn()
 
     def _hearing_lost(self, exc: BaseException | None) -> None:
         """The STT is gone for good (its provider reconnects by itself first). The agent can
@@ -250,20 +278,39 @@ class PipelineCall:
 
     async def _take_turn(self) -> None:
         """End of speech: wait (bounded) for the STT's final transcript, then answer it."""
+        timed_out = False
         if not self._finals:
             self._final_arrived.clear()
-            try:
-                await asyncio.wait_for(
-                    self._final_arrived.wait(), self.options.final_transcript_wait
-                )
-            except TimeoutError:
-                log.info("call %s: no transcript for that speech; no turn", self.call.call_id)
-                return
+            if not await self._final_within(self.options.final_timeout):
+                self._send_q.put_nowait(_FINALIZE)  # ask again, where the provider can
+                if not await self._final_within(self.options.final_grace):
+                    if not self._interim:
+                        log.info("call %s: no transcript for that speech yet", self.call.call_id)
+                        self._orphaned = True
+                        return
+                    log.warning(
+                        "call %s: no final transcript %.2fs after the end of speech; "
+                        "taking the last interim",
+                        self.call.call_id,
+                        self.options.final_timeout + self.options.final_grace,
+                    )
+                    self._finals.append(self._interim)
+                    self._interim = ""
+                    self._late_finals_stale = timed_out = True
         final_at = asyncio.get_running_loop().time()
         text, self._finals = " ".join(self._finals), []
-        await self._user_turn(text, final_at=final_at)
+        await self._user_turn(text, final_at=final_at, stt_timeout=timed_out)
 
-    async def _user_turn(self, text: str, *, final_at: float, dtmf: str = "") -> None:
+    async def _final_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._final_arrived.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _user_turn(
+        self, text: str, *, final_at: float, dtmf: str = "", stt_timeout: bool = False
+    ) -> None:
         self.history.append({"role": "user", "content": text})
         extra = {"dtmf": dtmf} if dtmf else {}
         await self.call.add_transcript("user", text, **extra)
@@ -279,6 +326,7 @@ class PipelineCall:
             "speech_end_at": None if dtmf else self._speech_end_at,
             "caller_stopped_at": None if dtmf else self._caller_stopped_at,
             "text": text,
+            "stt_timeout": stt_timeout,
         }
         self._start_reply(turn, source)
 
@@ -395,6 +443,7 @@ class PipelineCall:
                 barge_onset_at=self._onset_at if cleared_at is not None else None,
                 cleared_at=cleared_at,
                 interrupted=interrupted,
+                stt_timeout=bool(turn.get("stt_timeout")),
             )
         )
 

@@ -14,10 +14,11 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from getpatter.core.carrier import CallTable, Carrier, DialRequest
 from getpatter.core.connections import (
     HEADER_TIMEOUT,
     AcceptErrorLog,
@@ -25,22 +26,20 @@ from getpatter.core.connections import (
     connection_limit,
     raise_fd_limit,
 )
-from getpatter.core.engine import (
+from getpatter.core.engine import Engine, EngineCall
+from getpatter.core.media import (
     DtmfReceived,
-    Engine,
-    EngineCall,
     InboundAudio,
     MalformedMessage,
     MarkPlayed,
-    MediaEvent,
     StreamStarted,
     StreamStopped,
 )
-from getpatter.core.playout import MediaEncoder, PlayoutScheduler
-from getpatter.core.session import AmdCallback, CallCallbacks, CallControl, CallInfo, CallSession
+from getpatter.core.playout import PlayoutScheduler
+from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
 from getpatter.core.signals import stop_on_signals
 from getpatter.core.webguard import REQUEST_TIMEOUT, request_guard
-from getpatter.errors import PatterConfigError
+from getpatter.errors import CallError, PatterConfigError
 
 if TYPE_CHECKING:
     from getpatter.agent import Agent
@@ -56,17 +55,6 @@ MAX_MALFORMED = 50  # malformed media messages tolerated on one socket before it
 START_TIMEOUT = 10.0  # seconds for the carrier to send `start` after the socket opens
 HISTORY_LIMIT = 1000
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-class CarrierAdapter(CallControl, Protocol):
-    """What the server needs from a carrier (Twilio, Telnyx)."""
-
-    name: str
-
-    def routes(self) -> list[web.RouteDef]: ...
-    def parse(self, text: str) -> MediaEvent: ...
-    def encoder(self, stream_id: str) -> MediaEncoder: ...
-    async def aclose(self) -> None: ...
 
 
 class _SocketSink:
@@ -162,7 +150,7 @@ class EmbeddedServer:
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
-        self.carrier: CarrierAdapter = self._make_carrier()
+        self.carrier: Carrier = self._make_carrier()
         self._listening: asyncio.Future[int] | None = None
 
     @property
@@ -175,13 +163,15 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         return f"EmbeddedServer(carrier={self.config.telephony_provider!r}, port={self.port})"
 
-    def _make_carrier(self) -> CarrierAdapter:
-        """The carrier adapter registered under the config's provider name."""
+    def _make_carrier(self) -> Carrier:
+        """The carrier registered under the config's provider name, working against this
+        server as its `CallTable` and reading its own credentials from the config."""
         from getpatter.core.registry import default_registry
 
-        adapter_cls = default_registry().load("carrier", self.config.telephony_provider)
-        adapter: CarrierAdapter = adapter_cls(self)
-        return adapter
+        carrier_cls = default_registry().load("carrier", self.config.telephony_provider)
+        table: CallTable = self
+        carrier: Carrier = carrier_cls(table, self.config)
+        return carrier
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -192,8 +182,11 @@ class EmbeddedServer:
     def public_url(self, path: str) -> str:
         return f"https://{self.public_host}{path}"
 
+    def public_ws_url(self, path: str) -> str:
+        return f"wss://{self.public_host}{path}"
+
     def stream_url(self, key: str) -> str:
-        return f"wss://{self.public_host}/ws/stream/{key}"
+        return self.public_ws_url(f"/ws/stream/{key}")
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -263,6 +256,50 @@ class EmbeddedServer:
     def find_call(self, carrier_id: str) -> CallSession | None:
         key = self._carrier_ids.get(carrier_id, carrier_id)
         return self.sessions.get(key)
+
+    def call_by_key(self, key: str) -> CallSession | None:
+        return self.sessions.get(key)
+
+    async def place_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        agent: Agent,
+        first_message: str = "",
+        machine_detection: bool = True,
+        on_machine_detection: AmdCallback | None = None,
+        voicemail_message: str = "",
+        ring_timeout: int | None = 25,
+    ) -> CallSession:
+        """Dial `to` through the carrier; the session exists (and is recorded) from the start,
+        and ends as "failed" if the carrier refuses or cannot be reached."""
+        session, token = self.new_outbound_call(
+            to=to,
+            from_=from_,
+            agent=agent,
+            first_message=first_message,
+            voicemail_message=voicemail_message,
+            on_machine_detection=on_machine_detection,
+            ring_timeout=ring_timeout,
+        )
+        key = session.key
+        request = DialRequest(to, from_, machine_detection or bool(voicemail_message), ring_timeout)
+        try:
+            dialed = await self.carrier.dial(session, token, request)
+            if not dialed.call_id:
+                raise CallError(f"{self.carrier.name} accepted the call but returned no call id")
+        except BaseException:
+            session.end_soon("failed")
+            raise
+        if session.call_id == key:  # not yet learned from a webhook that beat the answer
+            session.info.call_id = dialed.call_id
+        self.bind_carrier_id(dialed.call_id, key)
+        if dialed.status:
+            session.event("dialing", carrier_status=dialed.status)
+        else:
+            session.event("dialing")
+        return session
 
     def _expire(self, key: str) -> None:
         """A call whose media never arrived still ends, and still gets its record."""

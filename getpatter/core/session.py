@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from getpatter.core.audio import AudioFrame
-from getpatter.core.engine import EngineCall, InboundAudio
+from getpatter.core.engine import EngineCall, HearsCaller, ReportsTurns
+from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
 
@@ -42,7 +43,8 @@ class CallCallbacks:
 
 
 class CallControl(Protocol):
-    """Carrier-side commands a call can issue (the carrier's REST API)."""
+    """Carrier-side commands a call can issue (the carrier's REST API): the part of the
+    carrier contract (`Carrier`, core/carrier.py) a call uses."""
 
     async def hangup(self, call: CallSession) -> None: ...
     async def transfer(self, call: CallSession, to: str) -> None: ...
@@ -249,10 +251,12 @@ class CallSession:
         """One VAD over the caller's audio, when someone needs it: the turn metrics of an
         engine that doesn't time its own turns, and an engine that wants to know when the
         caller starts or stops talking (`on_caller_speech(kind, at)`, e.g. for barge-in).
-        Engines with their own VAD (the pipeline) declare `reports_turns` and get none."""
-        if not getattr(engine, "reports_turns", False):
+        Engines with their own VAD (the pipeline) declare `reports_turns` and get none.
+        Both capabilities are declared in `core/engine.py`."""
+        if not (isinstance(engine, ReportsTurns) and engine.reports_turns):
             self._turns = UtteranceTurns("realtime", self.complete_turn)
-        self._on_caller_speech = getattr(engine, "on_caller_speech", None)
+        if isinstance(engine, HearsCaller):
+            self._on_caller_speech = engine.on_caller_speech
         if self._turns is not None or self._on_caller_speech is not None:
             from getpatter.core.vad import VAD
 

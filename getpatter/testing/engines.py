@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from getpatter.core.audio import AudioFrame
-from getpatter.core.engine import InboundAudio
+from getpatter.core.media import InboundAudio
 from getpatter.core.vad import VAD
 
 if TYPE_CHECKING:

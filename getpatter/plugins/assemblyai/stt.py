@@ -21,9 +21,10 @@ that copy is the final if it arrives within `format_wait_s`, else the unformatte
 
 Failures: a refused key, balance or session limit (close 1008, 3009, 40xx) raises
 PatterConnectionError; a protocol error of ours (3006, 3007) raises ProviderError. Any other
-drop is reconnected once, as a new AssemblyAI session; the turn in flight is lost (its audio
-cannot be replayed: AssemblyAI refuses audio faster than real time), the audio of the outage
-(up to `OUTAGE_MAX_S`) is sent on. A second drop within `FLAP_S` fails the stream.
+drop is reconnected as a new AssemblyAI session by `ReconnectingSTTStream` (core/stt_stream.py),
+which also gives up on a socket that drops again at once. Only the last `REPLAY_MAX_S` of
+unfinalized audio is sent again (the outage's, mostly): AssemblyAI refuses audio faster than
+real time, so a longer turn in flight is lost.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import aiohttp
 
 from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
+from getpatter.core.stt_stream import Dropped, ReconnectingSTTStream
 from getpatter.errors import PatterConnectionError, ProviderError
 
 from .options import (
@@ -55,8 +57,7 @@ __all__ = ["DEFAULT_BASE_URL", "AssemblyAIOptions", "AssemblyAISTT", "AssemblyAI
 log = logging.getLogger(__name__)
 
 API_VERSION: Final = "2025-05-12"  # the AssemblyAI-Version header the SDK sends
-OUTAGE_MAX_S: Final = 1.0  # audio kept while reconnecting (more would exceed real time)
-FLAP_S: Final = 10.0
+REPLAY_MAX_S: Final = 1.0  # audio replayed after a drop (more would exceed real time)
 #: Close codes that a retry cannot fix: the key, the balance, the session limits.
 REFUSED: Final = frozenset({1008, 3009, 4001, 4002, 4003, 4102})
 #: Close codes that say our request is wrong.
@@ -136,118 +137,41 @@ class AssemblyAISTT:
         return text.replace(key, "***") if key else text
 
 
-class AssemblyAISTTStream:
-    """One call's AssemblyAI session: chunked audio in, turns out, reconnected once."""
+class AssemblyAISTTStream(ReconnectingSTTStream):
+    """One call's AssemblyAI session: chunked audio in, turns out (policy: the base class)."""
+
+    provider = "AssemblyAI"
 
     def __init__(self, stt: AssemblyAISTT, language: str) -> None:
         o = self._opts = stt.options
+        width = 1 if o.encoding == "pcm_mulaw" else 2
+        super().__init__(
+            bytes_per_s=o.sample_rate * width,
+            sample_width=width,
+            close_timeout=o.close_timeout,
+            replay_max_s=REPLAY_MAX_S,
+        )
         self._stt = stt
         self._model = o.speech_model or (
             ENGLISH if language.lower().startswith("en") else MULTILINGUAL
         )
-        self._width = 1 if o.encoding == "pcm_mulaw" else 2
-        self._per_s = o.sample_rate * self._width  # bytes per second of audio
         self._min = self._bytes(MIN_CHUNK_MS / 1000, math.ceil)
         self._chunk = max(self._min, self._bytes(o.chunk_ms / 1000, math.ceil))
         self._max = self._bytes(MAX_CHUNK_MS / 1000, math.floor)
-        self._outage_max = self._bytes(OUTAGE_MAX_S, math.floor)
         self._silence = b"\xff" if o.encoding == "pcm_mulaw" else b"\x00"
-        self._pending = bytearray()  # audio not yet sent (less than a chunk, or an outage)
-        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._lock = asyncio.Lock()
+        self._pending = bytearray()  # audio not yet sent: less than a chunk
+        self._sent = 0  # bytes this session has been sent, padding included
+        self._pads: list[tuple[int, int]] = []  # (where, how many bytes) of padding, this session
         self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._sent = 0  # bytes sent in this session
-        self._base_s = 0.0  # stream time of this session's start
         self._awaiting: tuple[int, Transcript, asyncio.TimerHandle] | None = None
         self._done: set[int] = set()  # turn orders whose final went out, in this session
-        self._force_on_reconnect = False
-        self._closing = False
-        self._error: BaseException | None = None
-        self._loop = asyncio.get_running_loop()
-        self._connected_at = 0.0
-        self._runner: asyncio.Task[None] | None = None
-        self.reconnects = 0
         self.session_id: str | None = None
         self.termination: dict[str, Any] | None = None
 
     def _bytes(self, seconds: float, rounding: Any) -> int:
         return int(rounding(seconds * self._opts.sample_rate)) * self._width
 
-    # --- the STTStream protocol ----------------------------------------------------------
-
-    async def send(self, audio: bytes) -> None:
-        self._check()
-        if not audio or self._closing:
-            return
-        async with self._lock:
-            self._pending += audio
-            if self._ws is None:  # reconnecting: keep only the latest OUTAGE_MAX_S
-                excess = len(self._pending) - self._outage_max
-                if excess > 0:
-                    del self._pending[: excess + (-excess) % self._width]
-            elif len(self._pending) >= self._chunk:
-                await self._flush(pad=False)
-
-    async def finalize(self) -> None:
-        self._check()
-        if self._closing:
-            return
-        async with self._lock:
-            if self._ws is None:
-                self._force_on_reconnect = True
-                return
-            await self._flush(pad=True)
-            await self._send_json({"type": "ForceEndpoint"})
-
-    def transcripts(self) -> AsyncIterator[Transcript]:
-        return self._transcripts()
-
-    async def _transcripts(self) -> AsyncIterator[Transcript]:
-        while (transcript := await self._queue.get()) is not None:
-            yield transcript
-        if self._error is not None:
-            raise self._error
-
-    async def aclose(self) -> None:
-        """Terminate, then wait (up to `close_timeout`) for the last turns, Termination and
-        AssemblyAI's close; the socket and HTTP session are closed whatever happens."""
-        if self._closing:
-            return
-        self._closing = True
-        runner = self._runner
-        if runner is not None and not runner.done() and self._ws is not None:
-            try:
-                async with asyncio.timeout(self._opts.close_timeout):
-                    async with self._lock:
-                        await self._send_json({"type": "Terminate"})
-                    await asyncio.shield(runner)
-            except TimeoutError:
-                log.info("AssemblyAI did not end the session within %ss", self._opts.close_timeout)
-            except Exception:
-                pass  # the runner's failure is already recorded
-        if runner is not None:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-        self._flush_awaiting()
-        await self._discard()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-        self._queue.put_nowait(None)
-
-    # --- connection ----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession()
-        try:
-            self._ws = await self._connect()
-        except BaseException:
-            await self._http.close()
-            self._http = None
-            raise
-        self._connected_at = self._loop.time()
-        self._runner = self._loop.create_task(self._run(), name="assemblyai-stt")
+    # --- the socket ----------------------------------------------------------------------
 
     def _params(self) -> dict[str, str]:
         o = self._opts
@@ -267,9 +191,14 @@ class AssemblyAISTTStream:
             params["keyterms_prompt"] = json.dumps(list(o.keyterms))
         return params
 
-    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
         """Open a socket and wait for `Begin`; map every refusal to our errors."""
-        assert self._http is not None
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        self._pending.clear()
+        self._sent = 0
+        self._pads.clear()
+        self._done.clear()
         url = f"{self._opts.base_url}/v3/ws"
         headers = {"Authorization": self._stt._key.reveal(), "AssemblyAI-Version": API_VERSION}
         ws: aiohttp.ClientWebSocketResponse | None = None
@@ -282,7 +211,7 @@ class AssemblyAISTTStream:
                     heartbeat=20.0,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._opts.close_timeout),
                 )
-                code, text = await self._read(ws, until_begin=True)
+                code, text = await self._receive(ws, until_begin=True)
         except BaseException as exc:
             if ws is not None:
                 await ws.close()
@@ -303,6 +232,13 @@ class AssemblyAISTTStream:
             await ws.close()
             raise self._close_error(code, text)
         return ws
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except BaseException:
+            await self._after_close()
+            raise
 
     def _http_error(self, status: int) -> Exception:
         if status in (401, 403):
@@ -326,34 +262,12 @@ class AssemblyAISTTStream:
             return ProviderError(f"AssemblyAI ended the session ({code}: {text})")
         return PatterConnectionError(f"AssemblyAI closed the session ({code}: {text})")
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                assert self._ws is not None
-                code, text = await self._read(self._ws)
-                if self._closing:
-                    return
-                await self._discard()
-                self._flush_awaiting()
-                if code in REFUSED or code in BROKEN:
-                    raise self._close_error(code or 0, text)
-                if self.reconnects and self._loop.time() - self._connected_at < FLAP_S:
-                    raise PatterConnectionError(
-                        f"AssemblyAI dropped the session again right after a reconnect "
-                        f"({code}: {text})"
-                    )
-                log.warning("AssemblyAI dropped the session (%s: %s); reconnecting", code, text)
-                await self._reconnect()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._error = exc
-            log.error("AssemblyAI stream failed: %s", exc)
-        finally:
-            self._flush_awaiting()
-            self._queue.put_nowait(None)
+    async def _read(self, socket: aiohttp.ClientWebSocketResponse) -> Dropped:
+        code, text = await self._receive(socket)
+        fatal = self._close_error(code or 0, text) if code in REFUSED or code in BROKEN else None
+        return Dropped(f"{code}: {text}", fatal)
 
-    async def _read(
+    async def _receive(
         self, ws: aiohttp.ClientWebSocketResponse, until_begin: bool = False
     ) -> tuple[int | None, str]:
         """Handle messages until the socket closes (or, with `until_begin`, `Begin` comes);
@@ -362,6 +276,7 @@ class AssemblyAISTTStream:
         while True:
             msg = await ws.receive()
             if msg.type == aiohttp.WSMsgType.TEXT:
+                self._heard()
                 try:
                     message = json.loads(msg.data)
                 except ValueError:
@@ -391,35 +306,42 @@ class AssemblyAISTTStream:
                 reason = msg.extra if isinstance(msg.extra, str) else ""
                 return code if code is not None else 1006, error or self._stt._scrub(reason)
 
-    async def _reconnect(self) -> None:
-        self.reconnects += 1
-        ws = await self._connect()
-        async with self._lock:
-            self._base_s += self._sent / self._per_s  # a new session's times start at 0
-            self._sent = 0
-            self._done.clear()
-            self._ws = ws
-            self._connected_at = self._loop.time()
-            if self._closing:
-                return
-            await self._flush(pad=self._force_on_reconnect)
-            if self._force_on_reconnect:
-                self._force_on_reconnect = False
-                await self._send_json({"type": "ForceEndpoint"})
+    async def _close_socket(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async with asyncio.timeout(self._opts.close_timeout):
+                await socket.close()
+        except Exception as exc:
+            log.debug("closing an AssemblyAI socket: %r", exc)
 
-    async def _discard(self) -> None:
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            try:
-                async with asyncio.timeout(self._opts.close_timeout):
-                    await ws.close()
-            except Exception as exc:
-                log.debug("closing an AssemblyAI socket: %r", exc)
+    def _socket_lost(self) -> None:
+        self._flush_awaiting()
 
-    async def _flush(self, pad: bool) -> None:
+    async def _after_close(self) -> None:
+        self._flush_awaiting()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # --- writing: legal chunks -----------------------------------------------------------
+
+    async def _send_audio(self, socket: aiohttp.ClientWebSocketResponse, audio: bytes) -> None:
+        self._pending += audio
+        if len(self._pending) >= self._chunk:
+            await self._flush(socket, pad=False)
+
+    async def _send_finalize(self, socket: aiohttp.ClientWebSocketResponse) -> bool:
+        await self._flush(socket, pad=True)
+        await socket.send_str(json.dumps({"type": "ForceEndpoint"}))
+        return True
+
+    async def _send_close(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        await socket.send_str(json.dumps({"type": "Terminate"}))
+
+    async def _flush(self, socket: aiohttp.ClientWebSocketResponse, pad: bool) -> None:
         """Send the pending audio in legal chunks (50–1000 ms); with `pad`, all of it."""
         buf = self._pending
         if pad and 0 < len(buf) < self._min:
+            self._pads.append((self._sent + len(buf), self._min - len(buf)))
             buf += self._silence * (self._min - len(buf))
         while len(buf) >= self._min:
             n = len(buf)
@@ -427,30 +349,8 @@ class AssemblyAISTTStream:
                 n = self._max if n - self._max >= self._min else n - self._min
             chunk = bytes(buf[:n])
             del buf[:n]
-            await self._send_bytes(chunk)
-
-    async def _send_bytes(self, chunk: bytes) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            await ws.send_bytes(chunk)
-            self._sent += len(chunk)
-        except Exception as exc:  # the reader sees the close
-            log.debug("AssemblyAI write failed: %r", exc)
-
-    async def _send_json(self, message: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            await ws.send_str(json.dumps(message))
-        except Exception as exc:
-            log.debug("AssemblyAI write failed: %r", exc)
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
+            await socket.send_bytes(chunk)
+            self._sent += n
 
     # --- turns ---------------------------------------------------------------------------
 
@@ -471,8 +371,8 @@ class AssemblyAISTTStream:
             final,
             final,
             sum(scores) / len(scores) if scores else None,
-            self._base_s + times[0]["start"] / 1000 if times else None,
-            self._base_s + times[-1]["end"] / 1000 if times else None,
+            self._stream_time(times[0]["start"] / 1000) if times else None,
+            self._stream_time(times[-1]["end"] / 1000) if times else None,
         )
 
     def _on_turn(self, message: dict[str, Any]) -> None:
@@ -484,11 +384,17 @@ class AssemblyAISTTStream:
         if not message.get("end_of_turn"):
             shown = " ".join(str(w.get("text", "")) for w in words if isinstance(w, dict))
             if shown.strip() or text:
-                self._queue.put_nowait(self._transcript(shown.strip() or text, words, False))
+                self._emit(self._transcript(shown.strip() or text, words, False))
             return
+        self._finalized()
         if order in self._done:
             return  # a late formatted copy of a turn already given out
         transcript = self._transcript(text, words, True)
+        ends = [w["end"] for w in words if isinstance(w, dict) and isinstance(w.get("end"), int)]
+        if ends:  # AssemblyAI's clock counts our padding too
+            end = max(ends) * self._bytes_per_s // 1000
+            padding = sum(n for at, n in self._pads if at < end)
+            self._final_until((end - padding) / self._bytes_per_s)
         if message.get("turn_is_formatted") or not self._opts.format_turns:
             if self._awaiting is not None and self._awaiting[0] == order:
                 self._awaiting[2].cancel()
@@ -511,4 +417,4 @@ class AssemblyAISTTStream:
     def _final(self, order: int, transcript: Transcript) -> None:
         self._done.add(order)
         if transcript.text:
-            self._queue.put_nowait(transcript)
+            self._emit(transcript)

@@ -20,9 +20,8 @@ Transcripts: every `Results` message with text becomes a `Transcript`; ``is_fina
 endpointing. `UtteranceEnd` becomes an empty final with ``speech_final=True``: the utterance is
 over and nothing more is coming for it. Times are seconds of audio sent in this stream.
 
-A dropped socket is reopened once, and the audio Deepgram had not finalized yet is sent again,
-so an utterance cut by the drop is still transcribed whole; if the new socket drops within
-`FLAP_S` too, the stream fails (`transcripts()` raises).
+Reconnecting, replaying the audio Deepgram had not finalized yet, keep-alives and giving up
+are `ReconnectingSTTStream`'s (core/stt_stream.py); this module speaks Deepgram's messages.
 """
 
 from __future__ import annotations
@@ -32,11 +31,12 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
+from getpatter.core.stt_stream import Dropped, ReconnectingSTTStream
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 from .options import DEFAULT_BASE_URL, DeepgramOptions, _terms
@@ -46,8 +46,6 @@ __all__ = ["DEFAULT_BASE_URL", "DeepgramOptions", "DeepgramSTT", "DeepgramSTTStr
 log = logging.getLogger(__name__)
 
 RATE: Final = 8000  # μ-law at 8 kHz: one byte per sample, so bytes == samples
-REPLAY_MAX: Final = 30 * RATE  # unfinalized audio kept for a reconnect (30 s)
-FLAP_S: Final = 10.0  # a socket that drops again this soon after a reconnect is given up on
 DISCARD_TIMEOUT: Final = 1.0
 
 
@@ -151,98 +149,26 @@ def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-class DeepgramSTTStream:
-    """One call's Deepgram socket: audio in, transcripts out, reconnected once if dropped."""
+class DeepgramSTTStream(ReconnectingSTTStream):
+    """One call's Deepgram socket: audio in, transcripts out (policy: the base class)."""
+
+    provider = "Deepgram"
 
     def __init__(self, stt: DeepgramSTT, client: Any, language: str) -> None:
+        o = stt.options
+        super().__init__(
+            bytes_per_s=RATE,
+            sample_width=1,
+            close_timeout=o.close_timeout,
+            keepalive_s=o.keepalive_s,
+        )
         self._stt = stt
-        self._opts = stt.options
+        self._opts = o
         self._client = client
         self._language = language
-        self._queue: asyncio.Queue[Transcript | None] = asyncio.Queue()
-        self._lock = asyncio.Lock()  # one writer at a time, and the replay goes first
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._socket: Any = None  # the SDK's AsyncV1SocketClient, None while reconnecting
-        self._replay = bytearray()  # audio sent (or meant to be) that no final covers yet
-        self._replay_at = 0  # position of _replay[0] on this socket, in bytes
-        self._base_s = 0.0  # stream time of this socket's position 0
-        self._finalize_pending = False
-        self._closing = False
-        self._error: BaseException | None = None
-        self._loop = asyncio.get_running_loop()
-        self._last_write = self._loop.time()
-        self._connected_at = 0.0
-        self._runner: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
-        self.reconnects = 0
         self.metadata: dict[str, Any] | None = None  # Deepgram's Metadata, after aclose()
 
-    # --- the STTStream protocol ----------------------------------------------------------
-
-    async def send(self, audio: bytes) -> None:
-        self._check()
-        if not audio or self._closing:
-            return
-        async with self._lock:
-            self._replay += audio
-            if len(self._replay) > REPLAY_MAX:
-                cut = len(self._replay) - REPLAY_MAX
-                del self._replay[:cut]
-                self._replay_at += cut
-            if self._socket is not None:  # else: replayed once the new socket is up
-                await self._write(self._socket.send_media, bytes(audio))
-
-    async def finalize(self) -> None:
-        self._check()
-        if self._closing:
-            return
-        async with self._lock:
-            self._finalize_pending = True
-            if self._socket is not None:
-                await self._write(self._socket.send_finalize)
-
-    def transcripts(self) -> AsyncIterator[Transcript]:
-        return self._transcripts()
-
-    async def _transcripts(self) -> AsyncIterator[Transcript]:
-        while (transcript := await self._queue.get()) is not None:
-            yield transcript
-        if self._error is not None:
-            raise self._error
-
-    async def aclose(self) -> None:
-        """CloseStream, then wait (up to `close_timeout`) for the last results, Metadata and
-        Deepgram's close; the socket is closed whatever happens."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        runner = self._runner
-        if runner is not None and not runner.done() and self._socket is not None:
-            try:
-                async with asyncio.timeout(self._opts.close_timeout):
-                    async with self._lock:
-                        await self._write(self._socket.send_close_stream)
-                    await asyncio.shield(runner)
-            except TimeoutError:
-                log.info("Deepgram did not close the stream within %ss", self._opts.close_timeout)
-            except Exception:
-                pass  # the runner's failure is already recorded
-        tasks = [t for t in (runner, self._keepalive) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._discard()
-        self._queue.put_nowait(None)
-
-    # --- connection ----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._stack, self._socket = await self._connect()
-        self._connected_at = self._last_write = self._loop.time()
-        self._runner = self._loop.create_task(self._run(), name="deepgram-stt")
-        self._keepalive = self._loop.create_task(self._keep_alive(), name="deepgram-keepalive")
+    # --- the socket ----------------------------------------------------------------------
 
     def _params(self) -> dict[str, Any]:
         o = self._opts
@@ -264,7 +190,7 @@ class DeepgramSTTStream:
             params["keyterm"] = list(o.keyterms)
         return params
 
-    async def _connect(self) -> tuple[contextlib.AsyncExitStack, Any]:
+    async def _open(self) -> tuple[contextlib.AsyncExitStack, Any]:
         stack = contextlib.AsyncExitStack()
         try:
             async with asyncio.timeout(self._opts.connect_timeout):
@@ -310,96 +236,44 @@ class DeepgramSTTStream:
         detail = self._stt._scrub(f"{type(exc).__name__}: {exc}")
         return PatterConnectionError(f"could not reach Deepgram at {url}: {detail}")
 
-    async def _write(self, send: Any, *args: Any) -> None:
-        """One write on the socket; a failure is left to the reader, which sees the close."""
-        try:
-            await send(*args)
-        except Exception as exc:
-            log.debug("Deepgram write failed: %r", exc)
-        self._last_write = self._loop.time()
+    async def _send_audio(self, socket: tuple[Any, Any], audio: bytes) -> None:
+        await socket[1].send_media(audio)
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                closed = await self._read(self._socket)
-                if self._closing:
-                    return
-                await self._discard()
-                if self.reconnects and self._loop.time() - self._connected_at < FLAP_S:
-                    raise PatterConnectionError(
-                        f"Deepgram dropped the stream again right after a reconnect ({closed})"
-                    )
-                log.warning("Deepgram dropped the stream (%s); reconnecting", closed)
-                await self._reconnect()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._error = exc
-            log.error("Deepgram stream failed: %s", exc)
-        finally:
-            self._queue.put_nowait(None)
+    async def _send_finalize(self, socket: tuple[Any, Any]) -> bool:
+        await socket[1].send_finalize()
+        return True
 
-    async def _read(self, socket: Any) -> str:
-        """Handle messages until the socket closes; return how it closed."""
+    async def _send_keepalive(self, socket: tuple[Any, Any]) -> None:
+        await socket[1].send_keep_alive()
+
+    async def _send_close(self, socket: tuple[Any, Any]) -> None:
+        await socket[1].send_close_stream()
+
+    async def _close_socket(self, socket: tuple[Any, Any]) -> None:
+        """Bounded: the SDK gives websockets no close timeout."""
+        stack, ws = socket
+        try:
+            async with asyncio.timeout(DISCARD_TIMEOUT):
+                await stack.aclose()
+        except Exception as exc:
+            log.debug("closing a Deepgram socket: %r", exc)
+            transport = getattr(getattr(ws, "_websocket", None), "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    async def _read(self, socket: tuple[Any, Any]) -> Dropped:
         while True:
             try:
-                message = await socket.recv()
+                message = await socket[1].recv()
             except ValueError:  # not JSON: skip it, as the SDK's own iterator does
                 log.warning("Deepgram sent a message that is not JSON")
                 continue
             except Exception as exc:  # closed, by Deepgram or by the network
                 code = getattr(exc, "code", None)
                 reason = self._stt._scrub(str(getattr(exc, "reason", "") or ""))
-                return f"code {code}: {reason}" if code is not None else repr(exc)
+                return Dropped(f"code {code}: {reason}" if code is not None else repr(exc))
+            self._heard()
             self._handle(message)
-
-    async def _reconnect(self) -> None:
-        self.reconnects += 1
-        stack, socket = await self._connect()
-        async with self._lock:
-            if self._closing:
-                self._stack, self._socket = stack, socket
-                return
-            # The replay becomes the start of the new socket's audio.
-            self._base_s += self._replay_at / RATE
-            self._replay_at = 0
-            self._stack, self._socket = stack, socket
-            self._connected_at = self._loop.time()
-            for i in range(0, len(self._replay), RATE):
-                await self._write(socket.send_media, bytes(self._replay[i : i + RATE]))
-            if self._finalize_pending:
-                await self._write(socket.send_finalize)
-
-    async def _discard(self) -> None:
-        """Close the current socket (bounded: the SDK gives websockets no close timeout)."""
-        stack, socket = self._stack, self._socket
-        self._stack = self._socket = None
-        if stack is None:
-            return
-        try:
-            async with asyncio.timeout(DISCARD_TIMEOUT):
-                await stack.aclose()
-        except Exception as exc:
-            log.debug("closing a Deepgram socket: %r", exc)
-            transport = getattr(getattr(socket, "_websocket", None), "transport", None)
-            if transport is not None:
-                transport.abort()
-
-    async def _keep_alive(self) -> None:
-        every = self._opts.keepalive_s
-        while True:
-            await asyncio.sleep(max(0.05, self._last_write + every - self._loop.time()))
-            if self._loop.time() - self._last_write < every:
-                continue
-            async with self._lock:
-                if self._socket is not None and not self._closing:
-                    await self._write(self._socket.send_keep_alive)
-                else:
-                    self._last_write = self._loop.time()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
 
     # --- messages ------------------------------------------------------------------------
 
@@ -409,8 +283,8 @@ class DeepgramSTTStream:
             self._on_results(message)
         elif kind == "UtteranceEnd":
             end = _get(message, "last_word_end")
-            at = self._base_s + float(end) if isinstance(end, int | float) else None
-            self._queue.put_nowait(Transcript("", True, True, end=at))
+            at = self._stream_time(float(end)) if isinstance(end, int | float) else None
+            self._emit(Transcript("", True, True, end=at))
         elif kind == "Metadata":
             self.metadata = message if isinstance(message, dict) else message.dict()
         elif kind == "Error":
@@ -427,23 +301,20 @@ class DeepgramSTTStream:
         is_final = bool(_get(message, "is_final")) or from_finalize
         start = float(_get(message, "start") or 0.0)
         end = start + float(_get(message, "duration") or 0.0)
-        if is_final:
-            # Deepgram will not revise audio up to `end`: no need to replay it after a drop.
-            cut = min(len(self._replay), max(0, round(end * RATE) - self._replay_at))
-            del self._replay[:cut]
-            self._replay_at += cut
+        if is_final:  # Deepgram will not revise audio up to `end`: no need to replay it
+            self._final_until(end)
         if from_finalize:
-            self._finalize_pending = False
+            self._finalized()
         if not text:
             return
         confidence = _get(best, "confidence")
-        self._queue.put_nowait(
+        self._emit(
             Transcript(
                 text,
                 is_final,
                 bool(_get(message, "speech_final")),
                 float(confidence) if isinstance(confidence, int | float) else None,
-                self._base_s + start,
-                self._base_s + end,
+                self._stream_time(start),
+                self._stream_time(end),
             )
         )

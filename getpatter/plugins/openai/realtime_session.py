@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from getpatter.core.engine import InboundAudio
+from getpatter.core.media import InboundAudio
 from getpatter.core.tools import ToolOutcome, run_tool, tool_schemas
 from getpatter.errors import PatterConnectionError, ProviderError
 from getpatter.plugins.openai.realtime_link import RealtimeLink

@@ -6,8 +6,8 @@ mid-call is swallowed in the SDK's receive task (logged; no event, no exception)
 utterance could only be noticed at the next `send_audio`, after its final was already lost;
 the handshake status (401 vs 5xx) survives only as the text of a wrapped exception; and
 `stop_session()` waits for EndOfTranscript without a bound. Speaking the documented protocol
-(protocols.md §7) directly costs ~150 lines and gives all three, on the aiohttp the rest of
-getpatter already uses.
+(protocols.md §7) directly gives all three, on the aiohttp the rest of getpatter already uses;
+reconnecting and replaying the utterance are `ReconnectingSTTStream`'s (core/stt_stream.py).
 
 Turn-taking: the pipeline streams audio only while its VAD hears the caller, so the server's
 own silence trigger rarely sees silence; `finalize()` sends `ForceEndOfUtterance`, which makes
@@ -22,8 +22,7 @@ import json
 import logging
 import math
 import re
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ import aiohttp
 
 from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
+from getpatter.core.stt_stream import Dropped, ReconnectingSTTStream
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
 __all__ = ["SPEECHMATICS_WS_URL", "SpeechmaticsOptions", "SpeechmaticsSTT", "SpeechmaticsSTTStream"]
@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 SPEECHMATICS_WS_URL: Final = "wss://eu2.rt.speechmatics.com/v2"
 _REFUSALS: Final = {"not_authorised", "insufficient_funds", "not_allowed", "quota_exceeded"}
 _CONFIG_ERRORS: Final = {"invalid_model", "invalid_config", "invalid_audio_type", "invalid_message"}
-_REPLAY_BYTES: Final = 30 * 8000  # the current utterance, kept for a reconnect: 30 s of μ-law
-_MAX_RECONNECTS: Final = 3  # within _RECONNECT_WINDOW: a server that keeps dropping us is down
-_RECONNECT_WINDOW: Final = 60.0  # seconds
 _NO_SPACE_BEFORE = re.compile(r"\s+([.,?!;:])")
 
 
@@ -149,34 +146,22 @@ class SpeechmaticsSTT:
         return stream
 
 
-class SpeechmaticsSTTStream:
-    """One call's recognition session. A dropped socket is reconnected once (per drop; a
-    server that drops us three times in a minute is given up on) and the current utterance's
-    audio is sent again, so its transcript is not lost."""
+class SpeechmaticsSTTStream(ReconnectingSTTStream):
+    """One call's recognition session (reconnecting and replaying: the base class)."""
+
+    provider = "Speechmatics"
 
     def __init__(self, options: SpeechmaticsOptions, key: Secret, language: str) -> None:
+        super().__init__(bytes_per_s=8000, sample_width=1, close_timeout=options.close_timeout)
         self.options = options
         self._key = key
         self.language = _language(language)
         self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[Transcript | PatterError | None] = asyncio.Queue()
-        self._ready = asyncio.Event()  # set while a session accepts audio
-        self._end_of_transcript = asyncio.Event()
-        self._closing = self._failed = False
         self._frames = 0  # audio frames sent in this session: EndOfStream's last_seq_no
         self._session_bytes = 0
-        self._offset = 0.0  # stream seconds at this session's zero
-        self._replay: deque[bytes] = deque()
-        self._replay_bytes = 0
-        self._replay_trimmed = False
         self._since_force = 0  # bytes sent since the last ForceEndOfUtterance
-        self._force_pending = False
         self._finals: list[tuple[str, float | None, float, float]] = []
         self.acked = 0  # the last AudioAdded seq_no of this session
-        self.reconnects = 0
-        self._reconnected_at: deque[float] = deque(maxlen=_MAX_RECONNECTS)
         self.session_ids: list[str] = []
 
     # --- sessions ------------------------------------------------------------------------
@@ -204,10 +189,13 @@ class SpeechmaticsSTTStream:
 
     async def start(self) -> None:
         """Connect and wait for RecognitionStarted: no audio may go before it."""
-        await self._connect()
-        self._ready.set()
+        try:
+            await super().start()
+        except BaseException:
+            await self._after_close()
+            raise
 
-    async def _connect(self) -> None:
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         url = self.options.ws_url
@@ -255,17 +243,16 @@ class SpeechmaticsSTTStream:
         except BaseException:
             await ws.close()
             raise
-        self._ws = ws
-        self._frames = self._session_bytes = self.acked = 0
-        self._end_of_transcript.clear()
-        self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+        self._frames = self._session_bytes = self._since_force = self.acked = 0
+        return ws
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        fatal = False
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> Dropped:
+        fatal: PatterError | None = None
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
+                self._heard()
                 try:
                     data = json.loads(msg.data)
                 except ValueError:
@@ -275,51 +262,46 @@ class SpeechmaticsSTTStream:
                     fatal = self._on_message(data) or fatal
         except (aiohttp.ClientError, ConnectionError) as exc:
             log.warning("Speechmatics: socket error: %r", exc)
-        if ws is not self._ws or self._closing or self._end_of_transcript.is_set() or fatal:
-            return
-        await self._recover(f"the socket closed (code {ws.close_code})")
+        return Dropped(f"the socket closed (code {ws.close_code})", fatal)
 
-    async def _recover(self, why: str) -> None:
-        """The session died mid-call: start a new one and send the utterance's audio again."""
-        self._ready.clear()
-        now = asyncio.get_running_loop().time()
-        recent = self._reconnected_at
-        if len(recent) == _MAX_RECONNECTS and now - recent[0] < _RECONNECT_WINDOW:
-            self._fail(PatterConnectionError(f"Speechmatics: {why}; gave up reconnecting"))
-            return
-        recent.append(now)
-        self.reconnects += 1
-        log.warning("Speechmatics: %s; reconnecting", why)
-        self._offset += (self._session_bytes - self._replay_bytes) / 8000
-        if not self._replay_trimmed:
-            self._finals.clear()  # the replay makes them again
-        try:
-            await self._connect()
-        except PatterError as exc:
-            self._fail(PatterConnectionError(f"Speechmatics: {why}; reconnecting failed: {exc}"))
-            return
-        if self._closing:
-            return
-        assert self._ws is not None
-        try:  # the utterance's audio goes first, then senders may continue
-            for chunk in list(self._replay):
-                await self._ws.send_bytes(chunk)
-                self._count(len(chunk))
-            if self._force_pending:
-                await self._ws.send_json(self._force_message())
-        except (ConnectionError, aiohttp.ClientError):
-            pass  # dropped again: this session's reader recovers (or gives up)
-        self._ready.set()
+    def _socket_lost(self) -> None:
+        replayed_from = self._replay_at / 8000
+        self._finals = [f for f in self._finals if f[2] < replayed_from]  # the replay redoes them
 
-    def _fail(self, error: PatterError) -> None:
-        self._failed = True
-        self._ready.set()  # release senders; they drop audio from now on
-        self._queue.put_nowait(error)
+    async def _close_socket(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.close()
+
+    async def _after_close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._flush_finals(speech_final=True)
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse, audio: bytes) -> None:
+        self._since_force += len(audio)
+        await ws.send_bytes(audio)
+        self._frames += 1
+        self._session_bytes += len(audio)
+
+    async def _send_finalize(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """ForceEndOfUtterance: the server sends this utterance's final now."""
+        if not self._since_force:
+            return False  # nothing new since the last one
+        self._since_force = 0
+        timestamp = round(self._session_bytes / 8000, 3)
+        await ws.send_json({"message": "ForceEndOfUtterance", "timestamp": timestamp})
+        return True
+
+    async def _send_close(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """EndOfStream: the server sends the last finals, EndOfTranscript, and closes."""
+        await ws.send_json({"message": "EndOfStream", "last_seq_no": self._frames})
 
     # --- server messages -----------------------------------------------------------------
 
-    def _on_message(self, data: dict[str, Any]) -> bool:
-        """Handle one message; True when the session is over for good (a fatal error)."""
+    def _on_message(self, data: dict[str, Any]) -> PatterError | None:
+        """Handle one message; an error when the session is over for good."""
         kind = data.get("message")
         if kind == "AudioAdded":
             self.acked = int(data.get("seq_no", self.acked))
@@ -336,26 +318,25 @@ class SpeechmaticsSTTStream:
             elif text or self._finals:
                 words = " ".join([*(f[0] for f in self._finals), text]).strip()
                 first = self._finals[0][2] if self._finals else start
-                self._queue.put_nowait(
-                    Transcript(words, False, start=self._offset + first, end=self._offset + end)
+                self._emit(
+                    Transcript(
+                        words, False, start=self._stream_time(first), end=self._stream_time(end)
+                    )
                 )
         elif kind == "EndOfUtterance":
             self._flush_finals(speech_final=True)
-            self._force_pending = False
-            self._replay.clear()
-            self._replay_bytes, self._replay_trimmed = 0, False
+            self._finalized()
+            self._final_until(None)
         elif kind == "EndOfTranscript":
             self._flush_finals(speech_final=True)
-            self._end_of_transcript.set()
         elif kind == "Error":
             error = self._server_error(data)
             if isinstance(error, PatterConnectionError) or data.get("type") in _CONFIG_ERRORS:
-                self._fail(error)
-                return True
+                return error
             log.warning("Speechmatics: %s; the session will be restarted", error)
         elif kind == "Warning":
             log.warning("Speechmatics warning (%s): %s", data.get("type"), data.get("reason"))
-        return False
+        return None
 
     def _flush_finals(self, *, speech_final: bool) -> None:
         if not self._finals:
@@ -365,9 +346,14 @@ class SpeechmaticsSTTStream:
         confidence = sum(scores) / len(scores) if scores else None
         start, end = self._finals[0][2], self._finals[-1][3]
         self._finals = []
-        self._queue.put_nowait(
+        self._emit(
             Transcript(
-                text, True, speech_final, confidence, self._offset + start, self._offset + end
+                text,
+                True,
+                speech_final,
+                confidence,
+                self._stream_time(start),
+                self._stream_time(end),
             )
         )
 
@@ -388,86 +374,6 @@ class SpeechmaticsSTTStream:
                 "SPEECHMATICS_API_KEY or SpeechmaticsSTT(api_key=...) and the account"
             )
         return ProviderError(f"Speechmatics error ({kind}): {reason}")
-
-    # --- the STT stream protocol ---------------------------------------------------------
-
-    def _count(self, nbytes: int) -> None:
-        self._frames += 1
-        self._session_bytes += nbytes
-
-    def _remember(self, audio: bytes) -> None:
-        self._replay.append(audio)
-        self._replay_bytes += len(audio)
-        while self._replay_bytes > _REPLAY_BYTES and len(self._replay) > 1:
-            self._replay_bytes -= len(self._replay.popleft())
-            self._replay_trimmed = True
-
-    async def send(self, audio: bytes) -> None:
-        if self._closing or not audio:
-            return
-        await self._ready.wait()
-        if self._failed or self._closing or self._ws is None:
-            return
-        self._remember(audio)
-        self._since_force += len(audio)
-        ws = self._ws
-        try:
-            await ws.send_bytes(audio)
-        except (ConnectionError, aiohttp.ClientError):
-            return  # the reader sees the drop and replays this utterance, this frame included
-        if ws is self._ws:
-            self._count(len(audio))
-
-    def _force_message(self) -> dict[str, Any]:
-        return {"message": "ForceEndOfUtterance", "timestamp": round(self._session_bytes / 8000, 3)}
-
-    async def finalize(self) -> None:
-        """ForceEndOfUtterance: the server sends this utterance's final now."""
-        if self._closing or not self._since_force:
-            return
-        await self._ready.wait()
-        if self._failed or self._closing or self._ws is None:
-            return
-        self._since_force, self._force_pending = 0, True
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
-            await self._ws.send_json(self._force_message())
-
-    async def transcripts(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, PatterError):
-                raise item
-            yield item
-
-    async def aclose(self) -> None:
-        """EndOfStream, then wait (bounded) for EndOfTranscript, so the last words arrive."""
-        if self._closing:
-            return
-        self._closing = True
-        ws = self._ws
-        if ws is not None and not ws.closed and self._ready.is_set() and not self._failed:
-            try:
-                await ws.send_json({"message": "EndOfStream", "last_seq_no": self._frames})
-                await asyncio.wait_for(self._end_of_transcript.wait(), self.options.close_timeout)
-            except (TimeoutError, ConnectionError, aiohttp.ClientError):
-                log.info("Speechmatics: no EndOfTranscript within %ss", self.options.close_timeout)
-        if ws is not None:
-            await ws.close()
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._http is not None:
-            await self._http.close()
-        self._flush_finals(speech_final=True)
-        self._ready.set()
-        self._queue.put_nowait(None)
-
-    @property
-    def closed(self) -> bool:
-        return self._closing
 
 
 # --- helpers ---------------------------------------------------------------------------------

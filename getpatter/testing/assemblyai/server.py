@@ -31,7 +31,10 @@ succeeds and a failure is reported inside the socket: an `Error` frame
   the session with 3006.
 - Every message goes out `latency` seconds after its cause, in order.
 
-Faults: `drop_connections()` kills every live socket at the TCP level. For assertions:
+Faults: `drop_connections()` kills every live socket at the TCP level. `stall` (read when a
+session opens): ``"no_final"`` sends partial Turns as usual but never an end of turn (not for
+silence, `ForceEndpoint` or `Terminate`); ``"silent"`` sends `Begin` and then nothing at all.
+Both still end the session on `Terminate` (``"no_final"`` with its `Termination`). For assertions:
 `sessions` (each with its query, headers, frame durations, messages, sent messages, close).
 """
 
@@ -45,7 +48,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -64,6 +67,7 @@ SPEECH_MODELS = {
 }
 ENCODINGS = {"pcm_s16le": 2, "pcm_mulaw": 1}  # bytes per sample
 _CLOSE = "close"
+Stall = Literal["no_final", "silent"] | None
 
 
 @dataclass
@@ -112,6 +116,7 @@ class FakeAssemblyAI(LoopbackServer):
         rate_slack: float = 2.0,
         temp_tokens: Sequence[str] = (),
         refuse: tuple[int, str] | None = None,
+        stall: Stall = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -126,6 +131,7 @@ class FakeAssemblyAI(LoopbackServer):
         self.rate_slack = rate_slack
         self.temp_tokens = set(temp_tokens)
         self.refuse = refuse
+        self.stall: Stall = stall
         self.sessions: list[AssemblyAISession] = []
         self.turns: list[str] = []
 
@@ -220,6 +226,8 @@ class _Run:
         self.turn_order = 0
         self.silence = 0.0
         self.ending = False
+        self.stall: Stall = fake.stall
+        self.began = False
         self.failing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -261,6 +269,9 @@ class _Run:
     # --- sending -------------------------------------------------------------------------
 
     def emit(self, message: Any, delay: float = 0.0) -> None:
+        if self.stall == "silent" and self.began and message != _CLOSE:
+            return
+        self.began = True  # Begin goes out whatever the stall
         self.outbox.put_nowait((self.loop.time() + self.fake.latency + delay, message))
 
     async def _write(self) -> None:
@@ -405,6 +416,8 @@ class _Run:
         )
 
     def _end_turn(self, confidence: float) -> None:
+        if self.stall is not None:
+            return  # the turn stays open: its end never comes
         turn, self.turn = self.turn, None
         if turn is None:
             return

@@ -32,6 +32,11 @@ The endpoint is ``GET /v1/listen`` (a WebSocket):
   it, in order. Without ``smart_format``/``punctuate`` the text is lowercased and unpunctuated.
 
 Faults: `drop_connections()` kills every live socket at the TCP level (no close frame).
+`stall` (read when a socket opens, so a test can stall the first socket only):
+``"no_final"`` sends interims (and SpeechStarted) as usual but never a final, whatever ends the
+utterance (endpointing, `Finalize`, `CloseStream`), as Deepgram has been seen to do on real
+lines; ``"silent"`` accepts audio and messages and sends nothing at all. Both still close on
+`CloseStream` (after `Metadata` with ``"no_final"``).
 For assertions: `connections` (each with its query, headers, received audio and messages, and
 sent messages), `rejected` (HTTP statuses of refused upgrades), `utterances` (texts given out).
 """
@@ -45,7 +50,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -75,6 +80,7 @@ ENCODINGS = {
 _DECODABLE = {"mulaw", "alaw", "linear16"}
 _MODEL_UUID = "1dbdfb4d-85b2-4659-9e5e-a2ac2a2e5a2b"
 _CLOSE = object()
+Stall = Literal["no_final", "silent"] | None
 
 
 @dataclass
@@ -129,6 +135,7 @@ class FakeDeepgram(LoopbackServer):
         confidence: float = 0.97,
         access_tokens: Sequence[str] = (),
         refuse_status: int | None = None,
+        stall: Stall = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -142,6 +149,7 @@ class FakeDeepgram(LoopbackServer):
         self.confidence = confidence
         self.access_tokens = set(access_tokens)
         self.refuse_status = refuse_status
+        self.stall: Stall = stall
         self.connections: list[DeepgramConnection] = []
         self.rejected: list[int] = []
         self.utterances: list[str] = []
@@ -226,6 +234,7 @@ class _Session:
         utterance_end = q.get("utterance_end_ms")
         self.utterance_end = float(utterance_end) / 1000 if utterance_end else None
         self.model = q.get("model", "base")
+        self.stall: Stall = fake.stall
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self.outbox: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
@@ -265,6 +274,8 @@ class _Session:
     # --- sending, in order, `latency` after the cause ------------------------------------
 
     def emit(self, message: Any) -> None:
+        if self.stall == "silent" and message is not _CLOSE:
+            return
         self.outbox.put_nowait((self.loop.time() + self.fake.latency, message))
 
     async def _write(self) -> None:
@@ -455,6 +466,8 @@ class _Session:
         self.emit(message)
 
     def _final(self, *, from_finalize: bool, speech_final: bool, always: bool = False) -> None:
+        if self.stall is not None:
+            return  # the utterance stays open: its final never comes
         utterance, self.utterance = self.utterance, None
         if utterance is None and not always:
             return

@@ -18,7 +18,11 @@ any client, so it checks a client rather than agreeing with it:
 - `quota_exceeded = True`: the session is refused after StartRecognition with
   `Error {type: quota_exceeded}` and close code 4005 (the docs' retryable quota error).
 
-Faults: `drop_connections()` kills every live socket at the TCP level.
+Faults: `drop_connections()` kills every live socket at the TCP level. `stall` (read when a
+session starts): ``"no_final"`` acknowledges audio and sends partials as usual but never an
+`AddTranscript` or `EndOfUtterance` (not for silence, `ForceEndOfUtterance` or `EndOfStream`);
+``"silent"`` sends `RecognitionStarted` and then nothing at all. Both still end the session on
+`EndOfStream` (``"no_final"`` with its `EndOfTranscript`).
 For assertions: `sessions` (one per connection, with everything it received), `rejected`.
 """
 
@@ -31,7 +35,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from aiohttp import WSMsgType, web
@@ -45,6 +49,7 @@ __all__ = ["FakeSpeechmatics", "SpeechmaticsSession"]
 
 _ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
 _CLOSE = object()  # on a session's outbox: close the socket (code 1000) after what precedes
+Stall = Literal["no_final", "silent"] | None
 
 
 @dataclass
@@ -60,6 +65,7 @@ class SpeechmaticsSession:
     received: list[dict[str, Any]] = field(default_factory=list)  # every JSON message
     sent: list[dict[str, Any]] = field(default_factory=list)  # every JSON message sent
     force_eou: list[dict[str, Any]] = field(default_factory=list)
+    stall: Stall = None
     end_of_stream: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
@@ -99,6 +105,7 @@ class FakeSpeechmatics(LoopbackServer):
         partial_every: float = 0.4,
         speech_rms: float = 300.0,
         split_finals: bool = False,
+        stall: Stall = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -110,6 +117,7 @@ class FakeSpeechmatics(LoopbackServer):
         self.partial_every = partial_every
         self.speech_rms = speech_rms
         self.split_finals = split_finals
+        self.stall: Stall = stall
         self.quota_exceeded = False
         self.sessions: list[SpeechmaticsSession] = []
         self.rejected: list[int] = []
@@ -156,7 +164,7 @@ class FakeSpeechmatics(LoopbackServer):
             return web.Response(status=401, text="401 Authorization Required")
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024, heartbeat=None)
         await ws.prepare(request)
-        session = SpeechmaticsSession(dict(request.headers), dict(request.query))
+        session = SpeechmaticsSession(dict(request.headers), dict(request.query), stall=self.stall)
         self.sessions.append(session)
         self._live[id(session)] = (session, request)
         outbox: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
@@ -264,7 +272,8 @@ class FakeSpeechmatics(LoopbackServer):
                 )
             if session.speech_start is not None:
                 self._end_utterance(session, outbox, forced=False)
-            self._queue(outbox, {"message": "EndOfTranscript"}, self.latency)
+            if session.stall != "silent":
+                self._queue(outbox, {"message": "EndOfTranscript"}, self.latency)
             self._queue(outbox, _CLOSE, self.latency)
             return True
         if kind in ("SetRecognitionConfig", "GetSpeakers"):
@@ -343,7 +352,8 @@ class FakeSpeechmatics(LoopbackServer):
             return await self._fail(session, outbox, "protocol_error", "Audio after EndOfStream")
         session.frames += 1
         session.audio.extend(data)
-        self._queue(outbox, {"message": "AudioAdded", "seq_no": session.frames})
+        if session.stall != "silent":
+            self._queue(outbox, {"message": "AudioAdded", "seq_no": session.frames})
         samples = self._decode(session, data)
         session.pending = np.concatenate([session.pending, samples])
         step = session.rate // 50  # 20 ms
@@ -388,6 +398,8 @@ class FakeSpeechmatics(LoopbackServer):
         return self.transcripts[0] if self.transcripts else self.default_transcript
 
     def _partial(self, session: SpeechmaticsSession, outbox: asyncio.Queue[Any]) -> None:
+        if session.stall == "silent":
+            return
         words = self._upcoming().split()
         text = " ".join(words[: min(session.partials, len(words))])
         assert session.speech_start is not None
@@ -399,6 +411,8 @@ class FakeSpeechmatics(LoopbackServer):
     def _end_utterance(
         self, session: SpeechmaticsSession, outbox: asyncio.Queue[Any], *, forced: bool
     ) -> None:
+        if session.stall is not None:
+            return  # the utterance stays open: its final never comes
         if session.speech_start is None:  # nothing heard since the last end of utterance
             at = session.audio_seconds
             if forced:

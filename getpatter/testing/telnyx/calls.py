@@ -1,4 +1,4 @@
-"""The call engine of the fake Telnyx: call lifecycles, media streams and signed webhooks.
+"""The call runner of the fake Telnyx: call lifecycles, media streams and signed webhooks.
 
 Choices where Telnyx's behaviour is not pinned down by its docs:
 - Webhooks are delivered one at a time per call, in order, unless `shuffle_webhooks` (random
@@ -37,22 +37,18 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-import yarl
 from nacl.signing import SigningKey
 
+from ..phone.audio import AudioInput, Callee, callee_audio
+from ..phone.network import HTTP_FAILURES, PhoneNetwork
 from .media import FakeCall, MediaStream
 from .util import (
     STREAM_TOKEN_HEADER,
-    AudioInput,
-    Callee,
     PhoneNumber,
     RestRequest,
     StreamParams,
     Webhook,
-    callee_audio,
     iso_now,
     new_api_key,
     new_call_control_id,
@@ -62,7 +58,6 @@ from .util import (
 )
 
 log = logging.getLogger("getpatter.testing.telnyx")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SIP_CAUSE = {
     "normal_clearing": "200",
     "user_busy": "486",
@@ -97,18 +92,19 @@ class _Ctl:
     finishing: bool = False
 
 
-class CallEngine:
-    """Everything a call does after it exists; FakeTelnyx adds the servers and the public API."""
+class CallRunner(PhoneNetwork):
+    """Everything a call does after it exists; FakeTelnyx adds the public API."""
+
+    user_agent = "telnyx-webhooks"
 
     def __init__(
         self, api_key: str | None, connection_id: str | None, host: str, port: int
     ) -> None:
+        super().__init__(host, port)
         self.api_key = api_key or new_api_key()
         self.connection_id = connection_id or new_connection_id()
         self.user_id = new_uuid()  # the account, as in the media `start` frame
         self.signing_key = SigningKey.generate()
-        self.host = host
-        self.port = port
         self.calls: dict[str, FakeCall] = {}  # by call_control_id
         self.numbers: dict[str, PhoneNumber] = {}  # by E.164
         self.requests: list[RestRequest] = []
@@ -124,11 +120,8 @@ class CallEngine:
         self.ring_timeout_s = 30.0
         self.speak_seconds_per_char = 0.02
         self.rng = random.Random()
-        self._callees: dict[str, Callee] = {}
-        self._routes: dict[str, str] = {}
         self._ctl: dict[str, _Ctl] = {}
         self._command_ids: dict[tuple[str, str], float] = {}
-        self._session: aiohttp.ClientSession | None = None
 
     @property
     def base_url(self) -> str:
@@ -151,7 +144,7 @@ class CallEngine:
         self, direction: str, from_: str, to: str, audio: AudioInput | None, webhook_url: str
     ) -> FakeCall:
         call = FakeCall(
-            engine=self,
+            runner=self,
             call_control_id=new_call_control_id(),
             call_leg_id=new_uuid(),
             call_session_id=new_uuid(),
@@ -363,7 +356,7 @@ class CallEngine:
             await asyncio.wait_for(
                 stream.connect(self._session, self._local(params.url), headers), 10.0
             )
-        except (aiohttp.ClientError, OSError, TimeoutError, LookupError, ValueError) as exc:
+        except HTTP_FAILURES as exc:
             call._error("stream_connect_failed", f"WebSocket to {params.url} failed: {exc}")
             self.emit(
                 call,
@@ -418,7 +411,7 @@ class CallEngine:
 
     async def run_transfer(self, call: FakeCall, to: str, from_: str, ring_s: float) -> None:
         """Ring the target; if it answers our leg ends, else its own leg's call.hangup."""
-        callee = self._callees.get(to, Callee())
+        callee = self.callee(to)
         if callee.answer in ("busy", "failed"):
             await asyncio.sleep(callee.answer_delay)
             cause, source = (
@@ -572,38 +565,9 @@ class CallEngine:
             time=loop_time,
         )
         self.webhooks.append(hook)
-        try:
-            assert self._session is not None
-            async with self._session.post(
-                yarl.URL(self._local(url), encoded=True),
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.webhook_timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                hook.status = resp.status
-                hook.response_body = await resp.text(errors="replace")
-        except (aiohttp.ClientError, OSError, TimeoutError, LookupError, ValueError) as exc:
-            hook.error = f"{type(exc).__name__}: {exc}"
+        reply = await self._request_app(
+            "POST", url, data=body, headers=headers, timeout_s=self.webhook_timeout_s
+        )
+        hook.status, hook.response_body, hook.error = reply.status, reply.body, reply.error
         call._notify()
         return hook
-
-    # --- routing ------------------------------------------------------------------------------
-
-    def _local(self, url: str) -> str:
-        """Where a public URL really goes (route table); LookupError if nowhere."""
-        parts = urlsplit(url)
-        target = self._routes.get(parts.netloc) or self._routes.get(parts.hostname or "")
-        if target is None:
-            if (parts.hostname or "") in _LOOPBACK:
-                return url
-            raise LookupError(f"host {parts.netloc!r} is not routed (FakeTelnyx.route())")
-        scheme = {"https": "http", "wss": "ws"}.get(parts.scheme, parts.scheme)
-        return urlunsplit((scheme, target, parts.path, parts.query, ""))
-
-    @staticmethod
-    def _proxy_headers(url: str) -> dict[str, str]:
-        """What a TLS-terminating proxy in front of the app would pass on."""
-        parts = urlsplit(url)
-        proto = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-        return {"Host": parts.netloc, "X-Forwarded-Proto": proto, "User-Agent": "telnyx-webhooks"}

@@ -22,26 +22,16 @@ Choices where Telnyx's docs are silent or unverified:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import collections
 import contextlib
 import json
-from collections.abc import Callable
 from typing import Any, Protocol
 
-import aiohttp
-
-from ..twilio.util import FRAME_BYTES, FRAME_S, ULAW_SILENCE, Int16Array, ulaw_decode
-from .util import (
-    ERR_MEDIA_INVALID,
-    ERR_MEDIA_MALFORMED,
-    AudioInput,
-    CallError,
-    StreamParams,
-    load_audio,
-)
+from ..phone.audio import FRAME_BYTES, AudioInput
+from ..phone.call import PhoneCall
+from ..phone.stream import SOCKET_GONE, MediaSocket
+from .util import ERR_MEDIA_INVALID, ERR_MEDIA_MALFORMED, StreamParams
 
 RTP_MIN_BYTES = FRAME_BYTES  # 20 ms of PCMU
 RTP_MAX_BYTES = 30 * 8000  # 30 s of PCMU
@@ -59,7 +49,7 @@ _STATUS_BY_CAUSE = {
 }
 
 
-class _Engine(Protocol):
+class _Runner(Protocol):
     """What a FakeCall needs from the network to act as the far-end party."""
 
     def party_hangup(self, call: FakeCall) -> None: ...
@@ -67,7 +57,7 @@ class _Engine(Protocol):
     def party_dtmf(self, call: FakeCall, digit: str) -> None: ...
 
 
-class FakeCall:
+class FakeCall(PhoneCall):
     """One call leg on the fake network, seen from the phone network's side.
 
     Everything the app did is recorded here with loop timestamps so tests can assert on it.
@@ -77,7 +67,7 @@ class FakeCall:
     def __init__(
         self,
         *,
-        engine: _Engine,
+        runner: _Runner,
         call_control_id: str,
         call_leg_id: str,
         call_session_id: str,
@@ -88,49 +78,27 @@ class FakeCall:
         to: str,
         audio: AudioInput | None = None,
     ) -> None:
-        self._engine = engine
+        super().__init__(direction=direction, from_=from_, to=to, audio=audio)
+        self._runner = runner
         self.call_control_id = call_control_id
         self.call_leg_id = call_leg_id
         self.call_session_id = call_session_id
         self.connection_id = connection_id
         self.user_id = user_id
-        self.direction = direction  # "incoming" | "outgoing"
-        self.from_ = from_
-        self.to = to
         self.state = "parked" if direction == "incoming" else "bridging"
         self.client_state: str | None = None  # base64, echoed in later webhooks
         self.hangup_cause: str | None = None
         self.hangup_source: str | None = None
         self.sip_hangup_cause: str | None = None
-        self.answered_by: str | None = None  # AMD result, once detected
-        self.custom_parameters: dict[str, str] = {}
         self.stream_ids: list[str] = []
         self.stream_urls: list[str] = []  # as dialled, query string included
-        #: every message the app sent on a media socket: (loop time, event, message)
-        self.received: list[tuple[float, str, dict[str, Any]]] = []
-        #: every message the fake sent on a media socket: (loop time, event, message)
-        self.sent: list[tuple[float, str, dict[str, Any]]] = []
-        #: μ-law the fake has played to the far end, 160 bytes per 20 ms, in order
-        self.played = bytearray()
         self.mp3_received: list[bytes] = []  # media payloads in mp3 mode (not played)
-        self.marks_echoed: list[str] = []
-        self.clears = 0
-        self.dtmf_sent: list[str] = []  # keys the far end pressed
         self.app_dtmf: list[str] = []  # digits the app sent with `send_dtmf`
-        self.errors: list[CallError] = []
-        self.said: list[str] = []  # `speak` payloads
         self.playbacks: list[str] = []  # `playback_start` audio urls
-        self.transfers: list[str] = []  # `transfer` targets
         self.recordings: list[dict[str, Any]] = []  # call.recording.saved payloads
         #: every action the app sent for this call: (loop time, action, JSON body)
         self.commands: list[tuple[float, str, dict[str, Any]]] = []
-        self.created_at = asyncio.get_running_loop().time()
-        self.answered_at: float | None = None
-        self.ended_at: float | None = None
-        self._inbound = bytearray(load_audio(audio))  # far-end audio not yet streamed
         self._stream: MediaStream | None = None
-        self._changed = asyncio.Event()
-        self._finished = asyncio.Event()
 
     # --- state -----------------------------------------------------------------------------
 
@@ -154,33 +122,7 @@ class FakeCall:
             return _STATUS_BY_CAUSE.get(self.hangup_cause or "", "completed")
         return "in-progress" if self.state == "answered" else "ringing"
 
-    @property
-    def error_codes(self) -> list[str]:
-        return [e.code for e in self.errors]
-
-    @property
-    def stream_open(self) -> bool:
-        return self._stream is not None and self._stream.open
-
-    def heard_audio(self) -> Int16Array:
-        """What the far end heard from the app, decoded to int16 at 8 kHz."""
-        return ulaw_decode(self.played)
-
-    def _notify(self) -> None:
-        """Wake every wait_for(); called on any state change."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _error(self, code: str, message: str, **detail: Any) -> None:
-        loop_time = asyncio.get_running_loop().time()
-        self.errors.append(CallError(code, message, loop_time, dict(detail)))
-        self._notify()
-
     # --- far-end actions -------------------------------------------------------------------
-
-    async def send_audio(self, audio: AudioInput) -> None:
-        """Queue more far-end audio; streamed after what is already queued, at real time."""
-        self._inbound.extend(load_audio(audio))
 
     async def send_dtmf(self, digit: str) -> None:
         """The far end presses a key: a `dtmf` frame on the live stream and the
@@ -193,24 +135,15 @@ class FakeCall:
         self._notify()
         if self._stream is not None and self._stream.open:
             await self._stream.send_dtmf(digit)
-        self._engine.party_dtmf(self, digit)
+        self._runner.party_dtmf(self, digit)
 
     async def hangup(self) -> None:
         """The far end hangs up: `stop` + close 1000 on the stream, then `call.hangup`."""
         if not self.ended:
-            self._engine.party_hangup(self)
+            self._runner.party_hangup(self)
         await self.wait_ended()
 
     # --- waiting helpers -------------------------------------------------------------------
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until predicate() is true; re-checked on every state change (and every 20 ms)."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                try:
-                    await asyncio.wait_for(self._changed.wait(), FRAME_S)
-                except TimeoutError:
-                    pass
 
     async def wait_stream(self, timeout: float = 5.0) -> str:
         """Wait until a media stream has sent `start`; returns its stream_id."""
@@ -219,16 +152,6 @@ class FakeCall:
             raise RuntimeError(f"call {self.call_control_id} ended without a stream")
         assert self.stream_id is not None
         return self.stream_id
-
-    async def wait_for_mark(self, name: str, timeout: float = 5.0) -> float:
-        """Wait until mark `name` has been echoed; returns the loop time of the echo."""
-        await self.wait_for(lambda: name in self.marks_echoed, timeout)
-        return next(t for t, ev, m in self.sent if ev == "mark" and m["mark"]["name"] == name)
-
-    async def wait_ended(self, timeout: float = 10.0) -> None:
-        """Wait until the call is over and its final webhooks have been delivered."""
-        async with asyncio.timeout(timeout):
-            await self._finished.wait()
 
     def __repr__(self) -> str:
         return (
@@ -242,41 +165,26 @@ def _looks_like_mp3(data: bytes) -> bool:
     return data.startswith(b"ID3") or (len(data) > 1 and data[0] == 0xFF and data[1] >= 0xE0)
 
 
-class MediaStream:
+class MediaStream(MediaSocket):
     """One media streaming WebSocket session, from the fake's (Telnyx's) side."""
 
+    call: FakeCall
+
     def __init__(self, call: FakeCall, *, stream_id: str, params: StreamParams) -> None:
-        self.call = call
-        self.stream_id = stream_id
+        super().__init__(call, stream_id)
         self.params = params
-        self.open = False
-        self.close_code: int | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._seq = 0
-        self._send_lock = asyncio.Lock()
-        self._stopped = False
-        # playout of app audio (rtp mode)
-        self._buf = bytearray()
-        self._queued_total = 0
-        self._played_total = 0
-        self._marks: collections.deque[tuple[int, str]] = collections.deque()
-        self._wake = asyncio.Event()
-        self._generation = 0
+        self._out_pos = 0  # how much of `call.played` the outbound track has carried
 
     @property
     def rtp(self) -> bool:
         return self.params.bidirectional_mode == "rtp"
 
-    async def connect(
-        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str]
-    ) -> None:
-        """WebSocket handshake; raises aiohttp errors on failure (streaming.failed)."""
-        self._ws = await session.ws_connect(url, headers=headers, autoping=True, max_msg_size=0)
+    # --- Telnyx's words ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Send connected + start, then stream until either side closes the socket."""
-        ws = self._ws
-        assert ws is not None
+    def _numbered(self, event: str, seq: int) -> dict[str, Any]:
+        return {"event": event, "sequence_number": str(seq), "stream_id": self.stream_id}
+
+    async def _begin(self) -> bool:
         call = self.call
         start: dict[str, Any] = {
             "user_id": call.user_id,
@@ -291,82 +199,34 @@ class MediaStream:
         }
         try:
             if self._stopped:
-                return  # stopped before it started (hangup during the handshake)
+                return False  # stopped before it started (hangup during the handshake)
             await self._send_json({"event": "connected", "version": "1.0.0"})
             await self._send_event("start", {"start": start})
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            return
+        except SOCKET_GONE:
+            return False
         self.open = True
+        self._out_pos = len(call.played)  # the outbound track starts with what comes next
         call.stream_ids.append(self.stream_id)
         call.custom_parameters = dict(self.params.custom_parameters)
         call._stream = self
         call._notify()
-        tasks = [asyncio.create_task(self._pump_media()), asyncio.create_task(self._play())]
-        try:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await self._on_text(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self._record("binary", {"size": len(msg.data)})
-                    await self._reject(ERR_MEDIA_MALFORMED, "binary frames are not accepted")
-                else:
-                    break
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            pass  # socket torn down while we were answering a message
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.open = False
-            self.close_code = ws.close_code
-            call._notify()
+        return True
 
-    async def stop(self) -> None:
-        """Stream end (hangup, streaming_stop): send `stop` then close the socket with 1000."""
-        ws = self._ws
-        if ws is None or self._stopped:
-            return
-        self._stopped = True
-        if not ws.closed:
-            stop = {"user_id": self.call.user_id, "call_control_id": self.call.call_control_id}
-            try:
-                await self._send_event("stop", {"stop": stop})
-                await ws.close(code=1000)
-            except (aiohttp.ClientError, ConnectionError, RuntimeError):
-                pass
-        self.open = False
-        self.close_code = ws.close_code
-        self.call._notify()
+    def _stop_body(self) -> dict[str, Any]:
+        call = self.call
+        return {"stop": {"user_id": call.user_id, "call_control_id": call.call_control_id}}
 
     async def close(self) -> None:
         """Close without a word (the call ended before the stream started)."""
         self._stopped = True
         if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
+            with contextlib.suppress(*SOCKET_GONE):
                 await self._ws.close(code=1000)
 
     async def send_dtmf(self, digit: str) -> None:
         await self._send_event("dtmf", {"dtmf": {"digit": digit}})
 
-    # --- sending ---------------------------------------------------------------------------
-
-    async def _send_json(self, msg: dict[str, Any]) -> None:
-        assert self._ws is not None
-        async with self._send_lock:
-            await self._ws.send_str(json.dumps(msg))
-            self.call.sent.append((asyncio.get_running_loop().time(), msg["event"], msg))
-
-    async def _send_event(self, event: str, body: dict[str, Any]) -> None:
-        """Numbered message: the string sequence_number is assigned under the send lock."""
-        assert self._ws is not None
-        async with self._send_lock:
-            self._seq += 1
-            msg = {"event": event, "sequence_number": str(self._seq), "stream_id": self.stream_id}
-            msg.update(body)
-            await self._ws.send_str(json.dumps(msg))
-            self.call.sent.append((asyncio.get_running_loop().time(), event, msg))
-
-    def _frame(self, track: str, chunk: int, data: bytes) -> dict[str, Any]:
+    def _media(self, track: str, chunk: int, data: bytes) -> dict[str, Any]:
         return {
             "media": {
                 "track": track,
@@ -376,41 +236,25 @@ class MediaStream:
             }
         }
 
-    async def _pump_media(self) -> None:
-        """20 ms frames per requested track, paced against the stream start time (no drift).
-
-        `inbound` carries the far end's audio (or silence); `outbound` what the far end
-        heard from the app (or silence)."""
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        chunk = 0
-        inbound = self.call._inbound
-        out_pos = len(self.call.played)
+    async def _frame(self, chunk: int) -> None:
+        """20 ms per requested track: `inbound` carries the far end's audio (or silence);
+        `outbound` what the far end heard from the app (or silence)."""
         track = self.params.track
-        try:
-            while True:
-                chunk += 1
-                delay = t0 + chunk * FRAME_S - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if track in ("inbound_track", "both_tracks"):
-                    frame = bytes(inbound[:FRAME_BYTES])
-                    del inbound[:FRAME_BYTES]
-                    frame += bytes([ULAW_SILENCE]) * (FRAME_BYTES - len(frame))
-                    await self._send_event("media", self._frame("inbound", chunk, frame))
-                if track in ("outbound_track", "both_tracks"):
-                    frame = bytes(self.call.played[out_pos : out_pos + FRAME_BYTES])
-                    out_pos += len(frame)
-                    frame += bytes([ULAW_SILENCE]) * (FRAME_BYTES - len(frame))
-                    await self._send_event("media", self._frame("outbound", chunk, frame))
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            return  # socket went away under us; the reader notices the close
+        if track in ("inbound_track", "both_tracks"):
+            await self._send_event("media", self._media("inbound", chunk, self._take_inbound()))
+        if track in ("outbound_track", "both_tracks"):
+            played = self.call.played
+            frame = bytes(played[self._out_pos : self._out_pos + FRAME_BYTES])
+            self._out_pos += len(frame)
+            frame += b"\xff" * (FRAME_BYTES - len(frame))
+            await self._send_event("media", self._media("outbound", chunk, frame))
+
+    async def _echo_mark(self, name: str) -> None:
+        await self._send_json(
+            {"event": "mark", "stream_id": self.stream_id, "mark": {"name": name}}
+        )
 
     # --- app → fake --------------------------------------------------------------------------
-
-    def _record(self, event: str, msg: dict[str, Any]) -> None:
-        self.call.received.append((asyncio.get_running_loop().time(), event, msg))
-        self.call._notify()
 
     async def _reject(self, code: int, detail: str, **extra: Any) -> None:
         """Record the mistake on the call and answer with an `error` frame."""
@@ -419,8 +263,12 @@ class MediaStream:
         frame = {"code": code, "title": title, "detail": detail}
         try:
             await self._send_json({"event": "error", "stream_id": self.stream_id, "payload": frame})
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+        except SOCKET_GONE:
             pass
+
+    async def _on_binary(self, data: bytes) -> None:
+        self._record("binary", {"size": len(data)})
+        await self._reject(ERR_MEDIA_MALFORMED, "binary frames are not accepted")
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -441,17 +289,10 @@ class MediaStream:
             if not isinstance(name, str):
                 await self._reject(ERR_MEDIA_MALFORMED, "mark.name missing", msg=msg)
                 return
-            if self._played_total >= self._queued_total:
-                await self._echo_mark(name)
-            else:
-                self._marks.append((self._queued_total, name))
+            await self.playback.mark(name)
         elif event == "clear":
-            self.call.clears += 1
-            self._generation += 1
-            self._buf.clear()
-            self._queued_total = self._played_total
-            while self._marks:
-                await self._echo_mark(self._marks.popleft()[1])
+            for name in self.playback.clear():  # the marks a clear drops are echoed at once
+                await self.playback.echo(name)
             self.call._notify()
         else:
             await self._reject(ERR_MEDIA_MALFORMED, f"unknown event {event!r}", msg=msg)
@@ -479,41 +320,4 @@ class MediaStream:
             why = f"rtp media must hold 20 ms..30 s of PCMU, got {len(audio)} bytes"
             await self._reject(ERR_MEDIA_INVALID, why, size=len(audio))
             return
-        self._buf.extend(audio)
-        self._queued_total += len(audio)
-        self._wake.set()
-
-    # --- playout -----------------------------------------------------------------------------
-
-    async def _play(self) -> None:
-        """Play queued app audio at 8000 bytes/s; a gap in the audio restarts the clock."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                t0, done, generation = loop.time(), 0, self._generation
-                while self._buf:
-                    take = min(FRAME_BYTES, len(self._buf))
-                    done += take
-                    delay = t0 + done / 8000 - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if generation != self._generation or not self._buf:
-                        break  # cleared while this frame was "playing"
-                    take = min(take, len(self._buf))
-                    self.call.played.extend(self._buf[:take])
-                    del self._buf[:take]
-                    self._played_total += take
-                    while self._marks and self._marks[0][0] <= self._played_total:
-                        await self._echo_mark(self._marks.popleft()[1])
-                    self.call._notify()
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            return
-
-    async def _echo_mark(self, name: str) -> None:
-        await self._send_json(
-            {"event": "mark", "stream_id": self.stream_id, "mark": {"name": name}}
-        )
-        self.call.marks_echoed.append(name)
-        self.call._notify()
+        self.playback.queue(audio)

@@ -14,31 +14,26 @@ checks the app rather than agreeing with it. Configure the app with `api_key`,
         await call.hangup()
 
 The public API mirrors `FakeTwilio` so the same tests can drive both carriers. Where
-Telnyx's behaviour is not pinned down, the choices are listed in `_telnyx_calls` (calls,
-webhooks, streams), `_telnyx_rest` (REST API) and `_telnyx_media` (media socket).
+Telnyx's behaviour is not pinned down, the choices are listed in `calls.py` (calls,
+webhooks, streams), `rest.py` (REST API) and `media.py` (media socket).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from types import TracebackType
-from typing import Self
 
-import aiohttp
 from aiohttp import web
 
-from .calls import CallEngine
+from ..phone.audio import AnswerMode, AudioInput, Callee
+from ..phone.call import CallError
+from .calls import CallRunner
 from .media import FakeCall
 from .rest import build_rest_app
 from .util import (
     SIGNATURE_HEADER,
     STREAM_TOKEN_HEADER,
     TIMESTAMP_HEADER,
-    AnswerMode,
-    AudioInput,
-    Callee,
-    CallError,
     PhoneNumber,
     RestRequest,
     Webhook,
@@ -59,7 +54,7 @@ __all__ = [
 ]
 
 
-class FakeTelnyx(CallEngine):
+class FakeTelnyx(CallRunner):
     """Telnyx's Call Control REST API, webhooks and media streaming, served from 127.0.0.1.
 
     Attributes for assertions: `calls` (by call_control_id), `requests` (REST requests
@@ -77,7 +72,6 @@ class FakeTelnyx(CallEngine):
         port: int = 0,
     ) -> None:
         super().__init__(api_key, connection_id, host, port)
-        self._runner: web.AppRunner | None = None
 
     @property
     def public_key(self) -> str:
@@ -91,16 +85,11 @@ class FakeTelnyx(CallEngine):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(build_rest_app(self), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        self._session = aiohttp.ClientSession()
+    def _rest_app(self) -> web.Application:
+        return build_rest_app(self)
 
-    async def stop(self) -> None:
-        """Hang up live calls (stream `stop` + close 1000, call.hangup), then shut down."""
+    async def _end_all(self) -> None:
+        """Hang up live calls (stream `stop` + close 1000, call.hangup)."""
         live = [c for c in self.calls.values() if not c.ended]
         for call in live:
             self.spawn(call, self.finish(call, "normal_clearing", self.party_side(call)))
@@ -110,32 +99,8 @@ class FakeTelnyx(CallEngine):
             for task in ctl.tasks:
                 task.cancel()
             await asyncio.gather(*ctl.tasks, *ctl.deliveries, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- configuration ---------------------------------------------------------------------
-
-    def route(self, public_host: str, local: str) -> None:
-        """DNS + TLS termination stand-in: https://public_host/… (wss://…) is sent to
-        http://local/… (ws://…). Webhook signatures cover the exact body bytes sent."""
-        host = public_host.split("://", 1)[-1].rstrip("/")
-        self._routes[host] = local.split("://", 1)[-1].rstrip("/")
 
     def add_number(self, phone_number: str, webhook_url: str = "") -> None:
         """Put a number on the account, assigned to the Call Control app whose webhook is
@@ -144,19 +109,6 @@ class FakeTelnyx(CallEngine):
         self.numbers[phone_number] = PhoneNumber(phone_number, webhook_url)
         if webhook_url and not self.webhook_url:
             self.webhook_url = webhook_url
-
-    def set_callee(
-        self,
-        number: str,
-        *,
-        answer: AnswerMode = "human",
-        answer_delay: float = 0.0,
-        audio: AudioInput | None = None,
-        machine_greeting_s: float = 2.0,
-    ) -> None:
-        """How `number` behaves when an outbound call or a transfer rings it. `audio` is what
-        it says once answered; "no-answer" rings for the call's timeout_secs."""
-        self._callees[number] = Callee(answer, answer_delay, audio, machine_greeting_s)
 
     # --- inbound calls ---------------------------------------------------------------------
 

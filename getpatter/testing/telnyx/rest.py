@@ -43,7 +43,6 @@ from .util import (
     STREAM_CODECS,
     STREAM_TRACKS,
     ApiError,
-    Callee,
     RestRequest,
     StreamParams,
     error_body,
@@ -265,7 +264,7 @@ class _Api:
         call.client_state = client_state or None
         call.commands.append((asyncio.get_running_loop().time(), "dial", body))
         ctl = tx.ctl(call)
-        ctl.callee = tx._callees.get(to, Callee())
+        ctl.callee = tx.callee(to)
         ctl.amd = amd
         ctl.timeout_secs = float(timeout)
         ctl.time_limit_secs = float(time_limit)

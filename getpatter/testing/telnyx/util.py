@@ -1,8 +1,8 @@
 """Building blocks of the fake Telnyx: ids, Ed25519 webhook signatures, error bodies, records.
 
 Written from the wire protocol only (see FakeTelnyx), never from getpatter's client code, so a
-misunderstanding in the client cannot be mirrored here. Audio helpers (G.711 μ-law, WAV
-loading, who answers) are shared with the fake Twilio.
+misunderstanding in the client cannot be mirrored here. Audio and who answers come from the
+shared `testing/phone/` package.
 """
 
 from __future__ import annotations
@@ -17,23 +17,15 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from ..twilio.util import AnswerMode, AudioInput, Callee, callee_audio, load_audio
-
 __all__ = [
     "AMD_MODES",
-    "AnswerMode",
     "ApiError",
-    "AudioInput",
-    "CallError",
-    "Callee",
     "PhoneNumber",
     "RestRequest",
     "StreamParams",
     "Webhook",
-    "callee_audio",
     "error_body",
     "iso_now",
-    "load_audio",
     "new_api_key",
     "new_call_control_id",
     "new_connection_id",
@@ -140,16 +132,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, pointer: str | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.pointer = status, code, detail, pointer
-
-
-@dataclass
-class CallError:
-    """Something the app did wrong (or could not be reached) during a call."""
-
-    code: str
-    message: str
-    time: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The call engine of the fake Twilio: call lifecycles, TwiML execution and signed webhooks.
+"""The call runner of the fake Twilio: call lifecycles, TwiML execution and signed webhooks.
 
 Choices where Twilio's behaviour is not pinned down:
 - A voice/redirect/action webhook that fails (unreachable, non-200, wrong Content-Type, bad
@@ -30,8 +30,9 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
-import yarl
 
+from ..phone.audio import AudioInput, Callee, callee_audio
+from ..phone.network import PhoneNetwork
 from .media import FakeCall, MediaStream
 from .rest import FakeRecording, PhoneNumber, RestRequest
 from .util import (
@@ -40,14 +41,11 @@ from .util import (
     ERR_HTTP_RETRIEVAL,
     ERR_STREAM_HANDSHAKE,
     ERR_STREAM_URL,
-    AudioInput,
-    Callee,
     Outbound,
     TwimlError,
     Webhook,
     amd_result,
     attr_seconds,
-    callee_audio,
     compute_signature,
     dial_targets,
     new_sid,
@@ -57,7 +55,6 @@ from .util import (
 )
 
 log = logging.getLogger("getpatter.testing.twilio")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WEBHOOK_TIMEOUT_S = 15.0  # Twilio's webhook timeout
 
 
@@ -84,16 +81,17 @@ class _Ctl:
     forks: list[MediaStream] = field(default_factory=list)
 
 
-class CallEngine:
-    """Everything a call does after it exists; FakeTwilio adds the servers and the public API."""
+class CallRunner(PhoneNetwork):
+    """Everything a call does after it exists; FakeTwilio adds the public API."""
+
+    user_agent = "TwilioProxy/1.1"
 
     def __init__(
         self, account_sid: str | None, auth_token: str | None, host: str, port: int
     ) -> None:
+        super().__init__(host, port)
         self.account_sid = account_sid or new_sid("AC")
         self.auth_token = auth_token or secrets.token_hex(16)
-        self.host = host
-        self.port = port
         self.calls: dict[str, FakeCall] = {}
         self.numbers: dict[str, PhoneNumber] = {}  # by PN sid
         self.recordings: dict[str, FakeRecording] = {}  # by RE sid
@@ -101,10 +99,7 @@ class CallEngine:
         self.webhooks: list[Webhook] = []
         #: seconds a <Say> "speaks" per character of text
         self.say_seconds_per_char = 0.02
-        self._callees: dict[str, Callee] = {}
-        self._routes: dict[str, str] = {}
         self._ctl: dict[str, _Ctl] = {}
-        self._session: aiohttp.ClientSession | None = None
 
     @property
     def base_url(self) -> str:
@@ -171,7 +166,7 @@ class CallEngine:
     async def _run_outbound(self, call: FakeCall, ctl: _Ctl, opts: Outbound) -> None:
         self._spawn(ctl, self._callback_worker(call, ctl))
         await asyncio.sleep(0)  # the 201 goes out before anything happens
-        callee = self._callees.get(call.to, Callee())
+        callee = self.callee(call.to)
         outcome, result = await self._interruptible(call, self._ring(call, ctl, callee, opts))
         if outcome != "ok" or result != "answered":
             status = {"ok": result, "failed": "failed"}.get(outcome, "canceled")
@@ -429,7 +424,7 @@ class CallEngine:
 
     async def _dial(self, verb: ET.Element, targets: list[str]) -> str:
         """A transfer: ring the target; if it answers, stay bridged until the call ends."""
-        callee = self._callees.get(targets[0] if targets else "", Callee())
+        callee = self.callee(targets[0] if targets else "")
         timeout = attr_seconds(verb, "timeout", 30.0)
         if callee.answer in ("busy", "failed"):
             await asyncio.sleep(callee.answer_delay)
@@ -476,24 +471,6 @@ class CallEngine:
 
     # --- HTTP to the app ---------------------------------------------------------------------
 
-    def _local(self, url: str) -> str:
-        """Where a public URL really goes (route table); LookupError if nowhere."""
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        target = self._routes.get(netloc) or self._routes.get(parts.hostname or "")
-        if target is None:
-            if (parts.hostname or "") in _LOOPBACK:
-                return url
-            raise LookupError(f"host {netloc!r} is not routed (FakeTwilio.route())")
-        scheme = {"https": "http", "wss": "ws"}.get(parts.scheme, parts.scheme)
-        return urlunsplit((scheme, target, parts.path, parts.query, ""))
-
-    @staticmethod
-    def _proxy_headers(url: str) -> dict[str, str]:
-        parts = urlsplit(url)
-        proto = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-        return {"Host": parts.netloc, "X-Forwarded-Proto": proto, "User-Agent": "TwilioProxy/1.1"}
-
     async def webhook(
         self,
         call_sid: str,
@@ -520,21 +497,11 @@ class CallEngine:
         loop_time = asyncio.get_running_loop().time()
         hook = Webhook(kind, call_sid, method, url, dict(params), signature, loop_time)
         self.webhooks.append(hook)
-        try:
-            assert self._session is not None
-            async with self._session.request(
-                method,
-                yarl.URL(self._local(url), encoded=True),
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
-                allow_redirects=False,
-            ) as resp:
-                hook.status = resp.status
-                hook.content_type = resp.content_type
-                hook.body = await resp.text(errors="replace")
-        except (aiohttp.ClientError, OSError, TimeoutError, LookupError, ValueError) as exc:
-            hook.error = f"{type(exc).__name__}: {exc}"
+        reply = await self._request_app(
+            method, url, data=body, headers=headers, timeout_s=WEBHOOK_TIMEOUT_S
+        )
+        hook.status, hook.content_type = reply.status, reply.content_type
+        hook.body, hook.error = reply.body, reply.error
         return hook
 
     async def _fetch(

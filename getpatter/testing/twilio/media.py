@@ -3,7 +3,7 @@
 The fake is the WebSocket *client* (as Twilio is): it dials the app's wss:// url, sends
 `connected`, `start`, then a 20 ms `media` frame at real time for as long as the stream is up,
 plays the app's audio back at real time, and echoes marks only once the audio queued before
-them has played.
+them has played (the shared `testing/phone/` machinery, in Twilio's words here).
 """
 
 # ruff: noqa: ASYNC109  (timeout= parameters are the public test API)
@@ -13,30 +13,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import json
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from .util import (
-    ERR_STREAM_BINARY,
-    ERR_STREAM_MESSAGE,
-    FRAME_BYTES,
-    FRAME_S,
-    ULAW_SILENCE,
-    AudioInput,
-    CallError,
-    Int16Array,
-    load_audio,
-    ulaw_decode,
-)
+from ..phone.audio import AudioInput
+from ..phone.call import PhoneCall
+from ..phone.stream import MediaSocket
+from .util import ERR_STREAM_BINARY, ERR_STREAM_MESSAGE
 
 TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
 
 
-class FakeCall:
+class FakeCall(PhoneCall):
     """One call on the fake network, seen from the phone network's side.
 
     Everything the app did is recorded here with loop timestamps so tests can assert on it.
@@ -52,36 +40,14 @@ class FakeCall:
         to: str,
         audio: AudioInput | None = None,
     ) -> None:
+        super().__init__(direction=direction, from_=from_, to=to, audio=audio)
         self.call_sid = call_sid
         self.account_sid = account_sid
-        self.direction = direction  # "inbound" | "outbound-api"
-        self.from_ = from_
-        self.to = to
         self.status = "queued"
-        self.answered_by: str | None = None
-        self.custom_parameters: dict[str, str] = {}
         self.stream_sids: list[str] = []
-        #: every message the app sent on a media socket: (loop time, event, message)
-        self.received: list[tuple[float, str, dict[str, Any]]] = []
-        #: every message the fake sent on a media socket: (loop time, event, message)
-        self.sent: list[tuple[float, str, dict[str, Any]]] = []
-        #: μ-law the fake has played to the caller, 160 bytes per 20 ms, in order
-        self.played = bytearray()
-        self.marks_echoed: list[str] = []
-        self.clears = 0
-        self.dtmf_sent: list[str] = []
-        self.errors: list[CallError] = []
-        self.said: list[str] = []  # <Say> texts
-        self.transfers: list[str] = []  # <Dial> targets
         self.twiml: list[str] = []  # every TwiML document the call executed
-        self.created_at = asyncio.get_running_loop().time()
-        self.answered_at: float | None = None
-        self.ended_at: float | None = None
-        self._inbound = bytearray(load_audio(audio))  # caller audio not yet streamed
         self._stream: MediaStream | None = None
-        self._changed = asyncio.Event()
-        self._finished = asyncio.Event()
-        # set by the call runner (FakeTwilio) — the TwiML execution we interrupt on hangup/redirect
+        # set by the call runner — the TwiML execution we interrupt on hangup/redirect
         self._exec_task: asyncio.Task[Any] | None = None
         self._end_reason: str | None = None
         self._redirect: tuple[str, str, str] | None = None  # ("twiml", doc, "") / ("url", u, m)
@@ -97,33 +63,7 @@ class FakeCall:
     def ended(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-    @property
-    def error_codes(self) -> list[int]:
-        return [e.code for e in self.errors]
-
-    @property
-    def stream_open(self) -> bool:
-        return self._stream is not None and self._stream.open
-
-    def heard_audio(self) -> Int16Array:
-        """What the caller heard from the app, decoded to int16 at 8 kHz."""
-        return ulaw_decode(self.played)
-
-    def _notify(self) -> None:
-        """Wake every wait_for(); called on any state change."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _error(self, code: int, message: str, **detail: Any) -> None:
-        loop_time = asyncio.get_running_loop().time()
-        self.errors.append(CallError(code, message, loop_time, dict(detail)))
-        self._notify()
-
     # --- caller actions --------------------------------------------------------------------
-
-    async def send_audio(self, audio: AudioInput) -> None:
-        """Queue more caller audio; it is streamed after what is already queued, at real time."""
-        self._inbound.extend(load_audio(audio))
 
     async def send_dtmf(self, digit: str) -> None:
         """Caller presses a key: a `dtmf` event on the live bidirectional stream."""
@@ -148,15 +88,6 @@ class FakeCall:
 
     # --- waiting helpers -------------------------------------------------------------------
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until predicate() is true; re-checked on every state change (and every 20 ms)."""
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                try:
-                    await asyncio.wait_for(self._changed.wait(), FRAME_S)
-                except TimeoutError:
-                    pass
-
     async def wait_stream(self, timeout: float = 5.0) -> str:
         """Wait until a media stream has sent `start`; returns its streamSid."""
         await self.wait_for(lambda: self.stream_open or self.ended, timeout)
@@ -165,22 +96,14 @@ class FakeCall:
         assert self.stream_sid is not None
         return self.stream_sid
 
-    async def wait_for_mark(self, name: str, timeout: float = 5.0) -> float:
-        """Wait until mark `name` has been echoed; returns the loop time of the echo."""
-        await self.wait_for(lambda: name in self.marks_echoed, timeout)
-        return next(t for t, ev, m in self.sent if ev == "mark" and m["mark"]["name"] == name)
-
-    async def wait_ended(self, timeout: float = 10.0) -> None:
-        """Wait until the call is over and its final status callback has been delivered."""
-        async with asyncio.timeout(timeout):
-            await self._finished.wait()
-
     def __repr__(self) -> str:
         return f"<FakeCall {self.call_sid} {self.direction} {self.from_}->{self.to} {self.status}>"
 
 
-class MediaStream:
+class MediaStream(MediaSocket):
     """One Media Streams WebSocket session, from the fake's (Twilio's) side."""
+
+    call: FakeCall
 
     def __init__(
         self,
@@ -190,34 +113,17 @@ class MediaStream:
         custom_parameters: dict[str, str],
         bidirectional: bool,
     ) -> None:
-        self.call = call
+        super().__init__(call, stream_sid)
         self.stream_sid = stream_sid
         self.custom_parameters = custom_parameters
         self.bidirectional = bidirectional
-        self.open = False
-        self.close_code: int | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._seq = 0
-        self._send_lock = asyncio.Lock()
-        self._stopped = False
-        # playout of app audio
-        self._buf = bytearray()
-        self._queued_total = 0
-        self._played_total = 0
-        self._marks: collections.deque[tuple[int, str]] = collections.deque()
-        self._wake = asyncio.Event()
-        self._generation = 0
 
-    async def connect(
-        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str]
-    ) -> None:
-        """WebSocket handshake; raises aiohttp errors on failure (the caller maps them to 31920)."""
-        self._ws = await session.ws_connect(url, headers=headers, autoping=True, max_msg_size=0)
+    # --- Twilio's words ----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Send connected + start, then stream until either side closes the socket."""
-        ws = self._ws
-        assert ws is not None
+    def _numbered(self, event: str, seq: int) -> dict[str, Any]:
+        return {"event": event, "sequenceNumber": str(seq), "streamSid": self.stream_sid}
+
+    async def _begin(self) -> bool:
         await self._send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         start = {
             "streamSid": self.stream_sid,
@@ -233,94 +139,32 @@ class MediaStream:
         self.call.custom_parameters = dict(self.custom_parameters)
         self.call._stream = self
         self.call._notify()
-        tasks = [asyncio.create_task(self._pump_media()), asyncio.create_task(self._play())]
-        try:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await self._on_text(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self._record("binary", {"size": len(msg.data)})
-                    self.call._error(ERR_STREAM_BINARY, "binary frame on the media socket")
-                else:
-                    break
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            pass  # socket torn down while we were answering a message
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.open = False
-            self.close_code = ws.close_code
-            self.call._notify()
+        return True
 
-    async def stop(self) -> None:
-        """Hang-up side: send `stop` then close the socket with 1000."""
-        ws = self._ws
-        if ws is None or self._stopped:
-            return
-        self._stopped = True
-        if not ws.closed:
-            stop = {"accountSid": self.call.account_sid, "callSid": self.call.call_sid}
-            try:
-                await self._send_event("stop", {"stop": stop})
-                await ws.close(code=1000)
-            except (aiohttp.ClientError, ConnectionError, RuntimeError):
-                pass
-        self.open = False
-        self.close_code = ws.close_code
-        self.call._notify()
+    def _stop_body(self) -> dict[str, Any]:
+        return {"stop": {"accountSid": self.call.account_sid, "callSid": self.call.call_sid}}
 
     async def send_dtmf(self, digit: str) -> None:
         await self._send_event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
 
-    # --- sending ---------------------------------------------------------------------------
+    async def _frame(self, chunk: int) -> None:
+        """Caller audio (or silence)."""
+        media = {
+            "track": "inbound",
+            "chunk": str(chunk),
+            "timestamp": str((chunk - 1) * 20),
+            "payload": base64.b64encode(self._take_inbound()).decode("ascii"),
+        }
+        await self._send_event("media", {"media": media})
 
-    async def _send_json(self, msg: dict[str, Any]) -> None:
-        assert self._ws is not None
-        async with self._send_lock:
-            await self._ws.send_str(json.dumps(msg))
-            self.call.sent.append((asyncio.get_running_loop().time(), msg["event"], msg))
-
-    async def _send_event(self, event: str, body: dict[str, Any]) -> None:
-        """Numbered message: sequenceNumber is assigned under the lock so it is sent in order."""
-        assert self._ws is not None
-        async with self._send_lock:
-            self._seq += 1
-            msg = {"event": event, "sequenceNumber": str(self._seq), "streamSid": self.stream_sid}
-            msg.update(body)
-            await self._ws.send_str(json.dumps(msg))
-            self.call.sent.append((asyncio.get_running_loop().time(), event, msg))
-
-    async def _pump_media(self) -> None:
-        """Caller audio (or silence) as 20 ms frames, paced against the stream start time."""
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        chunk = 0
-        inbound = self.call._inbound
-        try:
-            while True:
-                chunk += 1
-                delay = t0 + chunk * FRAME_S - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                frame = bytes(inbound[:FRAME_BYTES])
-                del inbound[:FRAME_BYTES]
-                frame += bytes([ULAW_SILENCE]) * (FRAME_BYTES - len(frame))
-                media = {
-                    "track": "inbound",
-                    "chunk": str(chunk),
-                    "timestamp": str((chunk - 1) * 20),
-                    "payload": base64.b64encode(frame).decode("ascii"),
-                }
-                await self._send_event("media", {"media": media})
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            return  # socket went away under us; the reader notices the close
+    async def _echo_mark(self, name: str) -> None:
+        await self._send_event("mark", {"mark": {"name": name}})
 
     # --- app → fake --------------------------------------------------------------------------
 
-    def _record(self, event: str, msg: dict[str, Any]) -> None:
-        self.call.received.append((asyncio.get_running_loop().time(), event, msg))
-        self.call._notify()
+    async def _on_binary(self, data: bytes) -> None:
+        self._record("binary", {"size": len(data)})
+        self.call._error(ERR_STREAM_BINARY, "binary frame on the media socket")
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -351,57 +195,15 @@ class MediaStream:
             except (ValueError, binascii.Error) as exc:
                 self.call._error(ERR_STREAM_MESSAGE, f"bad media payload: {exc}", msg=msg)
                 return
-            self._buf.extend(audio)
-            self._queued_total += len(audio)
-            self._wake.set()
+            self.playback.queue(audio)
         elif event == "mark":
             mark = msg.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
                 self.call._error(ERR_STREAM_MESSAGE, "mark.name missing", msg=msg)
                 return
-            if self._played_total >= self._queued_total:
-                await self._echo_mark(name)
-            else:
-                self._marks.append((self._queued_total, name))
+            await self.playback.mark(name)
         else:
-            self.call.clears += 1
-            self._generation += 1
-            self._buf.clear()
-            self._queued_total = self._played_total
-            while self._marks:
-                await self._echo_mark(self._marks.popleft()[1])
+            for name in self.playback.clear():  # Twilio echoes the marks a clear drops
+                await self.playback.echo(name)
             self.call._notify()
-
-    # --- playout -----------------------------------------------------------------------------
-
-    async def _play(self) -> None:
-        """Play queued app audio at 8000 bytes/s; a gap in the audio restarts the clock."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                t0, done, generation = loop.time(), 0, self._generation
-                while self._buf:
-                    take = min(FRAME_BYTES, len(self._buf))
-                    done += take
-                    delay = t0 + done / 8000 - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    if generation != self._generation or not self._buf:
-                        break  # cleared while this frame was "playing"
-                    take = min(take, len(self._buf))
-                    self.call.played.extend(self._buf[:take])
-                    del self._buf[:take]
-                    self._played_total += take
-                    while self._marks and self._marks[0][0] <= self._played_total:
-                        await self._echo_mark(self._marks.popleft()[1])
-                    self.call._notify()
-        except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            return
-
-    async def _echo_mark(self, name: str) -> None:
-        await self._send_event("mark", {"mark": {"name": name}})
-        self.call.marks_echoed.append(name)
-        self.call._notify()

@@ -12,31 +12,22 @@ agreeing with it.
         await call.wait_for_mark("greeting")
         await call.hangup()
 
-Where Twilio's behaviour is not pinned down, the choices are listed in `_twilio_calls`
-(calls, TwiML, webhooks) and `_twilio_rest` (REST API).
+Where Twilio's behaviour is not pinned down, the choices are listed in `calls.py`
+(calls, TwiML, webhooks) and `rest.py` (REST API).
 """
 
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
-from typing import Self
 
-import aiohttp
 from aiohttp import web
 
-from .calls import WEBHOOK_TIMEOUT_S, CallEngine
+from ..phone.audio import AnswerMode, AudioInput, Callee
+from ..phone.call import CallError
+from .calls import WEBHOOK_TIMEOUT_S, CallRunner
 from .media import FakeCall
 from .rest import FakeRecording, PhoneNumber, RestRequest, build_rest_app
-from .util import (
-    AnswerMode,
-    AudioInput,
-    Callee,
-    CallError,
-    Webhook,
-    compute_signature,
-    new_sid,
-)
+from .util import Webhook, compute_signature, new_sid
 
 __all__ = [
     "AnswerMode",
@@ -52,7 +43,7 @@ __all__ = [
 ]
 
 
-class FakeTwilio(CallEngine):
+class FakeTwilio(CallRunner):
     """Twilio's REST API, webhooks and Media Streams, served from 127.0.0.1.
 
     Attributes for assertions: `calls` (by CallSid), `requests` (REST requests received),
@@ -69,20 +60,13 @@ class FakeTwilio(CallEngine):
         port: int = 0,
     ) -> None:
         super().__init__(account_sid, auth_token, host, port)
-        self._runner: web.AppRunner | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._runner = web.AppRunner(build_rest_app(self), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        self._session = aiohttp.ClientSession()
+    def _rest_app(self) -> web.Application:
+        return build_rest_app(self)
 
-    async def stop(self) -> None:
-        """Hang up live calls (stop + close 1000), then shut the servers down."""
+    async def _end_all(self) -> None:
         for call in list(self.calls.values()):
             call._request_end("completed")
         waits = [c.wait_ended(5.0) for c in self.calls.values() if not c._finished.is_set()]
@@ -91,32 +75,8 @@ class FakeTwilio(CallEngine):
             for task in ctl.tasks:
                 task.cancel()
             await asyncio.gather(*ctl.tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # --- configuration ---------------------------------------------------------------------
-
-    def route(self, public_host: str, local: str) -> None:
-        """DNS + TLS termination stand-in: https://public_host/… (wss://…) is sent to
-        http://local/… (ws://…), while signatures cover the public URL, as Twilio signs it."""
-        host = public_host.split("://", 1)[-1].rstrip("/")
-        self._routes[host] = local.split("://", 1)[-1].rstrip("/")
 
     def add_number(
         self,
@@ -135,19 +95,6 @@ class FakeTwilio(CallEngine):
         )
         self.numbers[number.sid] = number
         return number.sid
-
-    def set_callee(
-        self,
-        number: str,
-        *,
-        answer: AnswerMode = "human",
-        answer_delay: float = 0.0,
-        audio: AudioInput | None = None,
-        machine_greeting_s: float = 2.0,
-    ) -> None:
-        """How `number` behaves when an outbound call or a <Dial> rings it. `audio` is what
-        it says once answered; "no-answer" rings for the call's Timeout."""
-        self._callees[number] = Callee(answer, answer_delay, audio, machine_greeting_s)
 
     # --- inbound calls ---------------------------------------------------------------------
 

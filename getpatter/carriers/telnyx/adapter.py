@@ -1,5 +1,5 @@
-"""Telnyx as a carrier: the Call Control webhook, call control and outbound calls, over the wire
-helpers of `telnyx.py` and the REST client of `telnyx_rest.py`.
+"""Telnyx as a carrier (the `Carrier` of core/carrier.py): the Call Control webhook, call
+control and outbound calls, over the wire helpers of `wire.py` and the REST client of `rest.py`.
 
 Telnyx differs from Twilio in ways that shape this module:
 - Webhooks are events, not requests for instructions: we reply 2xx at once and act through
@@ -27,13 +27,14 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from getpatter.carriers.telnyx import (
+from getpatter.carriers.telnyx.rest import TelnyxAPIError, TelnyxREST
+from getpatter.carriers.telnyx.wire import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     TelnyxMediaEncoder,
@@ -42,8 +43,8 @@ from getpatter.carriers.telnyx import (
     encode_client_state,
     parse_media_message,
 )
-from getpatter.carriers.telnyx_rest import TelnyxAPIError, TelnyxREST
-from getpatter.core.engine import (
+from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.media import (
     DtmfReceived,
     Ignored,
     InboundAudio,
@@ -51,18 +52,8 @@ from getpatter.core.engine import (
     StreamStarted,
     StreamStopped,
 )
-from getpatter.core.session import (
-    AmdCallback,
-    CallInfo,
-    CallSession,
-    MachineDetectionResult,
-    invoke,
-)
+from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
 from getpatter.errors import CallError, PatterConnectionError, SignatureError
-
-if TYPE_CHECKING:
-    from getpatter.agent import Agent
-    from getpatter.core.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +136,26 @@ class _Stream:
     late: int = 0
 
 
+class TelnyxSettings(Protocol):
+    """The fields of `LocalConfig` this carrier reads."""
+
+    telnyx_key: str
+    telnyx_connection_id: str
+    telnyx_public_key: str
+    telnyx_base_url: str
+    require_signature: bool
+
+
 class TelnyxAdapter:
     name = "telnyx"
 
-    def __init__(self, server: EmbeddedServer) -> None:
-        cfg = server.config
-        self._server = server
-        self._require_signature = cfg.require_signature
-        self._verifier = WebhookVerifier(cfg.telnyx_public_key) if cfg.telnyx_public_key else None
-        self.connection_id = cfg.telnyx_connection_id
-        self.rest = TelnyxREST(cfg.telnyx_key, cfg.telnyx_base_url)
+    def __init__(self, calls: CallTable, config: TelnyxSettings) -> None:
+        self._table = calls
+        self._require_signature = config.require_signature
+        key = config.telnyx_public_key
+        self._verifier = WebhookVerifier(key) if key else None
+        self.connection_id = config.telnyx_connection_id
+        self.rest = TelnyxREST(config.telnyx_key, config.telnyx_base_url)
         self._events = _Recent()  # data.id of every event handled
         self._hung_up = _Recent()  # call_control_ids Telnyx reported as hung up
         self._hangups_sent = _Recent()  # call_control_ids we asked Telnyx to hang up
@@ -186,7 +187,7 @@ class TelnyxAdapter:
                 stream.last_seq = msg.sequence
         elif isinstance(event, DtmfReceived):
             stream = self._streams.get(msg.stream_id)
-            session = self._server.find_call(stream.call_id) if stream is not None else None
+            session = self._table.find_call(stream.call_id) if stream is not None else None
             if session is not None and not self._state(session).accept_dtmf("socket"):
                 return Ignored("dtmf already delivered by webhook")
         elif isinstance(event, StreamStopped):
@@ -197,7 +198,7 @@ class TelnyxAdapter:
         return TelnyxMediaEncoder(stream_id)
 
     def stream_url(self, key: str) -> str:
-        return f"wss://{self._server.public_host}{STREAM_PATH}{key}"
+        return self._table.public_ws_url(STREAM_PATH + key)
 
     def _stream_fields(self, key: str, token: str) -> dict[str, Any]:
         """Bidirectional μ-law streaming, as fields of answer/dial/streaming_start."""
@@ -244,7 +245,7 @@ class TelnyxAdapter:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post(WEBHOOK_PATH, self._webhook),
-            web.get(STREAM_PATH + "{call_id}", self._server.media_socket),
+            web.get(STREAM_PATH + "{call_id}", self._table.media_socket),
         ]
 
     def _refusal(self, request: web.Request, body: bytes) -> web.Response | None:
@@ -294,18 +295,18 @@ class TelnyxAdapter:
     def _session_for(self, payload: dict[str, Any]) -> CallSession | None:
         """The call an event is about: by call_control_id, else by the key in client_state."""
         ccid = str(payload.get("call_control_id") or "")
-        session = self._server.find_call(ccid) if ccid else None
+        session = self._table.find_call(ccid) if ccid else None
         if session is not None:
             return session
         key = decode_client_state(payload.get("client_state"))
-        session = self._server.sessions.get(key) if key else None
+        session = self._table.call_by_key(key) if key else None
         if session is None or not ccid:
             return session
         if session.direction != "outbound" or session.call_id != session.key:
             return None  # another leg carrying our client_state (e.g. a transfer's)
         # an outbound call's event that beat the dial response: learn its id now
         session.info.call_id = ccid
-        self._server.bind_carrier_id(ccid, session.key)
+        self._table.bind_carrier_id(ccid, session.key)
         return session
 
     def _dispatch(self, event_type: str, payload: dict[str, Any]) -> None:
@@ -369,7 +370,7 @@ class TelnyxAdapter:
         )
         # Our own key, not the call_control_id, names the media socket: it is URL-safe
         # whatever Telnyx's id looks like, and the id never appears in a URL.
-        session, token = self._server.new_call(info, key="in-" + secrets.token_hex(12))
+        session, token = self._table.new_call(info, key="in-" + secrets.token_hex(12))
         self._track(session)
         self._spawn(self._answer(session, token), f"answer:{ccid}")
 
@@ -449,7 +450,7 @@ class TelnyxAdapter:
         except _CARRIER_ERRORS as exc:
             log.info("call %s: hangup after speaking: %s", ccid, exc)
 
-    # --- call control (CallControl) ------------------------------------------------------
+    # --- call control ------------------------------------------------------------------
 
     async def hangup(self, call: CallSession) -> None:
         """Idempotent: a call Telnyx already reported (or confirms) as ended is not an error."""
@@ -493,59 +494,29 @@ class TelnyxAdapter:
         await self.rest.record_start(call.call_id, format="mp3", channels="dual")
         call.event("recording", status="started")
 
-    async def place_call(
-        self,
-        *,
-        to: str,
-        from_: str,
-        agent: Agent,
-        first_message: str = "",
-        machine_detection: bool = True,
-        on_machine_detection: AmdCallback | None = None,
-        voicemail_message: str = "",
-        ring_timeout: int | None = 25,
-    ) -> CallSession:
-        session, token = self._server.new_outbound_call(
-            to=to,
-            from_=from_,
-            agent=agent,
-            first_message=first_message,
-            voicemail_message=voicemail_message,
-            on_machine_detection=on_machine_detection,
-            ring_timeout=ring_timeout,
+    async def dial(self, call: CallSession, token: str, request: DialRequest) -> Dialed:
+        key = call.key
+        self._track(call)  # before the dial: its events may beat the response
+        data = await self.rest.dial(
+            connection_id=self.connection_id,
+            to=request.to,
+            from_=request.from_,
+            webhook_url=self._table.public_url(WEBHOOK_PATH),
+            webhook_url_method="POST",
+            client_state=encode_client_state(key),
+            timeout_secs=request.ring_timeout,
+            answering_machine_detection="detect_beep" if request.machine_detection else "disabled",
+            **self._stream_fields(key, token),
         )
-        key = session.key
-        self._track(session)
-        detect = machine_detection or bool(voicemail_message)
-        try:
-            data = await self.rest.dial(
-                connection_id=self.connection_id,
-                to=to,
-                from_=from_,
-                webhook_url=self._server.public_url(WEBHOOK_PATH),
-                webhook_url_method="POST",
-                client_state=encode_client_state(key),
-                timeout_secs=ring_timeout,
-                answering_machine_detection="detect_beep" if detect else "disabled",
-                **self._stream_fields(key, token),
-            )
-        except _CARRIER_ERRORS:
-            session.end_soon("failed")
-            raise
         ccid = str(data.get("call_control_id") or "")
         if not ccid:
-            session.end_soon("failed")
             raise CallError("Telnyx accepted the call but returned no call_control_id")
-        if session.call_id == key:
-            session.info.call_id = ccid
-        self._server.bind_carrier_id(ccid, key)
-        session.event("dialing")
-        return session
+        return Dialed(ccid)
 
-    async def point_at(self, host: str) -> Callable[[], Awaitable[None]]:
+    async def point_at(self, host: str) -> Restore:
         """Point the Call Control application's webhook at `host`; the returned coroutine
         function puts back the URL that was there before."""
-        app_id = self._server.config.telnyx_connection_id
+        app_id = self.connection_id
         before = await self.rest.get_application(app_id)
         previous = str(before.get("webhook_event_url") or "")
         await self.rest.update_application(
@@ -575,3 +546,7 @@ class TelnyxAdapter:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.rest.aclose()
+
+
+if TYPE_CHECKING:  # mypy holds the adapter to the contract
+    _contract: type[Carrier] = TelnyxAdapter

@@ -1,17 +1,17 @@
-"""Twilio as a carrier: webhook routes, call control and outbound calls, over the wire helpers
-of `twilio.py` and the REST client of `twilio_rest.py`.
+"""Twilio as a carrier (the `Carrier` of core/carrier.py): webhook routes, call control and
+outbound calls, over the wire helpers of `wire.py` and the REST client of `rest.py`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from getpatter.carriers.twilio import (
+from getpatter.carriers.twilio.rest import TwilioREST
+from getpatter.carriers.twilio.wire import (
     TwilioMediaEncoder,
     parse_media_message,
     twiml_dial,
@@ -19,20 +19,10 @@ from getpatter.carriers.twilio import (
     twiml_stream,
     verify_signature,
 )
-from getpatter.carriers.twilio_rest import TwilioREST
-from getpatter.core.engine import MediaEvent
-from getpatter.core.session import (
-    AmdCallback,
-    CallInfo,
-    CallSession,
-    MachineDetectionResult,
-    invoke,
-)
+from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.media import MediaEvent
+from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
 from getpatter.errors import CallError, PatterConfigError
-
-if TYPE_CHECKING:
-    from getpatter.agent import Agent
-    from getpatter.core.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +36,25 @@ _FINAL_STATUS = {
 }
 
 
+class TwilioSettings(Protocol):
+    """The fields of `LocalConfig` this carrier reads."""
+
+    twilio_sid: str
+    twilio_token: str
+    twilio_base_url: str
+    require_signature: bool
+    phone_number: str
+
+
 class TwilioAdapter:
     name = "twilio"
 
-    def __init__(self, server: EmbeddedServer) -> None:
-        cfg = server.config
-        self._server = server
-        self._auth_token = cfg.twilio_token
-        self._require_signature = cfg.require_signature
-        self.rest = TwilioREST(cfg.twilio_sid, cfg.twilio_token, cfg.twilio_base_url)
+    def __init__(self, calls: CallTable, config: TwilioSettings) -> None:
+        self._table = calls
+        self._config = config
+        self._auth_token = config.twilio_token
+        self._require_signature = config.require_signature
+        self.rest = TwilioREST(config.twilio_sid, config.twilio_token, config.twilio_base_url)
 
     def __repr__(self) -> str:
         return f"TwilioAdapter(rest={self.rest!r})"
@@ -88,7 +88,7 @@ class TwilioAdapter:
             form = await request.post()
         except ValueError:
             return web.Response(status=400, text="bad form body")
-        url = self._server.public_url(request.path_qs)
+        url = self._table.public_url(request.path_qs)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get("X-Twilio-Signature", "")
         if not verify_signature(self._auth_token, url, params, signature):
@@ -103,7 +103,7 @@ class TwilioAdapter:
         call_sid = str(form.get("CallSid", ""))
         if not call_sid:
             return web.Response(status=400, text="missing CallSid")
-        existing = self._server.find_call(call_sid)
+        existing = self._table.find_call(call_sid)
         if existing is not None and existing.state != "pending":
             return web.Response(status=409, text="call already connected")
         info = CallInfo(
@@ -112,15 +112,15 @@ class TwilioAdapter:
             callee=str(form.get("To", "")),
             direction="inbound",
         )
-        session, token = self._server.new_call(info)
-        twiml = twiml_stream(self._server.stream_url(session.key), {"token": token})
+        session, token = self._table.new_call(info)
+        twiml = twiml_stream(self._table.stream_url(session.key), {"token": token})
         return web.Response(text=twiml, content_type="text/xml")
 
     async def _status(self, request: web.Request) -> web.Response:
         form = await self._verified(request)
         if isinstance(form, web.Response):
             return form
-        session = self._server.find_call(str(form.get("CallSid", "")))
+        session = self._table.find_call(str(form.get("CallSid", "")))
         status = str(form.get("CallStatus", ""))
         if session is not None:
             session.event("carrier_status", status=status)
@@ -133,7 +133,7 @@ class TwilioAdapter:
         form = await self._verified(request)
         if isinstance(form, web.Response):
             return form
-        session = self._server.find_call(str(form.get("CallSid", "")))
+        session = self._table.find_call(str(form.get("CallSid", "")))
         if session is None:
             return web.Response(status=204)
         answered_by = str(form.get("AnsweredBy", "unknown"))
@@ -160,7 +160,7 @@ class TwilioAdapter:
         form = await self._verified(request)
         if isinstance(form, web.Response):
             return form
-        session = self._server.find_call(str(form.get("CallSid", "")))
+        session = self._table.find_call(str(form.get("CallSid", "")))
         if session is not None:
             session.event(
                 "recording",
@@ -170,7 +170,7 @@ class TwilioAdapter:
             )
         return web.Response(status=204)
 
-    # --- call control (CallControl) ------------------------------------------------------
+    # --- call control ------------------------------------------------------------------
 
     async def hangup(self, call: CallSession) -> None:
         if call.call_id.startswith("CA") or call.state == "live":
@@ -186,60 +186,30 @@ class TwilioAdapter:
 
     async def start_recording(self, call: CallSession) -> None:
         recording = await self.rest.start_recording(
-            call.call_id, self._server.public_url("/webhooks/twilio/recording")
+            call.call_id, self._table.public_url("/webhooks/twilio/recording")
         )
         call.event("recording", recording_sid=recording.get("sid", ""), status="started")
 
-    async def place_call(
-        self,
-        *,
-        to: str,
-        from_: str,
-        agent: Agent,
-        first_message: str = "",
-        machine_detection: bool = True,
-        on_machine_detection: AmdCallback | None = None,
-        voicemail_message: str = "",
-        ring_timeout: int | None = 25,
-    ) -> CallSession:
-        session, token = self._server.new_outbound_call(
-            to=to,
-            from_=from_,
-            agent=agent,
-            first_message=first_message,
-            voicemail_message=voicemail_message,
-            on_machine_detection=on_machine_detection,
-            ring_timeout=ring_timeout,
+    async def dial(self, call: CallSession, token: str, request: DialRequest) -> Dialed:
+        twiml = twiml_stream(self._table.stream_url(call.key), {"token": token})
+        created = await self.rest.create_call(
+            to=request.to,
+            from_=request.from_,
+            twiml=twiml,
+            status_callback=self._table.public_url("/webhooks/twilio/status"),
+            ring_timeout=request.ring_timeout,
+            machine_detection=request.machine_detection,
+            amd_callback=self._table.public_url("/webhooks/twilio/amd"),
         )
-        key = session.key
-        twiml = twiml_stream(self._server.stream_url(key), {"token": token})
-        try:
-            call = await self.rest.create_call(
-                to=to,
-                from_=from_,
-                twiml=twiml,
-                status_callback=self._server.public_url("/webhooks/twilio/status"),
-                ring_timeout=ring_timeout,
-                machine_detection=machine_detection or bool(voicemail_message),
-                amd_callback=self._server.public_url("/webhooks/twilio/amd"),
-            )
-        except CallError:
-            session.end_soon("failed")
-            raise
-        sid = str(call.get("sid", ""))
+        sid = str(created.get("sid", ""))
         if not sid:
-            session.end_soon("failed")
             raise CallError("Twilio accepted the call but returned no call SID")
-        if session.call_id == key:
-            session.info.call_id = sid
-        self._server.bind_carrier_id(sid, key)
-        session.event("dialing", carrier_status=call.get("status", ""))
-        return session
+        return Dialed(sid, str(created.get("status", "")))
 
-    async def point_at(self, host: str) -> Callable[[], Awaitable[None]]:
+    async def point_at(self, host: str) -> Restore:
         """Point our number's voice webhook and status callback at `host`; the returned
         coroutine function puts back what was there before."""
-        phone = self._server.config.phone_number
+        phone = self._config.phone_number
         number = await self.rest.find_number(phone)
         if number is None:
             raise PatterConfigError(f"{phone} is not a number on this Twilio account")
@@ -270,3 +240,7 @@ class TwilioAdapter:
 
     async def aclose(self) -> None:
         await self.rest.aclose()
+
+
+if TYPE_CHECKING:  # mypy holds the adapter to the contract
+    _contract: type[Carrier] = TwilioAdapter

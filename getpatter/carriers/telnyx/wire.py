@@ -1,8 +1,8 @@
 """Telnyx on the wire: Ed25519 webhook signatures, and media-streaming messages ↔ media events.
 
 This module knows Telnyx's JSON, base64 and signature formats and nothing else; what a call
-does with the events lives in the session and engines. REST commands are in `telnyx_rest.py`,
-the HTTP routes and call control in `telnyx_adapter.py`.
+does with the events lives in the session and engines. REST commands are in `rest.py`,
+the HTTP routes and call control in `adapter.py`.
 
 PyNaCl (the `telnyx` extra) is imported by `WebhookVerifier` only, so parsing media needs
 nothing beyond the standard library.
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from getpatter.core.engine import (
+from getpatter.core.media import (
     DtmfReceived,
     Ignored,
     InboundAudio,
@@ -28,12 +28,15 @@ from getpatter.core.engine import (
     MediaEvent,
     StreamStarted,
     StreamStopped,
+    audio_payload,
+    field,
+    json_message,
+    str_field,
 )
 from getpatter.errors import SignatureError
 
 log = logging.getLogger(__name__)
 
-MAX_MEDIA_MESSAGE = 64 * 1024  # a 20 ms frame is ~300 bytes of JSON; this is generous
 SIGNATURE_TOLERANCE = 300  # seconds, as Telnyx's own SDK checks `telnyx-timestamp`
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -156,22 +159,6 @@ def decode_client_state(value: object) -> str:
 # --- media streaming -----------------------------------------------------------------------
 
 
-def _field(msg: Mapping[str, object], *path: str) -> object:
-    cur: object = msg
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            raise MalformedMessage(f"missing field {'.'.join(path)}")
-        cur = cur[key]
-    return cur
-
-
-def _str_field(msg: Mapping[str, object], *path: str) -> str:
-    value = _field(msg, *path)
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise MalformedMessage(f"field {'.'.join(path)} is not a string")
-    return str(value)
-
-
 def _int_or_none(value: object) -> int | None:
     if isinstance(value, bool):
         return None
@@ -215,38 +202,28 @@ def parse_media_message(text: str | bytes) -> ParsedMessage:
     The per-call token for the generic server travels in `start.custom_parameters["token"]`
     (we pass it there in the answer/dial command, besides `stream_auth_token`).
     """
-    if len(text) > MAX_MEDIA_MESSAGE:
-        raise MalformedMessage("message too large")
-    try:
-        msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"bad JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise MalformedMessage("message is not a JSON object")
+    msg = json_message(text)
     event = msg.get("event")
     stream_id = msg.get("stream_id")
     stream_id = str(stream_id) if isinstance(stream_id, str | int) else ""
     seq = _int_or_none(msg.get("sequence_number"))
     if event == "media":
-        payload = _str_field(msg, "media", "payload")
+        str_field(msg, "media", "payload")  # `media` is an object with a payload
         track = msg["media"].get("track", "inbound")
         if track not in ("inbound", "inbound_track"):
             return ParsedMessage(Ignored(f"media:{track}"), stream_id, None)
+        audio = audio_payload(msg, "media", "payload")
         try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise MalformedMessage("media payload is not valid base64") from None
-        try:
-            ts = float(_str_field(msg, "media", "timestamp")) / 1000.0
+            ts = float(str_field(msg, "media", "timestamp")) / 1000.0
         except (MalformedMessage, ValueError):
             ts = 0.0
         return ParsedMessage(InboundAudio(audio, ts), stream_id, seq)
     if event == "mark":
-        return ParsedMessage(MarkPlayed(_str_field(msg, "mark", "name")), stream_id, seq)
+        return ParsedMessage(MarkPlayed(str_field(msg, "mark", "name")), stream_id, seq)
     if event == "dtmf":
-        return ParsedMessage(DtmfReceived(_str_field(msg, "dtmf", "digit")), stream_id, seq)
+        return ParsedMessage(DtmfReceived(str_field(msg, "dtmf", "digit")), stream_id, seq)
     if event == "start":
-        start = _field(msg, "start")
+        start = field(msg, "start")
         if not isinstance(start, Mapping):
             raise MalformedMessage("start is not an object")
         if not stream_id:
@@ -258,7 +235,7 @@ def parse_media_message(text: str | bytes) -> ParsedMessage:
         return ParsedMessage(
             StreamStarted(
                 stream_id=stream_id,
-                call_id=_str_field(msg, "start", "call_control_id"),
+                call_id=str_field(msg, "start", "call_control_id"),
                 parameters=_custom_parameters(start),
             ),
             stream_id,

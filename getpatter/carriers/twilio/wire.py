@@ -1,14 +1,13 @@
 """Twilio on the wire: webhook signatures, TwiML, and Media Streams messages ↔ media events.
 
 This module knows Twilio's JSON, base64 and form encodings and nothing else; what a call does
-with the events lives in the session and engines. REST calls are in `twilio_rest.py`, the
-HTTP routes in `twilio_adapter.py`.
+with the events lives in the session and engines. REST calls are in `rest.py`, the
+HTTP routes in `adapter.py`.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
 
-from getpatter.core.engine import (
+from getpatter.core.media import (
     DtmfReceived,
     Ignored,
     InboundAudio,
@@ -26,10 +25,11 @@ from getpatter.core.engine import (
     MediaEvent,
     StreamStarted,
     StreamStopped,
+    audio_payload,
+    field,
+    json_message,
+    str_field,
 )
-
-MAX_MEDIA_MESSAGE = 64 * 1024  # a 20 ms frame is ~300 bytes of JSON; this is generous
-
 
 # --- signatures ----------------------------------------------------------------------------
 
@@ -99,55 +99,28 @@ def twiml_dial(number: str) -> str:
 # --- Media Streams -------------------------------------------------------------------------
 
 
-def _field(msg: Mapping[str, object], *path: str) -> object:
-    cur: object = msg
-    for key in path:
-        if not isinstance(cur, Mapping) or key not in cur:
-            raise MalformedMessage(f"missing field {'.'.join(path)}")
-        cur = cur[key]
-    return cur
-
-
-def _str_field(msg: Mapping[str, object], *path: str) -> str:
-    value = _field(msg, *path)
-    if not isinstance(value, str | int):
-        raise MalformedMessage(f"field {'.'.join(path)} is not a string")
-    return str(value)
-
-
 def parse_media_message(text: str | bytes) -> MediaEvent:
     """One Media Streams message → one media event. Raises MalformedMessage on bad input."""
-    if len(text) > MAX_MEDIA_MESSAGE:
-        raise MalformedMessage("message too large")
-    try:
-        msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"bad JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise MalformedMessage("message is not a JSON object")
+    msg = json_message(text)
     event = msg.get("event")
     if event == "media":
-        payload = _str_field(msg, "media", "payload")
+        audio = audio_payload(msg, "media", "payload")
         try:
-            audio = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise MalformedMessage("media payload is not valid base64") from None
-        try:
-            ts = float(_str_field(msg, "media", "timestamp")) / 1000.0
+            ts = float(str_field(msg, "media", "timestamp")) / 1000.0
         except (MalformedMessage, ValueError):
             ts = 0.0
         return InboundAudio(audio, ts)
     if event == "mark":
-        return MarkPlayed(_str_field(msg, "mark", "name"))
+        return MarkPlayed(str_field(msg, "mark", "name"))
     if event == "dtmf":
-        return DtmfReceived(_str_field(msg, "dtmf", "digit"))
+        return DtmfReceived(str_field(msg, "dtmf", "digit"))
     if event == "start":
-        params = _field(msg, "start", "customParameters") if "start" in msg else {}
+        params = field(msg, "start", "customParameters") if "start" in msg else {}
         if not isinstance(params, dict):
             raise MalformedMessage("start.customParameters is not an object")
         return StreamStarted(
-            stream_id=_str_field(msg, "start", "streamSid"),
-            call_id=_str_field(msg, "start", "callSid"),
+            stream_id=str_field(msg, "start", "streamSid"),
+            call_id=str_field(msg, "start", "callSid"),
             parameters={str(k): str(v) for k, v in params.items()},
         )
     if event == "stop":
