@@ -63,3 +63,29 @@ async def test_sigterm_hangs_up_live_calls_and_writes_their_records(
     assert row["end_reason"] == "server_stopped"
     assert ("assistant", "Hello there.") in row["transcript"]
     assert json.loads(row["metrics"])  # the whole record, not a stub
+
+
+async def test_kill_9_leaves_the_call_interrupted_with_what_was_said(
+    net: FakeTwilio, tmp_path: Path
+) -> None:
+    persist = tmp_path / "history"
+    async with running_app(net, persist) as app:
+        call = await live_call(net)
+        rows: list[dict[str, Any]] = []
+        for _ in range(50):  # the transcript is journaled within about a second
+            rows = app.rows()
+            if rows and rows[0]["transcript"]:
+                break
+            await asyncio.sleep(0.1)
+        assert [r["state"] for r in rows] == ["active"]  # there from the first webhook
+        assert ("assistant", "Hello there.") in rows[0]["transcript"]
+        app.proc.kill()  # SIGKILL: nothing of ours runs any more
+        await app.proc.wait()
+    await call.wait_ended(5)
+    async with running_app(net, persist) as app:
+        (row,) = app.rows()
+        assert row["call_id"] == call.call_sid
+        assert (row["state"], row["end_reason"]) == ("interrupted", "interrupted")
+        assert ("assistant", "Hello there.") in row["transcript"]
+        assert row["started_at"] and row["answered"] == 1
+        assert any("marked interrupted" in line for line in app.log), app.log
