@@ -14,7 +14,9 @@ used to exhaust a 1024-fd process, so the carrier's next webhook failed. Here:
   times per loop tick, is logged at most once per `LOG_EVERY` seconds.
 
 The guard wraps aiohttp's protocol (a plain `asyncio.Protocol` forwarding every call), so it
-works on whatever aiohttp version is installed and touches none of its internals.
+works on whatever aiohttp version is installed and touches none of its internals; aiohttp's
+side of a connection is made only when its first bytes arrive, so a flood of idle sockets
+costs the event loop little more than the accept.
 """
 
 from __future__ import annotations
@@ -63,13 +65,25 @@ def connection_limit(fd_limit: int) -> int:
 
 
 class _Guarded(asyncio.Protocol):
-    """One connection: aiohttp's protocol inside, the guard's bookkeeping around it."""
+    """One connection: the guard's bookkeeping around aiohttp's protocol, which is only
+    made once the peer sends its first bytes — an idle socket costs no handler, no parser
+    and no task."""
 
-    __slots__ = ("_tail", "guard", "inner", "opened", "requested", "restricted", "transport")
+    __slots__ = (
+        "_factory",
+        "_tail",
+        "guard",
+        "inner",
+        "opened",
+        "requested",
+        "restricted",
+        "transport",
+    )
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+    def __init__(self, guard: ConnectionGuard, factory: Callable[[], asyncio.Protocol]) -> None:
         self.guard = guard
-        self.inner: asyncio.Protocol | None = inner
+        self._factory: Callable[[], asyncio.Protocol] | None = factory
+        self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.opened = 0.0
         self.requested = False  # the first request's headers are in
@@ -79,11 +93,8 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if not self.guard._admit(self):
-            self.inner = None
+            self._factory = None
             transport.abort()  # type: ignore[attr-defined]
-            return
-        assert self.inner is not None
-        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.requested:
@@ -93,14 +104,19 @@ class _Guarded(asyncio.Protocol):
                 self.guard._requested(self)
             else:
                 self._tail = seen[-3:]
-        if self.inner is not None:
-            self.inner.data_received(data)
+        if self.inner is None:
+            if self._factory is None or self.transport is None:
+                return
+            self.inner, self._factory = self._factory(), None
+            self.inner.connection_made(self.transport)
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard._forget(self)
+        self._factory = None
         if self.inner is not None:
             self.inner.connection_lost(exc)
             self.inner = None
@@ -140,7 +156,7 @@ class ConnectionGuard:
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """The protocol factory to listen with."""
-        return lambda: _Guarded(self, factory())
+        return lambda: _Guarded(self, factory)
 
     def restricted(self, transport: asyncio.BaseTransport | None) -> bool:
         """Whether this request's connection came in on the reserve (see the module doc)."""

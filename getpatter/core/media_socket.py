@@ -6,8 +6,8 @@ preamble (e.g. `connected`) and then a `start` that carries the call's token, wi
 `START_TIMEOUT`. Anything else — media, DTMF, marks, `stop`, bad JSON, a wrong token, silence
 — closes *that* socket (1008) and leaves the call waiting for its real stream until the token
 expires: whoever knows a pending call's id cannot end it, fill its record, or lock its
-carrier out (several sockets may try at once; the first valid `start` wins, and the token is
-used up only then).
+carrier out (any number of sockets may try at once, each for `START_TIMEOUT` at most; the
+first valid `start` wins, and the token is used up only then).
 
 Once authenticated, the stream is bounded too: messages are at most `MAX_MEDIA_MESSAGE` bytes,
 arrive at most at `MEDIA_RATE` a second (burst `MEDIA_BURST`; a carrier sends 50) and DTMF at
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 5.0  # seconds from the socket's opening to a valid `start`
+CLOSE_TIMEOUT = 0.1  # seconds our close waits for the peer's close frame before dropping it
 MAX_PREAMBLE = 4  # messages a carrier may send before `start` (Twilio and Telnyx send one)
-MAX_OPENING = 4  # sockets trying to open one call at the same time
 MAX_MALFORMED = 50  # malformed messages tolerated on one call's stream before it is closed
 MEDIA_RATE, MEDIA_BURST = 150.0, 500.0  # messages a second; a carrier sends ~55
 DTMF_RATE, DTMF_BURST = 10.0, 20.0  # key presses a second
@@ -99,7 +99,6 @@ class MediaSockets:
         self._table = table
         self._tokens: dict[str, tuple[str, float]] = {}  # key → (token, monotonic expiry)
         self._connected: set[str] = set()  # keys whose stream is authenticated
-        self._opening: dict[str, int] = {}  # key → sockets trying to authenticate
         self.warn = LogThrottle(log)
 
     # --- tokens --------------------------------------------------------------------------
@@ -124,7 +123,12 @@ class MediaSockets:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["call_id"]
-        ws = web.WebSocketResponse(max_msg_size=MAX_MEDIA_MESSAGE, autoping=True, compress=False)
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_MEDIA_MESSAGE,
+            autoping=True,
+            compress=False,  # nobody inflates a stranger's data (permessage-deflate off)
+            timeout=CLOSE_TIMEOUT,
+        )
         if not ws.can_prepare(request).ok:  # a plain GET: nothing of the call is touched
             return web.Response(
                 status=426,
@@ -136,19 +140,15 @@ class MediaSockets:
             return web.Response(status=404, text="unknown or expired call")
         if key in self._connected or session.state != "pending":
             return web.Response(status=409, text="this call already has a media socket")
-        if self._opening.get(key, 0) >= MAX_OPENING:
-            return web.Response(status=429, text="too many sockets opening this call")
-        self._opening[key] = self._opening.get(key, 0) + 1
-        try:
-            await ws.prepare(request)
-            start = await self._authenticate(key, session, ws)
-        finally:
-            left = self._opening.pop(key, 1) - 1
-            if left > 0:
-                self._opening[key] = left
+        await ws.prepare(request)
+        start = await self._authenticate(key, session, ws)
         if start is None:
             if not ws.closed:
-                await ws.close(code=1008, message=b"unauthorized")
+                # Read nothing more of a stranger: the close frame goes out, and the socket
+                # is dropped without waiting for (and parsing everything before) its reply.
+                if request.transport is not None:
+                    request.transport.pause_reading()
+                await ws.close(code=1008, message=b"unauthorized")  # ≤ CLOSE_TIMEOUT
             return ws
         self._connected.add(key)
         try:

@@ -8,6 +8,7 @@ handed for that call, and is refused before any engine or provider session is op
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -398,8 +399,8 @@ class EmbeddedServer:
             handle_signals=False,
             auto_decompress=False,  # see core/webguard.py: nothing is inflated, ever
             keepalive_timeout=self.keepalive_timeout,
-            # an unread body (a refusal) is drained this long, raw, so the peer reads the answer
-            lingering_time=2.0,
+            # a body left unread (a refusal) is not drained: the connection closes instead
+            lingering_time=0.0,
         )
         try:
             await self._runner.setup()
@@ -434,6 +435,10 @@ class EmbeddedServer:
             from getpatter.core.credentials import redact_logs
 
             self._unredact.append(redact_logs([ui.token]))  # from now on, like any secret
+        # Everything alive now (modules, SDKs, the app) lives as long as the process: out of
+        # the collector's sight, a full collection no longer walks it — on this scale a 50 ms
+        # pause in every call's audio whenever garbage piles up (e.g. under a flood).
+        gc.freeze()
         self.listening.set_result(self.port)
         release_signals = stop_on_signals(self._signalled) if self.handle_signals else None
         try:
