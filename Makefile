@@ -19,8 +19,10 @@ demo: venv
 	$(BIN)/getpatter demo
 
 # Four workers: most tests wait on audio paced at real time, so they overlap well even on 2 cores.
+# Tests that measure wall-clock time (marked `timing`) then run alone, on an otherwise idle machine.
 test: venv
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 -m "not timing"
+	$(BIN)/python -m pytest -q -m timing
 
 lint: venv
 	$(BIN)/ruff check getpatter tests benchmarks examples

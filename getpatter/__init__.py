@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "Guardrail": "getpatter.agent",
     "Twilio": "getpatter.config",
     "Telnyx": "getpatter.config",
+    "Plivo": "getpatter.config",
     "LocalConfig": "getpatter.config",
     "PatterError": "getpatter.errors",
     "PatterConfigError": "getpatter.errors",
@@ -28,13 +29,23 @@ _EXPORTS: dict[str, str] = {
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "RimeTTS": "getpatter.plugins.rime.tts",
+    "LmntTTS": "getpatter.plugins.lmnt.tts",
+    "GoogleLLM": "getpatter.plugins.google.llm",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
+    "SileroVAD": "getpatter.plugins.silero.vad",
 }
 
 __all__ = [
     "Agent",
     "CallError",
+    "CerebrasLLM",
     "EmbeddedServer",
+    "GoogleLLM",
+    "GroqLLM",
     "Guardrail",
+    "LmntTTS",
     "LocalConfig",
     "MachineDetectionResult",
     "OpenAIRealtime",
@@ -42,8 +53,11 @@ __all__ = [
     "PatterConfigError",
     "PatterConnectionError",
     "PatterError",
+    "Plivo",
     "PluginNotFoundError",
     "ProviderError",
+    "RimeTTS",
+    "SileroVAD",
     "Telnyx",
     "Tool",
     "Twilio",
@@ -52,7 +66,7 @@ __all__ = [
 if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool
     from getpatter.client import MachineDetectionResult, Patter
-    from getpatter.config import LocalConfig, Telnyx, Twilio
+    from getpatter.config import LocalConfig, Plivo, Telnyx, Twilio
     from getpatter.core.server import EmbeddedServer
     from getpatter.errors import (
         CallError,
@@ -62,7 +76,12 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.google.llm import GoogleLLM
+    from getpatter.plugins.lmnt.tts import LmntTTS
+    from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.rime.tts import RimeTTS
+    from getpatter.plugins.silero.vad import SileroVAD
 
 
 def __getattr__(name: str) -> Any:

@@ -277,13 +277,40 @@ def _variables(value: Mapping[str, object] | None) -> dict[str, str]:
     return result
 
 
+def _vad_choice(vad: object) -> object:
+    """`vad=`: None (webrtcvad), a registered VAD name, or a provider with `create()`.
+
+    A name is looked up now, so a typo or a missing extra fails at `phone.agent(...)`."""
+    if vad is None:
+        return None
+    if isinstance(vad, str):
+        name = vad.strip()
+        if not name:
+            _fail("vad must be a VAD name such as 'silero' or 'webrtc', or None for the default")
+        from getpatter.core.registry import default_registry
+
+        spec = default_registry().get("vad", name)  # PluginNotFoundError lists the names
+        if not spec.installed:
+            _fail(f"vad={name!r} is not installed: {spec.install_hint}")
+        return name
+    if not callable(getattr(vad, "create", None)):
+        _fail(
+            f"vad={type(vad).__name__}(...) is not a VAD provider (it needs a "
+            "create(sample_rate) method): pass e.g. 'silero' or SileroVAD(...)"
+        )
+    return vad
+
+
 class Agent(_Frozen):
     """What the agent is (prompt, voice, tools, guardrails) and how it talks: a realtime
-    `engine` (speech to speech) or the pipeline (`stt` → `llm`/on_message → `tts`)."""
+    `engine` (speech to speech) or the pipeline (`stt` → `llm`/on_message → `tts`).
+
+    `vad` decides when the caller is speaking — the pipeline's turns and every barge-in:
+    None (webrtcvad), a registered name such as "silero", or a provider like `SileroVAD()`."""
 
     _FIELDS: ClassVar = (
         "name system_prompt first_message engine stt tts llm tools guardrails "
-        "voice language variables"
+        "voice language variables vad"
     ).split()
     __slots__ = tuple(_FIELDS)
     name: str
@@ -298,6 +325,7 @@ class Agent(_Frozen):
     voice: str
     language: str
     variables: dict[str, str]
+    vad: object | str | None
 
     def __init__(
         self,
@@ -314,6 +342,7 @@ class Agent(_Frozen):
         language: str = "en",
         variables: Mapping[str, object] | None = None,
         name: str = "agent",
+        vad: object | str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             _fail("Agent name must be a non-empty str")
@@ -331,6 +360,7 @@ class Agent(_Frozen):
                 f"pass either engine= (a realtime speech-to-speech engine) or {'/'.join(used)}= "
                 f"(the STT → LLM → TTS pipeline), not both: drop engine= or {used[0]}="
             )
+        vad = _vad_choice(vad)
         checked_tools: tuple[Tool, ...] = _sequence_of(tools, Tool, "tools")
         names = [tool.name for tool in checked_tools]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
@@ -345,6 +375,7 @@ class Agent(_Frozen):
             voice=voice,
             language=language,
             variables=_variables(variables),
+            vad=vad,
             **providers,
         )
 
@@ -379,7 +410,7 @@ class Agent(_Frozen):
 
     def __repr__(self) -> str:
         parts = [f"name={self.name!r}", f"mode={self.mode!r}"]
-        for what in ("engine", "stt", "llm", "tts"):
+        for what in ("engine", "stt", "llm", "tts", "vad"):
             if (value := getattr(self, what)) is not None:
                 parts.append(f"{what}={_type_name(value)}")
         prompt = self.system_prompt

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from getpatter.agent import Agent
 from getpatter.config import (
+    Carrier,
     LocalConfig,
-    Telnyx,
-    Twilio,
     resolve_persist_root,
     validate_e164,
     validate_port,
@@ -62,7 +61,7 @@ class Patter:
 
     def __init__(
         self,
-        carrier: Twilio | Telnyx | None = None,
+        carrier: Carrier | None = None,
         phone_number: str = "",
         webhook_url: str = "",
         tunnel: object = None,
@@ -74,7 +73,8 @@ class Patter:
     ) -> None:
         if carrier is None:
             raise PatterConfigError(
-                "Patter needs a carrier: Patter(carrier=Twilio(), ...) or carrier=Telnyx()"
+                "Patter needs a carrier: Patter(carrier=Twilio(), ...), carrier=Telnyx() "
+                "or carrier=Plivo()"
             )
         if tunnel and webhook_url:
             raise PatterConfigError(

@@ -31,6 +31,7 @@ from getpatter.errors import PatterConfigError
 __all__ = [
     "PROVIDER_KEY_ENV",
     "LocalConfig",
+    "Plivo",
     "Secret",
     "Telnyx",
     "Twilio",
@@ -41,6 +42,7 @@ __all__ = [
 
 TWILIO_BASE_URL: Final = "https://api.twilio.com"
 TELNYX_BASE_URL: Final = "https://api.telnyx.com/v2"
+PLIVO_BASE_URL: Final = "https://api.plivo.com"
 DEFAULT_PERSIST_ROOT: Final = "~/.getpatter"
 
 
@@ -81,6 +83,11 @@ class Twilio:
             f"Twilio(account_sid={preview(self.account_sid)}, "
             f"auth_token={mask(self._auth_token)}{extra})"
         )
+
+    def _configure(self, config: LocalConfig) -> None:
+        config.twilio_sid = self.account_sid
+        config.twilio_token = self._auth_token.reveal()
+        config.twilio_base_url = self.base_url
 
 
 def _validate_telnyx_public_key(key: object) -> str:
@@ -144,6 +151,55 @@ class Telnyx:
             f"Telnyx(api_key={mask(self._api_key)}, connection_id={self.connection_id!r}, "
             f"public_key={public}{extra})"
         )
+
+    def _configure(self, config: LocalConfig) -> None:
+        config.telnyx_key = self._api_key.reveal()
+        config.telnyx_connection_id = self.connection_id
+        config.telnyx_public_key = self.public_key
+        config.telnyx_base_url = self.base_url
+
+
+class Plivo:
+    """Plivo credentials. Arguments left out are read from PLIVO_AUTH_ID / PLIVO_AUTH_TOKEN.
+
+    The auth token signs Plivo's webhooks (V3 signatures) and our REST calls; the auth ID is
+    not pattern-checked (main accounts start MA…, subaccounts SA…, test fakes vary).
+    """
+
+    name: Final = "plivo"
+    __slots__ = ("_auth_token", "auth_id", "base_url")
+
+    def __init__(
+        self,
+        auth_id: str | None = None,
+        auth_token: str | None = None,
+        *,
+        base_url: str = PLIVO_BASE_URL,
+    ) -> None:
+        self.auth_id: str = credential(
+            auth_id, "PLIVO_AUTH_ID", "Plivo auth ID", "Plivo(auth_id=...)"
+        )
+        self._auth_token = Secret(
+            credential(auth_token, "PLIVO_AUTH_TOKEN", "Plivo auth token", "Plivo(auth_token=...)")
+        )
+        self.base_url: str = validate_http_url(base_url, "Plivo(base_url=...)")
+
+    @property
+    def auth_token(self) -> Secret:
+        """Wrapped: checks webhook signatures and signs REST calls via `.reveal()`."""
+        return self._auth_token
+
+    def __repr__(self) -> str:
+        extra = "" if self.base_url == PLIVO_BASE_URL else f", base_url={self.base_url!r}"
+        return f"Plivo(auth_id={preview(self.auth_id)}, auth_token={mask(self._auth_token)}{extra})"
+
+    def _configure(self, config: LocalConfig) -> None:
+        config.plivo_auth_id = self.auth_id
+        config.plivo_auth_token = self._auth_token.reveal()
+        config.plivo_base_url = self.base_url
+
+
+Carrier = Twilio | Telnyx | Plivo
 
 
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -249,7 +305,7 @@ def resolve_persist_root(persist: str | os.PathLike[str] | bool | None) -> str |
     return str(Path(path).expanduser().absolute())
 
 
-_CARRIERS: Final = ("twilio", "telnyx")
+_CARRIERS: Final = ("twilio", "telnyx", "plivo")
 
 
 @dataclass(repr=False)
@@ -281,12 +337,16 @@ class LocalConfig:
     persist_root: str | None = None
     twilio_base_url: str = TWILIO_BASE_URL
     telnyx_base_url: str = TELNYX_BASE_URL
+    # beyond the spec's fields: the Plivo carrier's credentials
+    plivo_auth_id: str = ""
+    plivo_auth_token: str = ""
+    plivo_base_url: str = PLIVO_BASE_URL
 
     def __post_init__(self) -> None:
         provider = self.telephony_provider
         if not isinstance(provider, str) or provider.lower() not in _CARRIERS:
             raise PatterConfigError(
-                f"telephony_provider must be 'twilio' or 'telnyx', got {provider!r}"
+                f"telephony_provider must be 'plivo', 'twilio' or 'telnyx', got {provider!r}"
             )
         self.telephony_provider = provider.lower()
         for f in fields(self):  # the type name only: the value may be a secret
@@ -300,7 +360,7 @@ class LocalConfig:
     @classmethod
     def from_carrier(
         cls,
-        carrier: Twilio | Telnyx,
+        carrier: Carrier,
         *,
         phone_number: str,
         webhook_url: str,
@@ -311,9 +371,10 @@ class LocalConfig:
 
         An empty webhook_url is allowed: a tunnel fills it in later.
         """
-        if not isinstance(carrier, Twilio | Telnyx):
+        if not isinstance(carrier, Twilio | Telnyx | Plivo):
             raise PatterConfigError(
-                f"carrier must be Twilio(...) or Telnyx(...), got {type(carrier).__name__}"
+                "carrier must be Twilio(...) or Telnyx(...) or Plivo(...), "
+                f"got {type(carrier).__name__}"
             )
         config = cls(
             telephony_provider=carrier.name,
@@ -324,22 +385,16 @@ class LocalConfig:
         )
         for key, env in PROVIDER_KEY_ENV.items():
             setattr(config, key, os.environ.get(env, "").strip())
-        if isinstance(carrier, Twilio):
-            config.twilio_sid = carrier.account_sid
-            config.twilio_token = carrier.auth_token.reveal()
-            config.twilio_base_url = carrier.base_url
-        else:
-            config.telnyx_key = carrier.api_key.reveal()
-            config.telnyx_connection_id = carrier.connection_id
-            config.telnyx_public_key = carrier.public_key
-            config.telnyx_base_url = carrier.base_url
+        carrier._configure(config)
         return config
 
     def __repr__(self) -> str:
         def show(name: str, value: object) -> str:
             if name in SECRET_FIELDS:
                 return mask(str(value))
-            return preview(str(value)) if name == "twilio_sid" and value else repr(value)
+            if name in ("twilio_sid", "plivo_auth_id") and value:
+                return preview(str(value))
+            return repr(value)
 
         parts = (f"{f.name}={show(f.name, getattr(self, f.name))}" for f in fields(self))
         return f"LocalConfig({', '.join(parts)})"

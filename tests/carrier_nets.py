@@ -1,4 +1,4 @@
-"""One view of either fake carrier network, so call tests run unchanged on Twilio and Telnyx."""
+"""One view of every fake carrier network, so call tests run unchanged on Twilio, Telnyx, Plivo."""
 
 from __future__ import annotations
 
@@ -8,42 +8,69 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from getpatter import Patter, Telnyx, Twilio
+from getpatter import Patter, Plivo, Telnyx, Twilio
+from getpatter.testing.plivo import FakePlivo
 from getpatter.testing.telnyx import FakeTelnyx
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import HOST, NUMBER
 
+# What the app sends on the media socket, in each carrier's words.
+_APP_EVENTS = {"plivo": {"media": "playAudio", "clear": "clearAudio", "mark": "checkpoint"}}
+
 
 @dataclass
 class Network:
-    kind: str  # "twilio" | "telnyx"
-    fake: Any  # FakeTwilio | FakeTelnyx
+    kind: str  # "twilio" | "telnyx" | "plivo"
+    fake: Any  # FakeTwilio | FakeTelnyx | FakePlivo
 
-    def carrier(self) -> Twilio | Telnyx:
+    def carrier(self) -> Twilio | Telnyx | Plivo:
         f = self.fake
         if self.kind == "twilio":
             return Twilio(f.account_sid, f.auth_token, base_url=f.base_url)
+        if self.kind == "plivo":
+            return Plivo(f.auth_id, f.auth_token, base_url=f.base_url)
         return Telnyx(f.api_key, f.connection_id, f.public_key, base_url=f.base_url)
 
     @staticmethod
     def voice_url(kind: str) -> str:
-        return f"https://{HOST}/webhooks/{kind}/voice"
+        path = "answer" if kind == "plivo" else "voice"
+        return f"https://{HOST}/webhooks/{kind}/{path}"
 
     def call_id(self, call: Any) -> str:
+        if self.kind == "plivo":
+            return str(call.call_uuid)
         return str(call.call_sid if self.kind == "twilio" else call.call_control_id)
+
+    def fake_call(self, call_id: str) -> Any:
+        """The fake's call by the id the app has for it (a Plivo call not answered yet is
+        known by its request_uuid)."""
+        calls = self.fake.calls
+        if self.kind == "plivo" and call_id not in calls:
+            return self.fake.by_request[call_id]
+        return calls[call_id]
 
     def recorded(self, call: Any) -> bool:
         if self.kind == "twilio":
             return any(r.call_sid == call.call_sid for r in self.fake.recordings.values())
+        if self.kind == "plivo":
+            return any(r.call_uuid == call.call_uuid for r in self.fake.recordings.values())
         return any(action == "record_start" for _, action, _ in call.commands)
+
+    def app_sent(self, call: Any, what: str) -> list[float]:
+        """When the app sent `what` ("media", "clear", "mark") on the call's media socket."""
+        event = _APP_EVENTS.get(self.kind, {}).get(what, what)
+        return [t for t, name, _ in call.received if name == event]
 
 
 @contextlib.asynccontextmanager
 async def open_network(kind: str) -> AsyncIterator[Network]:
-    fake: Any = FakeTwilio() if kind == "twilio" else FakeTelnyx()
+    fakes = {"twilio": FakeTwilio, "telnyx": FakeTelnyx, "plivo": FakePlivo}
+    fake: Any = fakes[kind]()
     async with fake:
         fake.add_number(NUMBER, Network.voice_url(kind))
+        if kind == "plivo":
+            fake.application(NUMBER).hangup_url = f"https://{HOST}/webhooks/plivo/hangup"
         yield Network(kind, fake)
 
 

@@ -78,7 +78,7 @@ async def serve(net: FakeTwilio) -> AsyncIterator[Callable[..., Any]]:
             await asyncio.wait_for(s.task, 5)
 
 
-@pytest.fixture(params=["twilio", "telnyx"])
+@pytest.fixture(params=["twilio", "telnyx", "plivo"])
 async def network(request: pytest.FixtureRequest) -> AsyncIterator[Network]:
     """The same call tests on every carrier: a fake network of each kind."""
     async with open_network(request.param) as net:

@@ -15,6 +15,7 @@ from getpatter.core.media import InboundAudio
 from getpatter.core.pipeline import PipelineCall, PipelineEngine, PipelineOptions
 from getpatter.core.playout import Playout, PlayoutScheduler
 from getpatter.core.session import CallCallbacks, CallInfo, CallSession
+from getpatter.core.vad import resolve_vad
 from getpatter.testing.providers import ScriptedLLM, ScriptedSTT, ScriptedTTS
 
 
@@ -118,7 +119,8 @@ async def open_call(
     stt = stt or ScriptedSTT()
     tts = tts or ScriptedTTS()
     agent = Agent(**agent_kwargs)
-    engine = PipelineEngine(stt, tts, llm, options)
+    vad = resolve_vad(agent.vad, options.vad if options is not None else None)  # as for_agent
+    engine = PipelineEngine(stt, tts, llm, options, vad)
     transcripts: list[dict[str, Any]] = []
     scheduler = PlayoutScheduler()
     control = Control()

@@ -162,6 +162,7 @@ def test_a_user_corpus_is_wav_and_txt(tmp_path: Path) -> None:
 # --- STT ------------------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 async def test_stt_bench_reports_the_injected_final_latency_and_wer() -> None:
     corpus = [_utterance("u1", "what are your hours", 0.5), _utterance("u2", "book me in", 0.4)]
     stt = ScriptedSTT(transcripts=["What are your hours?", "look me in"], latency=0.15)
@@ -252,6 +253,7 @@ def _built(kind: str, base_url: str) -> Any:
     return built.provider
 
 
+@pytest.mark.timing
 async def test_llm_bench_reports_the_injected_first_token_delay(openai: JitteryOpenAI) -> None:
     reply = "We open at ten on Saturday and close at two in the afternoon."
     openai.default_reply = reply
@@ -279,6 +281,7 @@ async def test_llm_bench_reports_the_injected_first_token_delay(openai: JitteryO
     assert body["tools"][0]["function"]["name"] == "schedule_appointment"
 
 
+@pytest.mark.timing
 async def test_tts_bench_reports_the_injected_first_byte_delay(openai: JitteryOpenAI) -> None:
     tts: TTS = _built("tts", openai.base_url)
     sentences = ["Thank you for calling.", "We are open from nine to five."]

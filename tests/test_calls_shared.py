@@ -1,4 +1,4 @@
-"""Whole calls, run unchanged on every carrier (Twilio and Telnyx fakes), over real sockets.
+"""Whole calls, run unchanged on every carrier (Twilio, Telnyx, Plivo fakes), over real sockets.
 
 Carrier-specific checks (signatures, wire details, the exact dial request) live in
 test_calls_twilio.py / test_calls_outbound.py and test_calls_telnyx.py.
@@ -23,8 +23,8 @@ from helpers import CALLER, HOST, NUMBER, speech
 CALLEE = "+15550009876"
 
 
-def media_times(call: Any) -> list[float]:
-    return [t for t, event, _ in call.received if event == "media"]
+def media_times(network: Network, call: Any) -> list[float]:
+    return network.app_sent(call, "media")
 
 
 async def test_inbound_call_end_to_end(serve_any: Callable[..., Any], network: Network) -> None:
@@ -48,7 +48,7 @@ async def test_inbound_call_end_to_end(serve_any: Callable[..., Any], network: N
     assert ends[0]["duration"] > 1.0
     # The caller really heard the greeting, paced at real time (≤ ~100 ms ahead).
     assert np.abs(call.heard_audio().astype(np.int32)).max() > 2000
-    times = media_times(call)
+    times = media_times(network, call)
     assert len(times) > 20
     assert times[-1] - times[0] >= (len(times) - 1) * 0.02 - 0.15
     assert s.phone.server is not None and not s.phone.server.sessions
@@ -65,11 +65,11 @@ async def test_barge_in_clears_and_nothing_stale_follows(
     await serve_any({"engine": engine, "first_message": long_greeting})
     call = await network.fake.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=1.5, tail=3))
     await call.wait_for(lambda: call.clears >= 1, 6)
-    clear_at = next(t for t, event, _ in call.received if event == "clear")
+    clear_at = network.app_sent(call, "clear")[0]
     ec = engine.calls[0]
     await call.wait_for(lambda: ec.turn >= 1, 5)
     # Nothing of the interrupted greeting reached the caller after the clear.
-    reply_start = min((t for t in media_times(call) if t > clear_at), default=float("inf"))
+    reply_start = min((t for t in media_times(network, call) if t > clear_at), default=float("inf"))
     assert reply_start - clear_at > 0.3
     assert ec.interrupted and ec.interrupted[0].startswith("turn-0")
     assert 1.0 < ec.call.heard_seconds(ec.interrupted[0]) < 3.0
@@ -161,7 +161,7 @@ async def test_outbound_human_with_amd(serve_any: Callable[..., Any], network: N
         first_message="Hello from Acme, calling about your order.",
         on_machine_detection=results.append,
     )
-    fake = network.fake.calls[call.call_id]
+    fake = network.fake_call(call.call_id)
     await fake.wait_for(lambda: bool(results) and bool(engine.calls), 5)
     assert results[0].result == "human" and not results[0].is_machine
     assert results[0].call_id == call.call_id
@@ -189,7 +189,7 @@ async def test_outbound_machine_gets_the_voicemail(
         voicemail_message="Please call us back at 555-000-1234.",
     )
     record = await call.wait(8)
-    fake = network.fake.calls[call.call_id]
+    fake = network.fake_call(call.call_id)
     assert results and results[0].is_machine and results[0].result == "machine"
     assert call.outcome == "voicemail"
     assert record["transcript"][-1]["text"] == "Please call us back at 555-000-1234."

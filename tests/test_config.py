@@ -225,7 +225,8 @@ def test_local_config_has_exactly_the_spec_fields() -> None:
         telnyx_public_key openai_key elevenlabs_key deepgram_key cartesia_key rime_key lmnt_key
         soniox_key speechmatics_key assemblyai_key anthropic_key phone_number webhook_url
         require_signature persist_root twilio_base_url telnyx_base_url"""
-    assert [f.name for f in dataclasses.fields(LocalConfig)] == names.split()
+    beyond_the_spec = ["plivo_auth_id", "plivo_auth_token", "plivo_base_url"]  # a third carrier
+    assert [f.name for f in dataclasses.fields(LocalConfig)] == names.split() + beyond_the_spec
     config = LocalConfig(telephony_provider="Telnyx")
     assert config.telephony_provider == "telnyx" and config.openai_key == config.webhook_url == ""
     assert config.require_signature is True and config.persist_root is None
@@ -397,3 +398,25 @@ def test_render_fills_variables_and_leaves_json_braces_alone() -> None:
     assert changed is not agent and changed.render_first_message() == "SSN 123-45-6789"
     assert changed.guardrails == (LEGAL,) and agent.first_message == ""
     assert Agent(variables={"n": 3, "vip": True}).variables == {"n": "3", "vip": "True"}
+
+
+def test_plivo_credentials_from_arguments_or_env_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from getpatter.config import Plivo
+
+    monkeypatch.delenv("PLIVO_AUTH_ID", raising=False)
+    monkeypatch.delenv("PLIVO_AUTH_TOKEN", raising=False)
+    with pytest.raises(PatterConfigError, match=r"Plivo auth ID is missing: .*PLIVO_AUTH_ID"):
+        Plivo()
+    monkeypatch.setenv("PLIVO_AUTH_ID", "MAABCDEFGHIJKLMNOPQR ")
+    monkeypatch.setenv("PLIVO_AUTH_TOKEN", TOKEN)
+    plivo = Plivo()
+    assert (plivo.auth_id, plivo.auth_token.reveal()) == ("MAABCDEFGHIJKLMNOPQR", TOKEN)
+    config = LocalConfig.from_carrier(plivo, phone_number=PHONE, webhook_url="a.io")
+    assert (config.telephony_provider, config.plivo_auth_id) == ("plivo", "MAABCDEFGHIJKLMNOPQR")
+    assert config.plivo_auth_token == TOKEN and config.plivo_base_url == "https://api.plivo.com"
+    for shown in (repr(plivo), str(plivo), repr(config)):
+        assert "SECRET" not in shown and "MAABCDEFGHIJ" not in shown
+    with pytest.raises(PatterConfigError, match=r"Plivo\(base_url=...\) must be an http"):
+        Plivo("MA1", "t", base_url="api.plivo.com")

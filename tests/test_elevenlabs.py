@@ -141,6 +141,129 @@ async def test_fake_multi_context_finals_and_the_context_limit(fake: FakeElevenL
     await http.close()
 
 
+async def multi(fake: FakeElevenLabs, query: str = "output_format=ulaw_8000"):
+    return await socket(fake, "multi-stream-input", query, {"xi-api-key": KEY})
+
+
+async def until_final(ws: aiohttp.ClientWebSocketResponse, *contexts: str) -> dict[str, int]:
+    """Audio bytes per context until every one of `contexts` got its final; each message
+    must name its context."""
+    audio: dict[str, int] = {}
+    waiting = set(contexts)
+    while waiting:
+        msg = await ws.receive_json(timeout=3)
+        assert msg["contextId"]  # contextId on every message of a context
+        if msg.get("isFinal"):
+            waiting.discard(msg["contextId"])
+        else:
+            audio[msg["contextId"]] = audio.get(msg["contextId"], 0) + len(
+                base64.b64decode(msg["audio"])
+            )
+    return audio
+
+
+async def test_fake_close_context_speaks_flushed_text_and_drops_the_rest(
+    fake: FakeElevenLabs,
+) -> None:
+    http, ws = await multi(fake)
+    await ws.send_json({"text": " ", "context_id": "a"})
+    await ws.send_json({"text": "Flushed. ", "context_id": "a", "flush": True})
+    await ws.send_json({"text": "Never flushed. ", "context_id": "a"})
+    await ws.send_json({"context_id": "a", "close_context": True})
+    assert await until_final(ws, "a") == {"a": ulaw_len("Flushed.")}
+    # the id may be used again: a new context, not linked to the closed one
+    await ws.send_json({"text": "Again. ", "context_id": "a", "flush": True})
+    await ws.send_json({"context_id": "a", "close_context": True})
+    assert await until_final(ws, "a") == {"a": ulaw_len("Again.")}
+    await ws.send_json({"close_socket": True})
+    await drain(ws)
+    assert ws.close_code == 1000 and fake.sessions[0].finals == ["a", "a"]
+    await http.close()
+
+
+async def test_fake_contexts_time_out_unless_kept_alive(fake: FakeElevenLabs) -> None:
+    http, ws = await multi(fake, "output_format=ulaw_8000&inactivity_timeout=1")
+    for ctx in ("kept", "idle"):
+        await ws.send_json({"text": " ", "context_id": ctx})
+    for _ in range(6):  # 1.5 s: keep-alives (an empty text) for one context only
+        await asyncio.sleep(0.25)
+        await ws.send_json({"text": "", "context_id": "kept"})
+    session = fake.sessions[0]
+    assert session.timed_out == ["idle"] and session.finals == ["idle"]
+    await ws.send_json({"text": "Still here. ", "context_id": "kept", "flush": True})
+    await ws.send_json({"context_id": "kept", "close_context": True})
+    assert await until_final(ws, "kept") == {"kept": ulaw_len("Still here.")}
+    await http.close()
+
+
+async def test_fake_voice_settings_are_per_context(fake: FakeElevenLabs) -> None:
+    http, ws = await multi(fake)
+    await ws.send_json({"text": " ", "context_id": "a", "voice_settings": {"stability": 0.5}})
+    await ws.send_json({"text": " ", "context_id": "b", "voice_settings": {"stability": 0.9}})
+    same = {"stability": 0.5}  # the same settings again: allowed
+    await ws.send_json({"text": "Hi. ", "context_id": "a", "voice_settings": same, "flush": True})
+    assert (await ws.receive_json(timeout=2))["contextId"] == "a"  # all three were read
+    assert fake.sessions[0].context_settings == {
+        "a": {"stability": 0.5},
+        "b": {"stability": 0.9},
+    }
+    await ws.send_json({"text": "Hi. ", "context_id": "b", "voice_settings": {"stability": 0.1}})
+    messages = await drain(ws)
+    assert "voice_settings" in messages[-1]["message"] and ws.close_code == 1008
+    await http.close()
+
+
+async def test_fake_closing_contexts_count_toward_the_limit(fake: FakeElevenLabs) -> None:
+    http, ws = await multi(fake)
+    for ctx in "abcde":  # five contexts stuck speaking, each closed: still live
+        fake.stall_next(0, whole_socket=False)
+        await ws.send_json({"text": "Stuck. ", "context_id": ctx, "flush": True})
+        await ws.send_json({"context_id": ctx, "close_context": True})
+    await ws.send_json({"text": "One too many. ", "context_id": "f", "flush": True})
+    messages = await drain(ws)
+    assert messages[-1]["error"] == "max_active_conversations" and ws.close_code == 1008
+    await http.close()
+
+
+@pytest.mark.parametrize("race", ["silent", "empty_final"])
+async def test_fake_close_race(race: str) -> None:
+    async with FakeElevenLabs(KEY, first_audio_delay=0.05) as fake:
+        fake.close_race = race  # type: ignore[assignment]
+        http, ws = await multi(fake)
+        # closed right after its flush, before its audio started: lost
+        await ws.send_json({"text": "Lost. ", "context_id": "a", "flush": True})
+        await ws.send_json({"context_id": "a", "close_context": True})
+        # closed once its audio has started: spoken in full
+        await ws.send_json({"text": "Kept. ", "context_id": "b", "flush": True})
+        first = await ws.receive_json(timeout=2)
+        if first["contextId"] == "a":  # "empty_final": the lost context's final, no audio
+            assert first == {"isFinal": True, "contextId": "a"}
+            first = await ws.receive_json(timeout=2)
+        assert first["contextId"] == "b" and first["audio"]
+        await ws.send_json({"context_id": "b", "close_context": True})
+        audio = await until_final(ws, "b")
+        assert audio["b"] + len(base64.b64decode(first["audio"])) == ulaw_len("Kept.")
+        session = fake.sessions[0]
+        assert session.lost == ["a"] and "a" not in audio
+        assert session.finals == (["a", "b"] if race == "empty_final" else ["b"])
+        await http.close()
+
+
+async def test_fake_stalled_context_leaves_the_socket_working(fake: FakeElevenLabs) -> None:
+    http, ws = await multi(fake)
+    fake.stall_next(0, whole_socket=False)
+    await ws.send_json({"text": "Stuck. ", "context_id": "a", "flush": True})
+    await ws.send_json({"text": "Fine. ", "context_id": "b", "flush": True})
+    await ws.send_json({"context_id": "b", "close_context": True})
+    assert await until_final(ws, "b") == {"b": ulaw_len("Fine.")}
+    assert fake.sessions[0].audio_bytes == {"b": ulaw_len("Fine.")}
+    fake.empty_next()
+    await ws.send_json({"text": "Empty. ", "context_id": "c", "flush": True})
+    await ws.send_json({"context_id": "c", "close_context": True})
+    assert await until_final(ws, "c") == {}
+    await http.close()
+
+
 async def test_fake_http_stream(fake: FakeElevenLabs) -> None:
     url = f"{fake.base_url}/v1/text-to-speech/{VOICE}/stream"
     async with aiohttp.ClientSession() as http:
@@ -189,10 +312,13 @@ async def test_one_socket_per_call_one_context_per_sentence(fake: FakeElevenLabs
     assert session.query["output_format"] == "ulaw_8000"
     assert session.query["model_id"] == "eleven_flash_v2_5"
     sent = session.received
-    assert sent[0] == {"text": " ", "context_id": "s1", "voice_settings": {"stability": 0.4}}
+    settings = {"stability": 0.4}
+    assert sent[0] == {"text": " ", "context_id": "s1", "voice_settings": settings}
     assert sent[1] == {"text": "Hello there. ", "context_id": "s1", "flush": True}
     assert sent[2] == {"context_id": "s1", "close_context": True}
-    assert sent[3] == {"text": " ", "context_id": "s2"}  # settings on the first message only
+    # the settings go on each context's first message: they are per context
+    assert sent[3] == {"text": " ", "context_id": "s2", "voice_settings": settings}
+    assert session.context_settings == {"s1": settings, "s2": settings}
     assert sent[-1] == {"close_socket": True}
     assert session.finals == ["s1", "s2"]
     assert session.close_code == 1000
@@ -213,6 +339,73 @@ async def test_closing_the_iterator_cancels_at_once_and_the_socket_carries_on() 
         assert not any(m.get("error") for s in fake.sessions for m in s.received)
         assert len(fake.sessions) == 2  # replaced once, when 4 cancelled contexts were open
         await stream.aclose()
+
+
+async def test_close_race_audio_still_arrives() -> None:
+    """Against a service that loses a context closed before its audio started, the client
+    closes each context only once its audio has begun: nothing is lost."""
+    async with FakeElevenLabs(KEY, first_audio_delay=0.05) as fake:
+        fake.close_race = "silent"
+        stream = await tts_for(fake).open()
+        for text in ("First sentence.", "Second one.", "Third."):
+            assert await say(stream, text) == ulaw_encode(speech_tone(text, 8000))
+        session = fake.sessions[0]
+        assert session.lost == [] and session.finals == ["s1", "s2", "s3"]
+        for i, message in enumerate(session.received):
+            if message.get("close_context"):
+                assert session.received_at[i] >= session.first_audio_at[message["context_id"]]
+        await stream.aclose()
+
+
+async def test_a_lost_context_is_retried_over_http() -> None:
+    """The deadline of core.synthesis, with the real plugin: a context that never gives audio
+    (an empty generation, a stalled one) is closed and the sentence asked for over HTTP."""
+    from getpatter.core.synthesis import synthesize
+
+    async with FakeElevenLabs(KEY) as fake:
+        stream = await tts_for(fake).open()
+        retries: list[str] = []
+
+        async def speak(text: str) -> bytes:
+            audio = synthesize(stream, text, first_audio_timeout=0.3, on_retry=retries.append)
+            return b"".join([chunk async for chunk in audio])
+
+        fake.empty_next()  # no audio; no isFinal either, as its close never comes
+        assert await speak("Hello there.") == ulaw_encode(speech_tone("Hello there.", 8000))
+        fake.stall_next(0, whole_socket=False)  # accepted, then nothing
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await speak("Still there?") == ulaw_encode(speech_tone("Still there?", 8000))
+        assert 0.3 <= loop.time() - started < 0.6
+        assert retries == ["no audio within 0.3 s"] * 2
+        assert [r["body"]["text"] for r in fake.http_requests] == ["Hello there.", "Still there?"]
+        session = fake.sessions[0]
+        closes = [m["context_id"] for m in session.received if m.get("close_context")]
+        assert closes == ["s1", "s2"]  # both freed when the deadline gave up on them
+        assert await say(stream, "Socket again.") == ulaw_encode(speech_tone("Socket again.", 8000))
+        await stream.aclose()
+        # over HTTP, an empty answer is seen at once: no need to wait for the deadline
+        stream = await tts_for(fake, transport="http").open()
+        fake.empty_next()
+        started = loop.time()
+        assert await speak("Hi.") == ulaw_encode(speech_tone("Hi.", 8000))
+        assert loop.time() - started < 0.3 and retries[-1] == "the stream ended without audio"
+        await stream.aclose()
+
+
+async def test_accepts_is_final_spelled_snake_case(fake: FakeElevenLabs) -> None:
+    """The AsyncAPI examples spell the final flag `is_final`; the schema says `isFinal`."""
+    stream = await tts_for(fake).open()
+    original = fake.sessions[0].ws.send_json
+
+    async def respelled(data: Any, *args: Any, **kwargs: Any) -> None:
+        if "isFinal" in data and data["isFinal"] is True:
+            data = {"is_final": True, "contextId": data["contextId"]}
+        await original(data, *args, **kwargs)
+
+    fake.sessions[0].ws.send_json = respelled  # type: ignore[method-assign]
+    assert await say(stream, "Hi.") == ulaw_encode(speech_tone("Hi.", 8000))
+    await stream.aclose()
 
 
 async def test_bad_key_fails_at_open_without_showing_it(fake: FakeElevenLabs) -> None:
@@ -349,3 +542,88 @@ async def test_a_silent_socket_counts_as_dropped(
     assert await say(stream, text) == ulaw_encode(speech_tone(text, 8000))
     assert len(fake.sessions) == 2
     await stream.aclose()
+
+
+async def _ended(s: Any, call: Any) -> dict[str, Any]:
+    await call.hangup()
+    await call.wait_ended()
+    for _ in range(100):
+        if s.events.get("on_call_end"):
+            break
+        await asyncio.sleep(0.05)
+    return s.events["on_call_end"][0]
+
+
+def _speech_spans(call: Any, gap: float = 0.3) -> list[tuple[float, float]]:
+    """(first, last) receive times of the runs of agent audio at the carrier."""
+    times = [t for t, event, _ in call.received if event == "media"]
+    spans: list[tuple[float, float]] = []
+    for t in times:
+        if spans and t - spans[-1][1] <= gap:
+            spans[-1] = (spans[-1][0], t)
+        else:
+            spans.append((t, t))
+    return spans
+
+
+async def test_a_call_through_the_close_race(serve: Callable[..., Any], net: FakeTwilio) -> None:
+    """The service of pipecat issue 4681: a context closed before its audio started is lost.
+    The greeting and the answer are still heard, with nothing asked for twice."""
+    async with FakeElevenLabs(KEY, first_audio_delay=0.05, audio_speed=4.0) as fake:
+        fake.close_race = "silent"
+        s = await serve(
+            {
+                "stt": ScriptedSTT(["what time do you open"]),
+                "tts": tts_for(fake),
+                "first_message": "Acme, how can I help?",
+            },
+            on_message=lambda msg: "We open at nine. See you then!",
+        )
+        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
+        await call.wait_for(lambda: bool(fake.sessions) and len(fake.sessions[0].finals) >= 3, 15)
+        await asyncio.sleep(1.5)
+        record = await _ended(s, call)
+        assert fake.sessions[0].lost == [] and not fake.http_requests
+        said = [(e["role"], e["text"]) for e in record["transcript"]]
+        assert said == [
+            ("assistant", "Acme, how can I help?"),
+            ("user", "what time do you open"),
+            ("assistant", "We open at nine. See you then!"),
+        ]
+        expected = sum(
+            ulaw_len(t) for t in ["Acme, how can I help?", "We open at nine.", "See you then!"]
+        )
+        assert len(call.heard_audio()) >= 0.9 * expected
+        assert all(t["tts_retry"] == 0 for t in record["metrics"]["turns"])
+
+
+async def test_a_call_with_a_stalled_sentence(serve: Callable[..., Any], net: FakeTwilio) -> None:
+    """A sentence the service accepts and never answers: the caller hears it anyway, through
+    the HTTP retry, within the first-audio deadline; the turn counts one tts_retry."""
+    async with FakeElevenLabs(KEY, audio_speed=4.0) as fake:
+        s = await serve(
+            {
+                "stt": ScriptedSTT(["what time do you open"]),
+                "tts": tts_for(fake),
+                "first_message": "Acme, how can I help?",
+            },
+            on_message=lambda msg: "We open at nine. See you then!",
+        )
+        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
+        await call.wait_for(lambda: bool(fake.sessions) and fake.sessions[0].finals == ["s1"], 10)
+        fake.stall_next(0, whole_socket=False)  # the answer's first sentence
+        await call.wait_for(lambda: len(fake.sessions[0].finals) >= 2, 15)
+        await asyncio.sleep(1.5)
+        record = await _ended(s, call)
+        assert [r["body"]["text"] for r in fake.http_requests] == ["We open at nine."]
+        asked = next(
+            t
+            for t, m in zip(fake.sessions[0].received_at, fake.sessions[0].received, strict=True)
+            if m.get("text") == "We open at nine. "
+        )
+        answer = [span for span in _speech_spans(call) if span[0] > asked]
+        # heard within the deadline (1.5 s) plus the HTTP round trip and the carrier's hop
+        assert answer and answer[0][0] - asked < 1.5 + 0.5
+        said = [(e["role"], e["text"]) for e in record["transcript"]]
+        assert said[-1] == ("assistant", "We open at nine. See you then!")
+        assert [t["tts_retry"] for t in record["metrics"]["turns"]] == [0, 1]

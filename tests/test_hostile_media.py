@@ -50,6 +50,20 @@ def messages(kind: str, call_id: str, stream: str, token: str) -> dict[str, dict
                 },
             },
         }
+    if kind == "plivo":
+        sid = {"streamId": stream}
+        return {
+            "connected": {"event": "connected"},
+            "media": {**sid, "event": "media", "media": {"payload": SILENCE, "track": "inbound"}},
+            "dtmf": {**sid, "event": "dtmf", "dtmf": {"digit": "1"}},
+            "mark": {**sid, "event": "playedStream", "name": "g1-1"},
+            "stop": {**sid, "event": "stop"},
+            "start": {
+                "event": "start",
+                "start": {"streamId": stream, "callId": call_id},
+                "extra_headers": f"token={token}",
+            },
+        }
     sid = {"stream_id": stream}
     return {
         "connected": {"event": "connected", "version": "1.0.0"},
@@ -112,7 +126,7 @@ async def test_nothing_before_a_valid_start_touches_the_call(
     carrier_only = {"dialing", "carrier_status", "carrier_event"}  # the real carrier's news
     assert {e["kind"] for e in session.events} <= carrier_only, session.events
     # the callee answers: the carrier's real stream opens the call, which works as usual
-    fake = network.fake.calls[call.call_id]
+    fake = network.fake_call(call.call_id)
     await fake.wait_for(lambda: len(fake.played) > 2000, 8)
     await fake.hangup()
     record = await call.wait(5)

@@ -279,6 +279,7 @@ async def test_stt_without_hints_uses_the_language_model(corpus: dict[str, bytes
     assert finals[0].end <= finals[1].start  # type: ignore[operator]
 
 
+@pytest.mark.timing
 async def test_stt_does_not_block_the_event_loop(
     hinted: LocalSTT, corpus: dict[str, bytes]
 ) -> None:

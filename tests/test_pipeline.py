@@ -223,11 +223,15 @@ async def test_slow_llm_gets_an_apology_and_the_call_survives() -> None:
 
 @virtual
 async def test_failing_tts_gets_an_apology() -> None:
-    tts = ScriptedTTS(fail_with=RuntimeError("tts down"), fail_first=1)
+    tts = ScriptedTTS(fail_with=RuntimeError("tts down"), fail_first=2)
     h = await open_call(stt=ScriptedSTT(["hi"]), tts=tts, on_message=lambda m: "Hello there.")
     await h.feed(SPEECH)
     await settle(h)
-    assert tts.texts == ["Hello there.", PipelineOptions().apology]
+    # the sentence is tried twice (one retry), then the caller hears the apology
+    assert tts.texts == ["Hello there.", "Hello there.", PipelineOptions().apology]
+    assert [t["text"] for t in h.transcripts if t["role"] == "assistant"] == [
+        PipelineOptions().apology
+    ]
     assert h.carrier.times("media")
     assert h.session.state == "live"
     await h.close()

@@ -23,9 +23,9 @@ def test_builtins_are_discovered_through_entry_points() -> None:
     assert ("vad", "webrtc") in names
     spec = reg.get("vad", "webrtc")
     assert spec.source == "getpatter" and spec.installed
-    from getpatter.core.vad import VAD
+    from getpatter.core.vad import WebRTCVAD
 
-    assert reg.load("vad", "webrtc") is VAD
+    assert reg.load("vad", "webrtc") is WebRTCVAD  # a VAD provider: create() makes a detector
 
 
 def test_unknown_name_lists_what_is_available() -> None:

@@ -87,7 +87,7 @@ def test_tunnel_values_and_public_hosts() -> None:
             check_public_host(bad)
 
 
-@pytest.mark.parametrize("kind", ["twilio", "telnyx"])
+@pytest.mark.parametrize("kind", ["twilio", "telnyx", "plivo"])
 async def test_carrier_is_pointed_at_the_tunnel_and_restored(kind: str) -> None:
     async with open_network(kind) as network:
         fake = network.fake
@@ -99,14 +99,20 @@ async def test_carrier_is_pointed_at_the_tunnel_and_restored(kind: str) -> None:
             if kind == "twilio":
                 number = fake.number(NUMBER)
                 return str(number.voice_url)
+            if kind == "plivo":
+                return str(fake.application(NUMBER).answer_url)
             return str(fake.webhook_url)
 
         before = current()
         restore = await server.carrier.point_at("abc.trycloudflare.com")
-        assert current() == f"https://abc.trycloudflare.com/webhooks/{kind}/voice"
+        path = "answer" if kind == "plivo" else "voice"
+        assert current() == f"https://abc.trycloudflare.com/webhooks/{kind}/{path}"
         if kind == "twilio":
             status = fake.number(NUMBER).status_callback
             assert status == "https://abc.trycloudflare.com/webhooks/twilio/status"
+        if kind == "plivo":
+            hangup = fake.application(NUMBER).hangup_url
+            assert hangup == "https://abc.trycloudflare.com/webhooks/plivo/hangup"
         await restore()
         assert current() == before
         await server.carrier.aclose()

@@ -16,7 +16,7 @@ def getpatter_providers() -> list[ProviderSpec]:
         ProviderSpec(
             "vad",
             "webrtc",
-            "getpatter.core.vad:VAD",
+            "getpatter.core.vad:WebRTCVAD",
             requires=("webrtcvad",),
             description="webrtcvad with hysteresis and an energy floor",
         ),

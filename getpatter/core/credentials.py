@@ -92,7 +92,9 @@ def validate_http_url(value: object, field_name: str) -> str:
 
 
 #: Every LocalConfig field that holds a secret.
-SECRET_FIELDS: Final = frozenset({"twilio_token", "telnyx_key", *PROVIDER_KEY_ENV})
+SECRET_FIELDS: Final = frozenset(
+    {"twilio_token", "telnyx_key", "plivo_auth_token", *PROVIDER_KEY_ENV}
+)
 
 
 def secret_values(config: Any) -> list[str]:

@@ -105,7 +105,8 @@ class MediaSockets:
 
     def issue(self, key: str, ttl: float) -> str:
         """A fresh token for the call `key`, valid `ttl` seconds, for its carrier to bring."""
-        token = secrets.token_urlsafe(24)
+        # letters and digits only: some carriers can carry nothing else (e.g. in a header list)
+        token = secrets.token_hex(24)
         self._tokens[key] = (token, time.monotonic() + ttl)
         return token
 

@@ -18,7 +18,9 @@ Latency fields (milliseconds; None where a stage does not exist for that turn or
                  the agent's response latency
 - `bargein_ms`   the caller starts talking over the agent → agent audio cleared
 
-`stt_timeout` (per turn): the STT sent no final in time and the turn is its last interim.
+Counters per turn: `tts_retry`, the sentences of the reply the TTS gave no audio for within
+the first-audio deadline and that were asked for again (see `core.synthesis`);
+`stt_timeout`: the STT sent no final in time and the turn is its last interim.
 
 Engines that do not report their own turns (the realtime engine) are measured by
 `UtteranceTurns` from what the session sees: the caller's audio (through a VAD), the agent's
@@ -99,6 +101,7 @@ class TurnTimes:
     text_first_at: float | None = None
     text_done_at: float | None = None
     tts_ttfb: float | None = None  # seconds
+    tts_retry: int = 0  # sentences the TTS gave no audio for in time, asked for again
     first_audio_at: float | None = None
     model_done_at: float | None = None  # realtime: response.done
     barge_onset_at: float | None = None
@@ -311,6 +314,7 @@ class CallMetrics:
             "user_text": times.user_text,
             "agent_text": times.agent_text,
             "interrupted": times.interrupted,
+            "tts_retry": times.tts_retry,
             "stt_timeout": times.stt_timeout,
             "at": round(time.time(), 3),
             "latency": latency,

@@ -16,9 +16,10 @@ words the caller heard.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from getpatter.core.metrics import TurnTimes
 from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
 from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
 from getpatter.core.resample import Resampler
-from getpatter.core.vad import VAD, VADOptions
+from getpatter.core.vad import VADOptions, VADProvider, WebRTCVAD, resolve_vad
 from getpatter.errors import PatterConfigError
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class PipelineOptions:
     final_grace: float = 0.25
     preroll_ms: int = 300
     first_token_timeout: float = 10.0
-    first_byte_timeout: float = 6.0
+    # Per sentence: with no TTS audio this long after its text, the sentence is asked for once
+    # more (the plugin's fallback path), then the reply apologises (see core.synthesis).
+    first_audio_timeout: float = 1.5
     max_tool_rounds: int = 5
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     # Said before hanging up when the STT is lost for good (its provider already tried to
@@ -71,7 +74,12 @@ class PipelineEngine:
     """Agent-level pipeline config: the STT, TTS and (optional) LLM every call will use."""
 
     def __init__(
-        self, stt: STT, tts: TTS, llm: LLM | None = None, options: PipelineOptions | None = None
+        self,
+        stt: STT,
+        tts: TTS,
+        llm: LLM | None = None,
+        options: PipelineOptions | None = None,
+        vad: VADProvider | None = None,
     ) -> None:
         for name, value, proto in (("stt", stt, STT), ("tts", tts, TTS)):
             if not isinstance(value, proto):
@@ -83,19 +91,42 @@ class PipelineEngine:
             raise PatterConfigError(f"llm={type(llm).__name__}(...) has no chat() method")
         self.stt, self.tts, self.llm = stt, tts, llm
         self.options = options or PipelineOptions()
+        # turn-taking and barge-in: the agent's VAD, else webrtcvad tuned by options.vad
+        self.vad: VADProvider = vad if vad is not None else WebRTCVAD(self.options.vad)
 
     @classmethod
-    def for_agent(cls, agent: Agent, options: PipelineOptions | None = None) -> PipelineEngine:
-        """Resolve the agent's providers (instances or registered names; `local` by default)."""
-        from getpatter.core.registry import resolve
+    def for_agent(
+        cls,
+        agent: Agent,
+        options: PipelineOptions | None = None,
+        keys: Mapping[str, str] | None = None,
+    ) -> PipelineEngine:
+        """Resolve the agent's providers (instances or registered names; `local` by default).
 
-        stt = resolve("stt", agent.stt if agent.stt is not None else "local")
-        tts = resolve("tts", agent.tts if agent.tts is not None else "local")
-        llm = resolve("llm", agent.llm) if agent.llm is not None else None
-        return cls(stt, tts, llm, options)
+        `keys` maps an environment variable to its key (the server passes LocalConfig's, e.g.
+        RIME_API_KEY → `config.rime_key`): a provider named by the agent gets the key of the
+        variable its plugin declares, so the app's config, not only the environment, is used.
+        """
+        stt = _by_name("stt", agent.stt if agent.stt is not None else "local", keys)
+        tts = _by_name("tts", agent.tts if agent.tts is not None else "local", keys)
+        llm = _by_name("llm", agent.llm, keys) if agent.llm is not None else None
+        vad = resolve_vad(agent.vad, options.vad if options is not None else None)
+        return cls(stt, tts, llm, options, vad)
 
     def open(self, call: CallSession) -> PipelineCall:
         return PipelineCall(self, call)
+
+
+def _by_name(kind: str, value: object, keys: Mapping[str, str] | None) -> Any:
+    """A provider instance as is; a name built from the registry, with its key from `keys`."""
+    from getpatter.core.registry import default_registry, resolve
+
+    if isinstance(value, str) and keys:
+        spec = default_registry().get(kind, value)
+        key = next((keys[env] for env in spec.env if keys.get(env)), "")
+        if key and "api_key" in inspect.signature(spec.load()).parameters:
+            return resolve(kind, value, api_key=key)
+    return resolve(kind, value)
 
 
 class PipelineCall:
@@ -107,7 +138,7 @@ class PipelineCall:
         self.engine = engine
         self.call = call
         self.options = opts = engine.options
-        self.vad = VAD(opts.vad, 8000)
+        self.vad = engine.vad.create(8000)
         self.history: list[dict[str, Any]] = []
         self.stt_stream: STTStream | None = None
         self.tts_stream: Any = None
@@ -363,7 +394,7 @@ class PipelineCall:
             tts.encoding,
             label=f"reply-{self._replies}",
             chunker=self.options.chunker,
-            first_byte_timeout=self.options.first_byte_timeout,
+            first_audio_timeout=self.options.first_audio_timeout,
             turn=turn,
         )
         self._reply = reply
@@ -439,6 +470,7 @@ class PipelineCall:
                 text_first_at=reply.text_first_at,
                 text_done_at=reply.text_done_at,
                 tts_ttfb=reply.tts_ttfb,
+                tts_retry=reply.tts_retries,
                 first_audio_at=reply.first_audio_at,
                 barge_onset_at=self._onset_at if cleared_at is not None else None,
                 cleared_at=cleared_at,

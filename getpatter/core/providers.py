@@ -104,6 +104,15 @@ class TTSStream(Protocol):
 
 
 @runtime_checkable
+class TTSFallback(Protocol):
+    """Optional, on a TTSStream: a second way to the same audio (another endpoint, a fresh
+    connection). When `synthesize()` gives no audio in time, the pipeline retries the
+    sentence once through this; a stream without it is retried through `synthesize()`."""
+
+    def synthesize_fallback(self, text: str) -> AsyncIterator[bytes]: ...
+
+
+@runtime_checkable
 class TTS(Protocol):
     sample_rate: int
     encoding: AudioEncoding

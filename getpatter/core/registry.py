@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 import pluggy
@@ -39,6 +39,9 @@ class ProviderSpec:
     extra: str = ""
     requires: tuple[str, ...] = ()
     description: str = ""
+    #: The environment variables the provider reads its credentials from (shown by
+    #: `getpatter plugins`), e.g. ``("DEEPGRAM_API_KEY",)``.
+    env: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -117,15 +120,7 @@ class Registry:
             for spec in offered or ():
                 key = (spec.kind, spec.name)
                 if key not in specs:
-                    specs[key] = ProviderSpec(
-                        spec.kind,
-                        spec.name,
-                        spec.target,
-                        spec.extra,
-                        spec.requires,
-                        spec.description,
-                        source,
-                    )
+                    specs[key] = replace(spec, source=source)
         self._specs = specs
         return specs
 

@@ -20,6 +20,7 @@ from getpatter.core.audio import AudioFrame
 from getpatter.core.chunker import ChunkerOptions, SentenceChunker
 from getpatter.core.guardrails import screen
 from getpatter.core.providers import TTSStream
+from getpatter.core.synthesis import close_stream, synthesize
 
 if TYPE_CHECKING:
     from getpatter.core.session import CallSession
@@ -28,7 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class ReplyTimeout(Exception):
-    """A provider took longer than its first-token / first-byte budget."""
+    """The reply's text source took longer than its first-token budget."""
+
+
+_END: Any = object()  # the text source is exhausted
 
 
 @dataclass(slots=True)
@@ -48,7 +52,7 @@ class Reply:
     tts_encoding: str
     label: str
     chunker: ChunkerOptions = field(default_factory=ChunkerOptions)
-    first_byte_timeout: float = 6.0
+    first_audio_timeout: float = 1.5  # per sentence, then one retry (see core.synthesis)
     cancelled: bool = False
     blocked_by: str = ""
     first_audio_at: float | None = None
@@ -56,6 +60,7 @@ class Reply:
     text_first_at: float | None = None
     text_done_at: float | None = None
     tts_ttfb: float | None = None
+    tts_retries: int = 0  # sentences asked for again because the first try gave no audio
     turn: dict[str, Any] | None = None  # the caller's turn this reply answers (None: greeting)
     turn_done: bool = False
     spoken: list[_Spoken] = field(default_factory=list)
@@ -64,44 +69,61 @@ class Reply:
 
     @property
     def text(self) -> str:
-        return " ".join(s.text for s in self.spoken)
+        """What the reply said: its sentences that became audio."""
+        return " ".join(s.text for s in self.spoken if s.seconds > 0)
 
     @property
     def audio_seconds(self) -> float:
         return sum(s.seconds for s in self.spoken)
 
     async def speak_stream(self, pieces: AsyncIterator[str], first_token_timeout: float) -> None:
-        """Speak text pieces as they stream in, a sentence (or fast first clause) at a time."""
+        """Speak text pieces as they stream in, a sentence (or fast first clause) at a time.
+
+        When the text stops at a sentence end, the chunker says how long to wait for more
+        (`hold()`); if none comes in that time the sentence goes to the TTS while the source
+        keeps working on its next piece (a generator looking something up)."""
         chunker = SentenceChunker(self.chunker)
         iterator = pieces.__aiter__()
-        first = True
+        loop = asyncio.get_running_loop()
+        ahead: asyncio.Task[Any] | None = None  # the next piece, asked for during a hold
         try:
-            while True:
-                try:
-                    if first:
-                        async with asyncio.timeout(first_token_timeout):  # no extra task
-                            piece = await anext(iterator)
-                    else:
-                        piece = await anext(iterator)
-                except StopAsyncIteration:
-                    self.text_done_at = asyncio.get_running_loop().time()
-                    break
-                except TimeoutError:
-                    raise ReplyTimeout("no reply text in time") from None
-                if first:
-                    self.text_first_at = asyncio.get_running_loop().time()
-                first = False
+            try:
+                async with asyncio.timeout(first_token_timeout):  # no extra task
+                    piece = await anext(iterator, _END)
+            except TimeoutError:
+                raise ReplyTimeout("no reply text in time") from None
+            if piece is not _END:
+                self.text_first_at = loop.time()
+            while piece is not _END:
                 for sentence in chunker.push(piece):
                     if not await self.speak(sentence):
                         return
+                hold = chunker.hold()
+                if hold is None:
+                    piece = await anext(iterator, _END)
+                    continue
+                ahead = asyncio.ensure_future(anext(iterator, _END))
+                done, _ = await asyncio.wait({ahead}, timeout=hold)
+                if not done:  # no more text came promptly: that sentence end is a boundary
+                    for sentence in chunker.boundary():
+                        if not await self.speak(sentence):
+                            return
+                piece, ahead = await ahead, None
+            self.text_done_at = loop.time()
             for sentence in chunker.flush():
                 if not await self.speak(sentence):
                     return
         finally:
-            await _close(iterator)
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                await asyncio.wait({ahead})
+            await close_stream(iterator)
 
     async def speak(self, sentence: str) -> bool:
-        """Synthesize and queue one sentence; False when the reply must stop (cancel, guardrail)."""
+        """Synthesize and queue one sentence; False when the reply must stop (cancel, guardrail).
+
+        A sentence the TTS gives no audio for is retried once (`core.synthesis`); one that
+        never sounds stays out of `text`: the transcript holds only what was said."""
         if self.cancelled:
             return False
         text, guardrail = screen(sentence, self.call.agent.guardrails)
@@ -112,29 +134,26 @@ class Reply:
         spoken = _Spoken(text)
         self.spoken.append(spoken)
         self.call.metrics.add_tts_chars(len(text))
-        asked_at = asyncio.get_running_loop().time()
-        stream = self.tts.synthesize(text).__aiter__()
+        loop = asyncio.get_running_loop()
+        asked_at = loop.time()
+
+        def retried(why: str) -> None:
+            self.tts_retries += 1
+            self.call.metrics.add_tts_chars(len(text))  # the retry is billed too
+            self.call.event("tts_retry", reply=self.label, reason=why)
+
+        audio = synthesize(
+            self.tts, text, first_audio_timeout=self.first_audio_timeout, on_retry=retried
+        )
         try:
-            first = True
-            while True:
-                try:
-                    if first:
-                        async with asyncio.timeout(self.first_byte_timeout):
-                            chunk = await anext(stream)
-                    else:
-                        chunk = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ReplyTimeout("no speech audio in time") from None
-                if first and self.tts_ttfb is None:
-                    self.tts_ttfb = asyncio.get_running_loop().time() - asked_at
-                first = False
+            async for chunk in audio:
+                if self.tts_ttfb is None:
+                    self.tts_ttfb = loop.time() - asked_at
                 if self.cancelled:
                     return False
                 spoken.seconds += self._play(chunk)
         finally:
-            await _close(stream)
+            await audio.aclose()
         return guardrail is None and not self.cancelled
 
     def _play(self, chunk: bytes) -> float:
@@ -174,6 +193,8 @@ class Reply:
         for spoken in self.spoken:
             if heard <= 0:
                 break
+            if spoken.seconds <= 0:
+                continue  # never sounded
             if spoken.seconds <= heard + 1e-6:
                 words.extend(spoken.text.split())
             else:
@@ -181,16 +202,6 @@ class Reply:
                 words.extend(parts[: int(len(parts) * heard / max(spoken.seconds, 1e-6))])
             heard -= spoken.seconds
         return " ".join(words)
-
-
-async def _close(iterator: AsyncIterator[Any]) -> None:
-    """Close a provider stream early (cancels its request); tolerate one already finishing."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except RuntimeError:  # still running in a cancelled wait_for: it is being torn down
-            pass
 
 
 async def text_pieces(result: Any) -> AsyncIterator[str]:

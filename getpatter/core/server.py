@@ -332,9 +332,11 @@ class EmbeddedServer:
         if engine is None:
             engine = self._engines.get(id(agent))
             if engine is None:
+                from getpatter.core.credentials import PROVIDER_KEY_ENV
                 from getpatter.core.pipeline import PipelineEngine
 
-                engine = self._engines[id(agent)] = PipelineEngine.for_agent(agent)
+                keys = {env: getattr(self.config, f, "") for f, env in PROVIDER_KEY_ENV.items()}
+                engine = self._engines[id(agent)] = PipelineEngine.for_agent(agent, keys=keys)
         if not isinstance(engine, Engine):
             raise PatterConfigError(
                 f"engine {type(engine).__name__} has no open(call) method: it is not an engine"

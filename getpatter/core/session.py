@@ -24,7 +24,7 @@ from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutSche
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.core.pricing import PriceTable
-    from getpatter.core.vad import VAD
+    from getpatter.core.vad import SpeechDetector
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class CallSession:
             pricing, carrier=str(getattr(control, "name", "")), direction=info.direction
         )
         self._turns: UtteranceTurns | None = None  # for engines that don't report turns
-        self._caller_vad: VAD | None = None  # see `_watch_caller`
+        self._caller_vad: SpeechDetector | None = None  # see `_watch_caller`
         self._on_caller_speech: Callable[[str, float], None] | None = None
         self._metric_tasks: set[asyncio.Task[Any]] = set()
 
@@ -262,9 +262,9 @@ class CallSession:
         if isinstance(engine, HearsCaller):
             self._on_caller_speech = engine.on_caller_speech
         if self._turns is not None or self._on_caller_speech is not None:
-            from getpatter.core.vad import VAD
+            from getpatter.core.vad import resolve_vad
 
-            self._caller_vad = VAD()
+            self._caller_vad = resolve_vad(self.agent.vad).create(8000)  # the agent's choice
 
     def push_audio(self, audio: InboundAudio) -> None:
         if self.engine is not None and self.state == "live":

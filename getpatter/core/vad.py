@@ -1,5 +1,9 @@
 """Speech start / end detection for one call's inbound audio.
 
+`HysteresisVAD` is the state machine every detector shares; a detector only says whether one
+frame is voiced. `VAD` is the built-in one (webrtcvad); a plugin adds others (Silero) as a
+`VADProvider`, chosen per agent with `vad=`.
+
 webrtcvad classifies short frames; on its own it flickers (a cough opens it, a breath between
 words closes it), so `VAD` adds hysteresis on top: speech starts only after enough voiced time
 inside a short window, and ends only after a stretch of unvoiced time. An energy floor makes
@@ -15,7 +19,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import webrtcvad
@@ -24,7 +28,18 @@ from getpatter.core import audio
 from getpatter.core.audio import AudioFrame, Int16Array
 from getpatter.errors import PatterConfigError
 
-__all__ = ["SUPPORTED_SAMPLE_RATES", "VAD", "VADEvent", "VADEventKind", "VADOptions"]
+__all__ = [
+    "SUPPORTED_SAMPLE_RATES",
+    "VAD",
+    "HysteresisVAD",
+    "SpeechDetector",
+    "VADEvent",
+    "VADEventKind",
+    "VADOptions",
+    "VADProvider",
+    "WebRTCVAD",
+    "resolve_vad",
+]
 
 #: The rates webrtcvad accepts; anything else must be resampled first.
 SUPPORTED_SAMPLE_RATES: tuple[int, ...] = (8000, 16000, 32000, 48000)
@@ -128,39 +143,70 @@ def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class VAD:
-    """Streaming speech detector for one audio stream (one per call and direction).
+@runtime_checkable
+class SpeechDetector(Protocol):
+    """One stream's detector: what the pipeline and the session's caller watch call."""
 
-    Feed it `AudioFrame`s of any length in order; it cuts them into `frame_ms` pieces
-    (carrying the remainder over to the next call) and returns the boundaries it found. A jump
-    forward in timestamps (frames the carrier lost) counts as silence of that length.
-    Timestamps that overlap or run slightly late are ignored: the detector keeps its own
-    sample-exact clock from the first frame, so event times never go backwards.
+    @property
+    def speaking(self) -> bool: ...
+
+    def process(self, frame: AudioFrame) -> list[VADEvent]: ...
+
+    def flush(self, timestamp: float) -> list[VADEvent]: ...
+
+    def end(self) -> list[VADEvent]: ...
+
+    def reset(self) -> None: ...
+
+
+@runtime_checkable
+class VADProvider(Protocol):
+    """Agent-level VAD configuration; `create()` makes the detector for one stream."""
+
+    def create(self, sample_rate: int = 8000) -> SpeechDetector: ...
+
+
+class HysteresisVAD:
+    """The speech start / end state machine over frames a subclass classifies.
+
+    Feed it `AudioFrame`s of any length in order; it cuts them into frames of
+    `frame_samples` (carrying the remainder over to the next call) and returns the boundaries
+    it found. Speech starts once the voiced frames within the last `start_window_ms` last at
+    least `start_voiced_ms`; it ends after `end_silence_ms` of unvoiced frames. A jump forward
+    in timestamps (frames the carrier lost) counts as silence of that length. Timestamps that
+    overlap or run slightly late are ignored: the detector keeps its own sample-exact clock
+    from the first frame, so event times never go backwards.
     """
 
-    def __init__(self, options: VADOptions | None = None, sample_rate: int = 8000) -> None:
-        if sample_rate not in SUPPORTED_SAMPLE_RATES:
-            raise PatterConfigError(
-                f"VAD sample_rate must be one of {', '.join(map(str, SUPPORTED_SAMPLE_RATES))} "
-                f"Hz (what webrtcvad accepts), got {sample_rate!r}; resample the audio first"
-            )
-        self.options = options if options is not None else VADOptions()
+    def __init__(
+        self,
+        sample_rate: int,
+        frame_samples: int,
+        *,
+        start_window_ms: float,
+        start_voiced_ms: float,
+        end_silence_ms: float,
+    ) -> None:
         self.sample_rate = sample_rate
-        opts = self.options
-        self._chunk = sample_rate * opts.frame_ms // 1000
-        self._frame_s = opts.frame_ms / 1000.0
-        self._window_s = opts.start_window_ms / 1000.0
-        self._end_silence_s = opts.end_silence_ms / 1000.0
-        self._need = opts.voiced_frames_to_start
-        # The floor as an RMS level, so the hot path (the audio core's rms) needs no log.
-        self._floor_rms = 32768.0 * 10.0 ** (opts.energy_floor_dbfs / 20.0)
+        self._chunk = frame_samples
+        self._frame_s = frame_samples / sample_rate
+        frame_ms = 1000.0 * self._frame_s
+        self._window_s = start_window_ms / 1000.0
+        self._end_silence_s = end_silence_ms / 1000.0
+        self._need = max(1, math.ceil(start_voiced_ms / frame_ms - _EPS))
         self._empty: Int16Array = np.zeros(0, dtype=np.int16)
-        self.reset()
+        self._speaking = False
+
+    def _voiced(self, row: Int16Array) -> bool:
+        """Whether one frame of `frame_samples` is speech (subclasses decide how)."""
+        raise NotImplementedError
+
+    def _reset_classifier(self) -> None:
+        """Forget what the classifier learnt from earlier audio."""
 
     def reset(self) -> None:
         """Forget everything, as if no audio had been seen; emits nothing."""
-        # A fresh webrtcvad too: it adapts its noise model to the audio it has seen.
-        self._vad = webrtcvad.Vad(self.options.aggressiveness)
+        self._reset_classifier()
         self._pending: Int16Array = self._empty
         self._origin: float | None = None  # stream time of sample 0 of the current run
         self._consumed = 0  # samples of the current run already classified
@@ -188,7 +234,7 @@ class VAD:
         elif frame.timestamp - self._expected_next() > _GAP_TOLERANCE_S:
             self._skip_to(frame.timestamp, events)
         chunk = self._chunk
-        if not len(self._pending) and len(samples) == chunk:  # the usual case: one 20 ms frame
+        if not len(self._pending) and len(samples) == chunk:  # the usual case: one frame
             self._classify((samples,), events)
             return events
         if len(self._pending):
@@ -238,18 +284,16 @@ class VAD:
     def _classify(self, frames: Sequence[Int16Array], events: list[VADEvent]) -> None:
         """Run the state machine over whole frames of `chunk` samples."""
         assert self._origin is not None
-        rms = audio.rms  # the C core's when built: a 20 ms frame costs well under a µs
-        floor = self._floor_rms
         rate = self.sample_rate
         chunk = self._chunk
         frame_s = self._frame_s
-        is_speech = self._vad.is_speech
+        voiced = self._voiced
         origin = self._origin
         first = self._consumed
         for i, row in enumerate(frames):
             start = origin + (first + i * chunk) / rate
             end = start + frame_s
-            if rms(row) >= floor and is_speech(row.tobytes(), rate):
+            if voiced(row):
                 if self._speaking:
                     self._last_voiced_end = end
                     continue
@@ -267,3 +311,71 @@ class VAD:
                 self._speaking = False
                 events.append(VADEvent("speech_ended", self._last_voiced_end))
         self._consumed = first + len(frames) * chunk
+
+
+class VAD(HysteresisVAD):
+    """webrtcvad behind the hysteresis, for one audio stream (one per call and direction).
+
+    A frame is voiced when its RMS clears the energy floor and webrtcvad says speech.
+    """
+
+    def __init__(self, options: VADOptions | None = None, sample_rate: int = 8000) -> None:
+        if sample_rate not in SUPPORTED_SAMPLE_RATES:
+            raise PatterConfigError(
+                f"VAD sample_rate must be one of {', '.join(map(str, SUPPORTED_SAMPLE_RATES))} "
+                f"Hz (what webrtcvad accepts), got {sample_rate!r}; resample the audio first"
+            )
+        self.options = opts = options if options is not None else VADOptions()
+        super().__init__(
+            sample_rate,
+            sample_rate * opts.frame_ms // 1000,
+            start_window_ms=opts.start_window_ms,
+            start_voiced_ms=opts.start_voiced_ms,
+            end_silence_ms=opts.end_silence_ms,
+        )
+        # The floor as an RMS level, so the hot path (the audio core's rms) needs no log.
+        self._floor_rms = 32768.0 * 10.0 ** (opts.energy_floor_dbfs / 20.0)
+        self._rms = audio.rms  # the C core's when built: a 20 ms frame costs well under a µs
+        self.reset()
+
+    def _reset_classifier(self) -> None:
+        # A fresh webrtcvad: it adapts its noise model to the audio it has seen.
+        self._is_speech = webrtcvad.Vad(self.options.aggressiveness).is_speech
+
+    def _voiced(self, row: Int16Array) -> bool:
+        return self._rms(row) >= self._floor_rms and self._is_speech(
+            row.tobytes(), self.sample_rate
+        )
+
+
+class WebRTCVAD:
+    """The built-in VAD as an agent's choice (registered as vad ``"webrtc"``): `create()`
+    makes one stream's `VAD` with these options."""
+
+    def __init__(self, options: VADOptions | None = None) -> None:
+        self.options = options if options is not None else VADOptions()
+
+    def create(self, sample_rate: int = 8000) -> VAD:
+        return VAD(self.options, sample_rate)
+
+    def __repr__(self) -> str:
+        return f"WebRTCVAD({self.options!r})"
+
+
+def resolve_vad(choice: object, options: VADOptions | None = None) -> VADProvider:
+    """An agent's `vad=`: None or "webrtc" (the built-in, tuned by `options`), another
+    registered name, or a `VADProvider` instance."""
+    if choice is None or choice == "webrtc":
+        return WebRTCVAD(options)
+    if isinstance(choice, str):
+        from getpatter.core.registry import default_registry
+
+        provider = default_registry().create("vad", choice)
+    else:
+        provider = choice
+    if not isinstance(provider, VADProvider):
+        raise PatterConfigError(
+            f"vad={type(provider).__name__}(...) has no create(sample_rate) method: pass a "
+            "registered name such as 'silero' or a VAD provider such as SileroVAD(...)"
+        )
+    return provider

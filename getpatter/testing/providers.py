@@ -159,7 +159,10 @@ class ScriptedTTS:
     chunk_ms: int = 100
     fail_with: BaseException | None = None
     fail_first: int = 0  # with fail_with: only the first N syntheses fail
+    stall: Sequence[int] = ()  # these syntheses (1-based) take the text and never answer
+    empty: Sequence[int] = ()  # these syntheses end at once with no audio
     texts: list[str] = field(default_factory=list)
+    asked_at: list[float] = field(default_factory=list)  # loop time of each synthesize()
     streams: int = 0
     cancelled: int = 0
 
@@ -176,7 +179,13 @@ class ScriptedTTSStream:
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         tts = self.tts
         tts.texts.append(text)
+        tts.asked_at.append(asyncio.get_running_loop().time())
+        n = len(tts.texts)
         try:
+            if n in tts.stall:
+                await asyncio.Event().wait()  # accepted, then silence: a stalled provider
+            if n in tts.empty:
+                return
             if tts.first_byte_delay:
                 await asyncio.sleep(tts.first_byte_delay)
             if tts.fail_with is not None and (

@@ -22,5 +22,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="telnyx",
             requires=("aiohttp", "nacl"),
             description="Telnyx Call Control v2 + media streaming",
+            env=("TELNYX_API_KEY", "TELNYX_CONNECTION_ID", "TELNYX_PUBLIC_KEY"),
         ),
     ]

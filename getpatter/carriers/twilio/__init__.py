@@ -19,5 +19,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             "getpatter.carriers.twilio.adapter:TwilioAdapter",
             requires=("aiohttp",),
             description="Twilio Programmable Voice + Media Streams",
+            env=("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"),
         ),
     ]

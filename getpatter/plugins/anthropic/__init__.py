@@ -16,5 +16,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="anthropic",
             requires=("anthropic",),
             description="Claude via the Messages API, streamed, with tool use",
+            env=("ANTHROPIC_API_KEY",),
         ),
     ]

@@ -18,5 +18,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             "getpatter.plugins.assemblyai.stt:AssemblyAISTT",
             requires=("aiohttp",),
             description="AssemblyAI Universal Streaming STT, carrier μ-law 8 kHz untouched",
+            env=("ASSEMBLYAI_API_KEY",),
         ),
     ]

@@ -16,5 +16,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="cartesia",
             requires=("cartesia", "websockets"),
             description="Cartesia Sonic over one WebSocket per call, with continuations",
+            env=("CARTESIA_API_KEY",),
         ),
     ]

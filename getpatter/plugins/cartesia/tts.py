@@ -17,6 +17,9 @@ for the caller to speak) does not. Otherwise the old context is ended (`transcri
 `continue: false`) and a new one begins. Cancelling a sentence (closing its iterator: barge-in)
 sends `{"context_id", "cancel": true}`, and the next sentence starts a new context.
 
+A sentence that gives no audio in time is cancelled by the pipeline's first-audio deadline
+(`core.synthesis`) and asked for once more through `synthesize_fallback()`, on a fresh socket.
+
 Audio is asked for as `pcm_mulaw` at 8000 Hz by default: the carrier's own format, played
 untouched. A socket dropped mid-sentence is reopened once and the sentence re-requested on a new
 context, skipping the bytes already played; a refused key or exhausted quota is a
@@ -205,11 +208,12 @@ class CartesiaStream:
         self._current: _Context | None = None
         self._busy = 0  # sentences being synthesized right now
         self._connecting = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()  # old sockets being closed
         self._closed = False
 
     # --- synthesis ------------------------------------------------------------------------
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
         """Audio for one sentence. Closing this iterator early cancels it at once."""
         if self._closed:
             raise ProviderError("Cartesia stream is closed")
@@ -234,6 +238,24 @@ class CartesiaStream:
                     log.warning("Cartesia socket dropped mid-sentence (%s): reconnecting", exc)
         finally:
             self._busy -= 1
+
+    async def synthesize_fallback(self, text: str) -> AsyncIterator[bytes]:
+        """The sentence on a fresh socket: the pipeline's retry when the first try gave no
+        audio in time. The old socket may be dead without knowing it (or the context stuck),
+        so it is let go; nothing else is waiting on it, as sentences go one at a time."""
+        conn = self._conn
+        if conn is not None and self._busy == 0:
+            self._conn, self._current = None, None
+            closing = asyncio.get_running_loop().create_task(self._close_quietly(conn))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        async with contextlib.aclosing(self.synthesize(text)) as audio:
+            async for chunk in audio:
+                yield chunk
+
+    async def _close_quietly(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 2.0)
 
     def _context_for_sentence(self) -> tuple[_Context, list[dict[str, Any]]]:
         """The context this sentence goes on, and any message ending the previous one."""
@@ -373,10 +395,10 @@ class CartesiaStream:
                     log.warning("Cartesia: %s", self._error_message(message))
         except Exception as exc:  # the socket closed: websockets' ConnectionClosed
             reason = type(exc).__name__
-        if self._conn is conn:
+        if self._conn is conn:  # (a socket already replaced has no sentence waiting on it)
             self._conn, self._current = None, None
-        for queue in self._waiting.values():
-            queue.put_nowait(_Dropped(reason))
+            for queue in self._waiting.values():
+                queue.put_nowait(_Dropped(reason))
 
     async def _drop(self, conn: Any) -> None:
         """Forget a connection that went silent and close it (its reader then ends)."""
@@ -427,5 +449,8 @@ class CartesiaStream:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        for closing in list(self._closing):
+            with contextlib.suppress(Exception):
+                await closing
         with contextlib.suppress(Exception):
             await self._client.close()

@@ -19,5 +19,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="deepgram",
             requires=("deepgram",),
             description="Deepgram live STT (nova-3), carrier μ-law 8 kHz untouched",
+            env=("DEEPGRAM_API_KEY",),
         ),
     ]

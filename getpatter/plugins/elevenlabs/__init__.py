@@ -15,5 +15,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             "getpatter.plugins.elevenlabs.tts:ElevenLabsTTS",
             requires=("aiohttp",),
             description="ElevenLabs over one multi-context WebSocket per call (μ-law 8 kHz)",
+            env=("ELEVENLABS_API_KEY",),
         ),
     ]

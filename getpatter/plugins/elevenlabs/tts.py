@@ -11,14 +11,27 @@ sentence at a time and must know where each sentence's audio ends. On the single
 socket, `flush` forces generation but marks no end (`isFinal` only follows the end of the
 whole stream, which also closes the socket); and a sentence cancelled mid-way would leave its
 audio queued in front of the next one, so the only cancel is to close the socket and reconnect.
-On the multi-context socket each sentence is a context: text + `flush`, then `close_context`,
-and the server ends that context's audio with `{"isFinal": true, "contextId": …}`. Cancelling
-(a barge-in closes the iterator) is instant and costs no reconnect: the sentence's remaining
-audio is dropped on arrival, and the next sentence starts at once on a new context. The service
-allows 5 live contexts per socket; when cancelled sentences still hold 4, the socket is replaced.
+On the multi-context socket each sentence is a context: its text + `flush`, then
+`close_context`, and the server ends that context's audio with `{"isFinal": true, "contextId"}`.
+Cancelling (a barge-in closes the iterator) is instant and costs no reconnect: the sentence's
+context is closed, its remaining audio dropped on arrival, and the next sentence starts at once
+on a new context. The service allows 5 live contexts per socket; when cancelled or stuck
+sentences still hold 4, the socket is replaced.
 
-`voice_settings` go on the first message of each socket only (the service closes a socket whose
-later messages repeat or change them). Ask for `ulaw_8000` (the default): it is exactly what the
+When to close a context: only once its first audio has arrived. The docs say a close after a
+flush lets the flushed text finish, but services in production lose the whole context when
+the close reaches them before synthesis has started (no audio, no error, no isFinal: pipecat
+issue 4681, PR 5282). Once audio streams, isFinal reliably follows the last byte. (One context
+per reply, closed at its end, was the alternative: it has no per-sentence end marker, since a
+flush sends none, and its close would race the reply's last sentence all the same.) A context
+whose audio never starts is left to the pipeline's first-audio deadline (`core.synthesis`),
+which closes this iterator (the context is then closed as a cancel) and asks for the sentence
+again through `synthesize_fallback()`, the HTTP endpoint. An isFinal with no audio ends the
+sentence empty, which that deadline also treats as a failed sentence.
+
+`voice_settings` go on the first message of each context: the multi-context reference allows
+them "only in the first message for a given context_id", so a context without them would
+speak with the voice's defaults. Ask for `ulaw_8000` (the default): it is exactly what the
 carrier plays, so nothing is decoded or resampled.
 
 Failures: a socket dropped mid-sentence is reopened once and the sentence re-requested, skipping
@@ -199,7 +212,6 @@ class ElevenLabsStream:
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → its audio, then _FINAL
         self._live: set[str] = set()  # contexts the server still holds
-        self._settings_sent = False
         self._count = 0
         self._connecting = asyncio.Lock()
         self._closed = False
@@ -236,6 +248,18 @@ class ElevenLabsStream:
             async for chunk in audio:
                 yield chunk
 
+    async def synthesize_fallback(self, text: str) -> AsyncIterator[bytes]:
+        """The sentence over the HTTP endpoint: the pipeline's retry when the socket gave no
+        audio in time (a context the service lost or stalled)."""
+        if self._closed:
+            raise ProviderError("ElevenLabs stream is closed")
+        text = " ".join(text.split())
+        if not text:
+            return
+        async with contextlib.aclosing(self._over_http(text, 0)) as audio:
+            async for chunk in audio:
+                yield chunk
+
     async def _over_socket(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
         ws = await self.connect()
         if len(self._live - set(self._waiting)) >= MAX_CONTEXTS - 1:
@@ -247,30 +271,36 @@ class ElevenLabsStream:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting[context] = queue
         self._live.add(context)
+        closed = False  # close_context sent
         try:
             opening: dict[str, Any] = {"text": " ", "context_id": context}
-            if not self._settings_sent and self.options.voice_settings:
+            if self.options.voice_settings:
                 opening["voice_settings"] = dict(self.options.voice_settings)
-            self._settings_sent = True
-            for message in (
-                opening,
-                {"text": text + " ", "context_id": context, "flush": True},
-                {"context_id": context, "close_context": True},
-            ):
-                try:
-                    await ws.send_str(json.dumps(message))
-                except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-                    raise _Dropped(type(exc).__name__) from None
+            await self._send(ws, opening)
+            await self._send(ws, {"text": text + " ", "context_id": context, "flush": True})
             while (item := await self._next(queue)) is not _FINAL:
                 if isinstance(item, BaseException):
                     raise item
+                if not closed:  # its audio has started: now a close cannot lose it
+                    closed = True
+                    await self._send(ws, {"context_id": context, "close_context": True})
                 if skip:
                     cut = min(skip, len(item))
                     item, skip = item[cut:], skip - cut
                 if item:
                     yield item
+            closed = True
         finally:
             self._waiting.pop(context, None)
+            if not closed and self._ws is ws and context in self._live:
+                with contextlib.suppress(_Dropped):  # cancelled before its audio: free it
+                    await self._send(ws, {"context_id": context, "close_context": True})
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
+        try:
+            await ws.send_str(json.dumps(message))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise _Dropped(type(exc).__name__) from None
 
     async def _next(self, queue: asyncio.Queue[Any]) -> Any:
         try:
@@ -361,7 +391,7 @@ class ElevenLabsStream:
                 raise _Unreachable(f"HTTP {exc.status}") from None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise _Unreachable(type(exc).__name__) from None
-            self._ws, self._settings_sent = ws, False
+            self._ws = ws
             self._reader = asyncio.get_running_loop().create_task(self._read(ws))
             return ws
 
@@ -379,7 +409,7 @@ class ElevenLabsStream:
             queue = self._waiting.get(context)
             if data.get("audio") and queue is not None:
                 queue.put_nowait(base64.b64decode(data["audio"]))
-            if data.get("isFinal") is True:
+            if data.get("isFinal") is True or data.get("is_final") is True:
                 self._live.discard(context)
                 if queue is not None:
                     queue.put_nowait(_FINAL)

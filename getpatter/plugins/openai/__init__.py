@@ -1,4 +1,6 @@
-"""OpenAI providers. Registering them imports nothing: the SDK loads when one is first used."""
+"""OpenAI providers, and the OpenAI-compatible presets (Groq, Cerebras) built on its client.
+
+Registering them imports nothing: the SDK loads when one is first used."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai", "websockets"),
             description="OpenAI Realtime speech-to-speech (G.711 end to end, no transcoding)",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "llm",
@@ -23,6 +26,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="Chat Completions, streamed, with tools (any OpenAI-compatible base_url)",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "tts",
@@ -31,6 +35,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="OpenAI text-to-speech (gpt-4o-mini-tts), streamed 24 kHz PCM",
+            env=("OPENAI_API_KEY",),
         ),
         ProviderSpec(
             "stt",
@@ -39,5 +44,24 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="openai",
             requires=("openai",),
             description="OpenAI transcription (gpt-4o-transcribe), one request per utterance",
+            env=("OPENAI_API_KEY",),
+        ),
+        ProviderSpec(
+            "llm",
+            "groq",
+            "getpatter.plugins.openai.compatible:GroqLLM",
+            extra="groq",
+            requires=("openai",),
+            description="Groq chat completions (OpenAI-compatible), streamed, with tools",
+            env=("GROQ_API_KEY",),
+        ),
+        ProviderSpec(
+            "llm",
+            "cerebras",
+            "getpatter.plugins.openai.compatible:CerebrasLLM",
+            extra="cerebras",
+            requires=("openai",),
+            description="Cerebras Inference chat completions (OpenAI-compatible), with tools",
+            env=("CEREBRAS_API_KEY",),
         ),
     ]

@@ -104,7 +104,9 @@ def is_retryable(exc: BaseException) -> bool:
     return is_transport_error(exc)
 
 
-def provider_error(exc: BaseException, what: str, key: Secret, where: str) -> PatterError:
+def provider_error(
+    exc: BaseException, what: str, key: Secret, where: str, key_env: str = "OPENAI_API_KEY"
+) -> PatterError:
     """An SDK or transport error as a PatterError that says what to do, never with the key.
 
     OpenAI's 401 message quotes part of the key, so it is never passed on.
@@ -127,7 +129,7 @@ def provider_error(exc: BaseException, what: str, key: Secret, where: str) -> Pa
         if status == 401:
             return PatterConnectionError(
                 f"{what} refused the API key (HTTP 401 {code or 'unauthorized'}): check "
-                "OPENAI_API_KEY or the provider's api_key=..."
+                f"{key_env} or the provider's api_key=..."
             )
         if status == 403:
             return PatterConnectionError(f"{what} denied access (HTTP 403 {code}): {message}")
@@ -185,7 +187,15 @@ class OpenAILLM:
     Closing the `chat()` iterator (a barge-in) closes the HTTP stream, which stops generation.
     A connection that fails before the first token is retried once; after text has been
     yielded it is an error, so the caller never hears a sentence twice.
+
+    A preset for one OpenAI-compatible provider (`GroqLLM`, `CerebrasLLM`) only overrides the
+    class attributes below: where its key comes from, what errors call it, its default URL.
     """
+
+    #: Where the key is read from when `api_key` is not given, and what errors name.
+    key_env: str = "OPENAI_API_KEY"
+    provider: str = "OpenAI"
+    default_base_url: str = OPENAI_BASE_URL
 
     def __init__(
         self,
@@ -199,29 +209,30 @@ class OpenAILLM:
         include_usage: bool = True,
         timeout: float = 30.0,
     ) -> None:
-        self._key = openai_key(api_key, "OpenAILLM")
+        who = type(self).__name__
+        self._key = Secret(
+            credential(api_key, self.key_env, f"{self.provider} API key", f"{who}(api_key=...)")
+        )
         if temperature is not None and (
             isinstance(temperature, bool)
             or not isinstance(temperature, int | float)
             or not 0 <= temperature <= 2
         ):
-            raise PatterConfigError(f"OpenAILLM temperature must be 0 to 2, got {temperature!r}")
+            raise PatterConfigError(f"{who} temperature must be 0 to 2, got {temperature!r}")
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
         ):
-            raise PatterConfigError(
-                f"OpenAILLM max_tokens must be a positive int, got {max_tokens!r}"
-            )
+            raise PatterConfigError(f"{who} max_tokens must be a positive int, got {max_tokens!r}")
         if extra_body is not None and not isinstance(extra_body, Mapping):
-            raise PatterConfigError("OpenAILLM extra_body must be a dict of extra request fields")
+            raise PatterConfigError(f"{who} extra_body must be a dict of extra request fields")
         self.options = OpenAILLMOptions(
-            model=check_name("OpenAILLM", "model", model),
-            base_url=validate_http_url(base_url, "OpenAILLM base_url"),
+            model=check_name(who, "model", model),
+            base_url=validate_http_url(base_url, f"{who} base_url"),
             temperature=None if temperature is None else float(temperature),
             max_tokens=max_tokens,
             extra_body=dict(extra_body or {}),
             include_usage=bool(include_usage),
-            timeout=check_timeout("OpenAILLM", timeout),
+            timeout=check_timeout(who, timeout),
         )
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
@@ -230,12 +241,13 @@ class OpenAILLM:
 
     def __repr__(self) -> str:
         o = self.options
-        return f"OpenAILLM(model={o.model!r}, base_url={o.base_url!r}, api_key=<set>)"
+        name = type(self).__name__
+        return f"{name}(model={o.model!r}, base_url={o.base_url!r}, api_key=<set>)"
 
     @property
     def _what(self) -> str:
-        if self.options.base_url == OPENAI_BASE_URL:
-            return "OpenAI chat completions"
+        if self.options.base_url == self.default_base_url:
+            return f"{self.provider} chat completions"
         return f"the OpenAI-compatible server at {self.options.base_url}"
 
     async def _client(self) -> AsyncOpenAI:
@@ -297,7 +309,9 @@ class OpenAILLM:
                 if attempt == 1 and is_retryable(exc):
                     log.warning("%s: %s; retrying once", self._what, type(exc).__name__)
                     continue
-                raise provider_error(exc, self._what, self._key, self.options.base_url) from None
+                raise provider_error(
+                    exc, self._what, self._key, self.options.base_url, self.key_env
+                ) from None
             yielded = False
             try:
                 calls: dict[int, _PendingCall] = {}
@@ -312,7 +326,9 @@ class OpenAILLM:
                 if attempt == 1 and not yielded and is_transport_error(exc):
                     log.warning("%s: the stream dropped before any output; retrying", self._what)
                     continue
-                raise provider_error(exc, self._what, self._key, self.options.base_url) from None
+                raise provider_error(
+                    exc, self._what, self._key, self.options.base_url, self.key_env
+                ) from None
             finally:
                 with contextlib.suppress(Exception):
                     await stream.close()

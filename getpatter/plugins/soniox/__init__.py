@@ -19,5 +19,6 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="soniox",
             requires=("aiohttp",),
             description="Soniox real-time STT, carrier μ-law 8 kHz untouched",
+            env=("SONIOX_API_KEY",),
         ),
     ]

@@ -23,6 +23,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             extra="speechmatics",
             requires=("aiohttp",),
             description="Speechmatics real-time STT (8 kHz μ-law straight from the carrier)",
+            env=("SPEECHMATICS_API_KEY",),
         ),
     ]
 

@@ -7,20 +7,18 @@ from those rather than from any client:
   message is the BOS `{"text": " ", ...}`; text chunks are buffered and generated at `flush`,
   when the buffer passes the `chunk_length_schedule`, or at EOS `{"text": ""}`, after which
   the server sends `{"isFinal": true}` and closes with 1000;
-- `GET /v1/text-to-speech/{voice_id}/multi-stream-input` (WebSocket, up to 5 contexts):
-  messages carry `context_id`; `flush`, `close_context` (the server finishes the context's
-  audio, then sends `{"isFinal": true, "contextId": …}`) and `close_socket`; a sixth live
-  context is refused with `max_active_conversations`;
+- `GET /v1/text-to-speech/{voice_id}/multi-stream-input` (WebSocket, up to 5 contexts): the
+  rules of `multi.py` (contexts, flush, close_context, keep-alive, inactivity, close_socket);
 - `POST /v1/text-to-speech/{voice_id}/stream` (and the non-streaming `POST …/{voice_id}`): a
   chunked body of raw audio.
 
 Auth is the `xi-api-key` header (a wrong one is refused with HTTP 401
 `{"detail": {"status": "invalid_api_key", "message": …}}`) or, on the sockets, a key in the
-first message, spelled `xi_api_key` or `xi-api-key`. `voice_settings` may come in the first
-message only, and may not change later (1008, as the service does). With no text for
-`inactivity_timeout` seconds (query parameter, default 20) the socket is closed with 1008 and
-the service's message, cut to the 123 bytes a close reason can hold. Socket errors are
-`{"message", "error", "code"}` followed by a close with that code.
+first message, spelled `xi_api_key` or `xi-api-key`. On stream-input `voice_settings` may come
+in the first message only, and may not change later (1008, as the service does). With no
+message at all for `inactivity_timeout` seconds (query parameter, default 20) the socket is
+closed with 1008 and the service's message, cut to the 123 bytes a close reason can hold.
+Socket errors are `{"message", "error", "code"}` followed by a close with that code.
 
 Audio is a tone as long as the text would take to say (`speech_tone`), in exactly the requested
 `output_format`: `ulaw_8000`, `alaw_8000` or `pcm_<rate>`. The fake cannot make MP3 or Opus;
@@ -28,29 +26,30 @@ asking for them is refused with 422 (the real service would answer). Knobs:
 `first_audio_delay` (per generation), `chunk_ms`, `audio_speed` (× real time; 0 = unpaced).
 Faults: `quota_exceeded = True` (HTTP 401 `quota_exceeded`, or a 1008 on the socket at the first
 text), `refuse_sockets = 503` (sockets refused with that status; HTTP still works),
-`stall_next()` (a generation goes silent), `drop_connections()`.
+`stall_next()` (a generation, socket or HTTP, takes its text and goes silent), `empty_next()`
+(a generation ends with no audio), `close_race` (see `multi.py`), `drop_connections()`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.elevenlabs.generation import (
+    FakeElevenLabsSession,
+    Generation,
+    audio_format,
+    encode,
+)
+from getpatter.testing.elevenlabs.multi import MAX_CONTEXTS, MultiContexts
 from getpatter.testing.engines import speech_tone
 
-__all__ = ["FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
+__all__ = ["MAX_CONTEXTS", "FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
 
-MAX_CONTEXTS = 5
-_SCHEDULE = (120, 160, 250, 290)
-_PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 _INACTIVITY = (
     "Have not received a new text input within the timeout of {n} seconds. Streaming input "
     "terminated. Please make sure to either feed the input in the timely manner, or to send "
@@ -62,128 +61,16 @@ _QUOTA = (
 )
 
 
-def audio_format(output_format: str) -> tuple[int, str] | None:
-    """`(sample_rate, "ulaw" | "alaw" | "pcm")` for a format the fake can make, else None."""
-    if output_format in ("ulaw_8000", "alaw_8000"):
-        return 8000, output_format[:4]
-    kind, _, rate = output_format.partition("_")
-    if kind == "pcm" and rate.isdigit() and int(rate) in _PCM_RATES:
-        return int(rate), "pcm"
-    return None
-
-
-def _encode(samples: np.ndarray, kind: str) -> bytes:
-    if kind == "ulaw":
-        return ulaw_encode(samples)
-    if kind == "alaw":
-        return alaw_encode(samples)
-    return pcm16_bytes(samples)
-
-
 def _close_reason(message: str) -> bytes:
     return message.encode()[:123]
-
-
-@dataclass(eq=False)
-class FakeElevenLabsSession:
-    """One socket: what the client sent (`received`), what it got, and how it ended."""
-
-    endpoint: str
-    voice_id: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    ws: web.WebSocketResponse
-    request: web.Request
-    received: list[dict[str, Any]] = field(default_factory=list)
-    finals: list[str] = field(default_factory=list)  # contexts (or "" for stream-input) ended
-    audio_bytes: dict[str, int] = field(default_factory=dict)  # per context
-    close_code: int | None = None
-    closed: bool = False
-    stalled: bool = False
-
-
-class _Context:
-    """One generation stream: buffered text → audio messages, in order, by one worker."""
-
-    def __init__(self, fake: FakeElevenLabs, session: FakeElevenLabsSession, name: str) -> None:
-        self.fake, self.session, self.name = fake, session, name
-        self.buffer = ""
-        self.schedule = 0
-        self.closing = False
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.worker = asyncio.get_running_loop().create_task(self._work())
-
-    def add(self, text: str, flush: bool) -> None:
-        self.buffer += text
-        if flush or len(self.buffer) >= _SCHEDULE[min(self.schedule, len(_SCHEDULE) - 1)]:
-            self.schedule += 0 if flush else 1
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer.strip():
-            self.queue.put_nowait(self.buffer)
-        self.buffer = ""
-
-    def close(self) -> None:
-        """Generate what is left, then the final message."""
-        if not self.closing:
-            self.closing = True
-            self.flush()
-            self.queue.put_nowait(None)
-
-    async def _work(self) -> None:
-        try:
-            await self._generate()
-        except (ConnectionError, RuntimeError):
-            pass  # the socket went away under us
-
-    async def _generate(self) -> None:
-        session, fake = self.session, self.fake
-        rate, kind = audio_format(session.query.get("output_format", "mp3_44100_128")) or (0, "")
-        while (text := await self.queue.get()) is not None:
-            tone = speech_tone(text.strip(), rate, fake.tone_hz)
-            step = max(1, rate * fake.chunk_ms // 1000)
-            per_char = len(tone) / rate * 1000 / max(len(text), 1)
-            if fake.first_audio_delay:
-                await asyncio.sleep(fake.first_audio_delay)
-            stall = fake._stalls.pop(0) if fake._stalls else None
-            for start in range(0, len(tone), step):
-                if stall is not None and start >= stall * step:
-                    session.stalled = True  # a dead peer: silent, reads nothing more
-                    await asyncio.Event().wait()
-                piece = tone[start : start + step]
-                first, last = start / rate * 1000, (start + len(piece)) / rate * 1000
-                chars = [i for i in range(len(text)) if first <= i * per_char < last]
-                alignment = {
-                    "chars": [text[i] for i in chars],
-                    "charStartTimesMs": [int(i * per_char) for i in chars],
-                    "charDurationsMs": [int(per_char)] * len(chars),
-                }
-                audio = _encode(piece, kind)
-                message: dict[str, Any] = {
-                    "audio": base64.b64encode(audio).decode(),
-                    "isFinal": None,
-                    "normalizedAlignment": alignment,
-                    "alignment": alignment,
-                }
-                if session.endpoint == "multi-stream-input":
-                    message["contextId"] = self.name
-                session.audio_bytes[self.name] = session.audio_bytes.get(self.name, 0) + len(audio)
-                await session.ws.send_json(message)
-                if fake.audio_speed:
-                    await asyncio.sleep(len(piece) / rate / fake.audio_speed)
-        final: dict[str, Any] = {"isFinal": True}
-        if session.endpoint == "multi-stream-input":
-            final["contextId"] = self.name
-        await session.ws.send_json(final)
-        session.finals.append(self.name)
 
 
 class FakeElevenLabs(LoopbackServer):
     """ElevenLabs TTS on 127.0.0.1: `base_url` (http) / `ws_url` (ws), both without a path.
 
-    For assertions: `sessions` (one per socket), `http_requests` (`{voice_id, query, body}`),
-    `rejected` (HTTP statuses refused), `http_cancelled` (streams the client closed early).
+    For assertions: `sessions` (one per socket), `http_requests` (`{voice_id, query, body,
+    at}`), `rejected` (HTTP statuses refused), `http_cancelled` (streams the client closed
+    early).
     """
 
     _on_stop = "drop"
@@ -208,7 +95,10 @@ class FakeElevenLabs(LoopbackServer):
         self.tone_hz = tone_hz
         self.quota_exceeded = False
         self.refuse_sockets: int | None = None
-        self._stalls: list[int] = []
+        #: multi-stream-input: what a context closed before its audio started gets, when set
+        self.close_race: Literal["silent", "empty_final"] | None = None
+        self._stalls: list[tuple[int, bool]] = []
+        self._empties = 0
         self.sessions: list[FakeElevenLabsSession] = []
         self.http_requests: list[dict[str, Any]] = []
         self.rejected: list[int] = []
@@ -236,10 +126,26 @@ class FakeElevenLabs(LoopbackServer):
             web.post(base, self._http),
         ]
 
-    def stall_next(self, after_chunks: int) -> None:
-        """The next generation goes silent after `after_chunks` chunks, socket left open: a
-        peer that died without closing the connection."""
-        self._stalls.append(after_chunks)
+    def stall_next(self, after_chunks: int = 0, *, whole_socket: bool = True) -> None:
+        """The next generation (a socket's text or an HTTP request) goes silent after
+        `after_chunks` chunks and stays open. `whole_socket`: a peer that died without closing
+        the connection (its socket reads nothing more); else only that generation is stuck
+        and the socket carries on (accepted text, nothing sent: a stalled context)."""
+        self._stalls.append((after_chunks, whole_socket))
+
+    def empty_next(self) -> None:
+        """The next generation makes no audio: a socket context ends with its final message
+        only, an HTTP stream with an empty body."""
+        self._empties += 1
+
+    def _take_stall(self) -> tuple[int, bool] | None:
+        return self._stalls.pop(0) if self._stalls else None
+
+    def _take_empty(self) -> bool:
+        if self._empties:
+            self._empties -= 1
+            return True
+        return False
 
     async def drop_connections(self) -> int:
         """Kill every live socket and HTTP stream at the TCP level: a network failure."""
@@ -294,11 +200,14 @@ class FakeElevenLabs(LoopbackServer):
             detail = [{"type": "missing", "loc": ["body", "text"], "msg": "Field required"}]
             return self._refuse(422, detail)
         voice_id = request.match_info["voice_id"]
+        loop = asyncio.get_running_loop()
         self.http_requests.append(
-            {"voice_id": voice_id, "query": dict(request.query), "body": body}
+            {"voice_id": voice_id, "query": dict(request.query), "body": body, "at": loop.time()}
         )
         rate, kind = audio_format(request.query.get("output_format", "mp3_44100_128")) or (0, "")
-        audio = _encode(speech_tone(body["text"].strip(), rate, self.tone_hz), kind)
+        audio = encode(speech_tone(body["text"].strip(), rate, self.tone_hz), kind)
+        if self._take_empty():
+            audio = b""
         content_type = {"ulaw": "audio/basic", "alaw": "audio/x-alaw-basic"}.get(kind, "audio/pcm")
         if not request.path.endswith("/stream"):
             return web.Response(body=audio, content_type=content_type)
@@ -306,10 +215,15 @@ class FakeElevenLabs(LoopbackServer):
         await response.prepare(request)
         self._http_live[id(request)] = request
         step = max(1, rate * self.chunk_ms // 1000) * (1 if kind != "pcm" else 2)
+        stall = self._take_stall()
         try:
             if self.first_audio_delay:
                 await asyncio.sleep(self.first_audio_delay)
-            for start in range(0, len(audio), step):
+            for n, start in enumerate(range(0, len(audio), step)):
+                while stall is not None and n >= stall[0]:  # headers sent, then nothing
+                    if request.transport is None or request.transport.is_closing():
+                        raise ConnectionResetError  # until the client gives up on it
+                    await asyncio.sleep(0.05)
                 await response.write(audio[start : start + step])
                 if self.audio_speed:
                     await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
@@ -339,15 +253,15 @@ class FakeElevenLabs(LoopbackServer):
             request=request,
         )
         self.sessions.append(session)
-        contexts: dict[str, _Context] = {}
+        streams: list[Generation | MultiContexts] = []
         try:
-            await self._converse(session, contexts, "xi-api-key" in request.headers)
+            await self._converse(session, streams, "xi-api-key" in request.headers)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
         finally:
             session.closed = True
-            for context in contexts.values():
-                context.worker.cancel()
+            for stream in streams:
+                stream.stop()
             if not ws.closed:
                 try:
                     await ws.close()
@@ -361,7 +275,10 @@ class FakeElevenLabs(LoopbackServer):
         await session.ws.close(code=1008, message=_close_reason(message))
 
     async def _converse(
-        self, session: FakeElevenLabsSession, contexts: dict[str, _Context], authed: bool
+        self,
+        session: FakeElevenLabsSession,
+        streams: list[Generation | MultiContexts],
+        authed: bool,
     ) -> None:
         multi = session.endpoint == "multi-stream-input"
         try:
@@ -372,6 +289,11 @@ class FakeElevenLabs(LoopbackServer):
             await self._fail(session, "inactivity_timeout must be 1 to 180 seconds", "invalid")
             return
         ws = session.ws
+        loop = asyncio.get_running_loop()
+        contexts = MultiContexts(self, session, timeout) if multi else None
+        single: Generation | None = None
+        if contexts is not None:
+            streams.append(contexts)
         voice_settings: Any = None
         first = True
         while True:
@@ -388,7 +310,11 @@ class FakeElevenLabs(LoopbackServer):
             except json.JSONDecodeError:
                 await self._fail(session, "Invalid message: not JSON", "invalid_message")
                 return
+            if not isinstance(data, dict):
+                await self._fail(session, "Invalid message: not an object", "invalid_message")
+                return
             session.received.append(data)
+            session.received_at.append(loop.time())
             if session.stalled:
                 continue
             if first:
@@ -406,7 +332,9 @@ class FakeElevenLabs(LoopbackServer):
                     )
                     return
                 voice_settings = data.get("voice_settings")
-            elif "voice_settings" in data and data["voice_settings"] != voice_settings:
+            elif (
+                not multi and "voice_settings" in data and data["voice_settings"] != voice_settings
+            ):
                 await self._fail(
                     session,
                     "voice_settings field must be provided in the first message and then "
@@ -418,63 +346,24 @@ class FakeElevenLabs(LoopbackServer):
             if self.quota_exceeded and isinstance(text, str) and text.strip():
                 await self._fail(session, _QUOTA, "quota_exceeded")
                 return
-            done = await (
-                self._multi(session, contexts, data)
-                if multi
-                else self._single(session, contexts, data)
-            )
-            if done:
+            if contexts is not None:
+                problem = await contexts.handle(data)
+                if problem is not None:
+                    await self._fail(session, *problem)
+                    return
+                if data.get("close_socket"):
+                    await ws.close(code=1000)
+                    return
+                continue
+            if single is None:
+                single = Generation(self, session, "")
+                streams.append(single)
+            if text == "":  # EOS: finish, send isFinal, close
+                single.close(generate_buffer=True)
+                await single.worker
+                await ws.close(code=1000)
                 return
-
-    async def _single(
-        self, session: FakeElevenLabsSession, contexts: dict[str, _Context], data: dict[str, Any]
-    ) -> bool:
-        context = contexts.get("") or contexts.setdefault("", _Context(self, session, ""))
-        text = data.get("text")
-        if text == "":  # EOS: finish, send isFinal, close
-            context.close()
-            await context.worker
-            await session.ws.close(code=1000)
-            return True
-        if isinstance(text, str) and text != " ":
-            context.add(text, bool(data.get("flush") or data.get("try_trigger_generation")))
-        elif data.get("flush"):
-            context.flush()
-        return False
-
-    async def _multi(
-        self, session: FakeElevenLabsSession, contexts: dict[str, _Context], data: dict[str, Any]
-    ) -> bool:
-        if data.get("close_socket"):
-            for each in contexts.values():
-                each.close()
-            await asyncio.gather(*(c.worker for c in contexts.values()))
-            await session.ws.close(code=1000)
-            return True
-        name = str(data.get("context_id") or "default")
-        context: _Context | None = contexts.get(name)
-        if data.get("close_context"):
-            if context is not None:
-                context.close()
-                context.worker.add_done_callback(lambda _: contexts.pop(name, None))
-            return False
-        text = data.get("text")
-        if context is None:
-            if not isinstance(text, str) or text == "":
-                return False  # a flush or keep-alive for no context: nothing to do
-            if len(contexts) >= MAX_CONTEXTS:
-                await self._fail(
-                    session,
-                    f"Maximum simultaneous contexts per WebSocket connection exceeded "
-                    f"({MAX_CONTEXTS}). Please close an existing context before opening a new one.",
-                    "max_active_conversations",
-                )
-                return True
-            context = contexts[name] = _Context(self, session, name)
-        if context.closing:
-            return False
-        if isinstance(text, str) and text.strip():
-            context.add(text, bool(data.get("flush")))
-        elif data.get("flush"):
-            context.flush()
-        return False
+            if isinstance(text, str) and text != " ":
+                single.add(text, bool(data.get("flush") or data.get("try_trigger_generation")))
+            elif data.get("flush"):
+                single.flush()

@@ -28,7 +28,9 @@ client works against `base_url` (``http://127.0.0.1:P/v1``), the official SDK in
   holds each answer back.
 
 Faults: `drop_connections()` aborts every open connection (in-flight responses and idle
-keep-alive ones) at the TCP level. For assertions: `requests` (every request, with its parsed
+keep-alive ones) at the TCP level; `stall_speech = n` makes the next n speech requests send
+their headers and then nothing (a stalled generation: no audio, no error, connection open).
+For assertions: `requests` (every request, with its parsed
 body), `chat_requests`, `speech_requests`, `transcription_requests`, `aborted` (responses the
 client stopped reading before the end), `rejected` (statuses of refused requests).
 """
@@ -114,6 +116,9 @@ class FakeOpenAI(LoopbackServer):
     _: KW_ONLY
     host: str = "127.0.0.1"
     port: int = 0
+    #: Where the API lives on the host: OpenAI's `/v1`, or an OpenAI-compatible provider's
+    #: own path (Groq serves the same API under `/openai/v1`, Cerebras under `/v1`).
+    prefix: str = "/v1"
     replies: list[Reply] = field(default_factory=list)
     default_reply: str = "Okay."
     transcripts: list[str] = field(default_factory=list)
@@ -129,6 +134,7 @@ class FakeOpenAI(LoopbackServer):
     speech_rms: float = 200.0
     transcribe_delay: float = 0.0
     quota_exceeded: bool = False
+    stall_speech: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     aborted: int = 0
@@ -137,33 +143,34 @@ class FakeOpenAI(LoopbackServer):
 
     def __post_init__(self) -> None:
         self.replies, self.transcripts = list(self.replies), list(self.transcripts)
+        self.prefix = "/" + self.prefix.strip("/")
 
     # --- addresses, views, lifecycle -------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"http://{self.host}:{self.port}{self.prefix}"
 
     def _bodies(self, path: str) -> list[dict[str, Any]]:
         return [r["body"] for r in self.requests if r["path"] == path]
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/chat/completions")
+        return self._bodies(f"{self.prefix}/chat/completions")
 
     @property
     def speech_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/audio/speech")
+        return self._bodies(f"{self.prefix}/audio/speech")
 
     @property
     def transcription_requests(self) -> list[dict[str, Any]]:
-        return self._bodies("/v1/audio/transcriptions")
+        return self._bodies(f"{self.prefix}/audio/transcriptions")
 
     def _routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/v1/chat/completions", self._guard(self._chat)),
-            web.post("/v1/audio/speech", self._guard(self._speech)),
-            web.post("/v1/audio/transcriptions", self._guard(self._transcribe)),
+            web.post(f"{self.prefix}/chat/completions", self._guard(self._chat)),
+            web.post(f"{self.prefix}/audio/speech", self._guard(self._speech)),
+            web.post(f"{self.prefix}/audio/transcriptions", self._guard(self._transcribe)),
         ]
 
     async def drop_connections(self) -> int:
@@ -383,7 +390,14 @@ class FakeOpenAI(LoopbackServer):
         response.enable_chunked_encoding()
         await response.prepare(request)
         step = max(2, SPEECH_RATE * 2 * self.chunk_ms // 1000)
+        stalled = self.stall_speech > 0
+        self.stall_speech -= stalled
         try:
+            if stalled:  # silent until the client gives up on it
+                # polling the transport is how a handler learns its client has left
+                while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                raise ConnectionResetError
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)
             for i in range(0, len(pcm), step):

@@ -51,7 +51,7 @@ from .util import (
 )
 
 if TYPE_CHECKING:
-    from .network import FakeTelnyx
+    from .calls import CallRunner
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,7 +61,7 @@ _DTMF = re.compile(r"^[0-9A-D*#wW]+$")
 _OK = {"data": {"result": "ok"}}
 
 
-def build_rest_app(tx: FakeTelnyx) -> web.Application:
+def build_rest_app(tx: CallRunner) -> web.Application:
     api = _Api(tx)
     app = web.Application(middlewares=[api.middleware])
     app.router.add_post("/v2/calls", api.dial)
@@ -160,7 +160,7 @@ def _client_state(body: dict[str, Any]) -> str:
 
 
 class _Api:
-    def __init__(self, tx: FakeTelnyx) -> None:
+    def __init__(self, tx: CallRunner) -> None:
         self.tx = tx
         self.dials: dict[str, FakeCall] = {}  # by command_id
         self.actions: dict[str, Callable[[FakeCall, dict[str, Any]], Apply]] = {

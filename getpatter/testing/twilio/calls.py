@@ -34,14 +34,16 @@ import aiohttp
 from ..phone.audio import AudioInput, Callee, callee_audio
 from ..phone.network import PhoneNetwork
 from .media import FakeCall, MediaStream
-from .rest import FakeRecording, PhoneNumber, RestRequest
 from .util import (
     API_VERSION,
     ERR_CONTENT_TYPE,
     ERR_HTTP_RETRIEVAL,
     ERR_STREAM_HANDSHAKE,
     ERR_STREAM_URL,
+    FakeRecording,
     Outbound,
+    PhoneNumber,
+    RestRequest,
     TwimlError,
     Webhook,
     amd_result,
@@ -105,6 +107,24 @@ class CallRunner(PhoneNetwork):
     def base_url(self) -> str:
         """REST root: the client appends `/2010-04-01/Accounts/...`."""
         return f"http://{self.host}:{self.port}"
+
+    def add_number(
+        self,
+        phone_number: str,
+        voice_url: str = "",
+        voice_method: str = "POST",
+        status_callback: str = "",
+    ) -> str:
+        """Provision an IncomingPhoneNumber; returns its PN sid."""
+        number = PhoneNumber(
+            sid=new_sid("PN"),
+            phone_number=phone_number,
+            voice_url=voice_url,
+            voice_method=voice_method.upper(),
+            status_callback=status_callback,
+        )
+        self.numbers[number.sid] = number
+        return number.sid
 
     def number(self, phone_number: str) -> PhoneNumber | None:
         """The IncomingPhoneNumber with this E.164 number, if any."""

@@ -26,8 +26,8 @@ from ..phone.audio import AnswerMode, AudioInput, Callee
 from ..phone.call import CallError
 from .calls import WEBHOOK_TIMEOUT_S, CallRunner
 from .media import FakeCall
-from .rest import FakeRecording, PhoneNumber, RestRequest, build_rest_app
-from .util import Webhook, compute_signature, new_sid
+from .rest import build_rest_app
+from .util import FakeRecording, PhoneNumber, RestRequest, Webhook, compute_signature
 
 __all__ = [
     "AnswerMode",
@@ -77,24 +77,6 @@ class FakeTwilio(CallRunner):
             await asyncio.gather(*ctl.tasks, return_exceptions=True)
 
     # --- configuration ---------------------------------------------------------------------
-
-    def add_number(
-        self,
-        phone_number: str,
-        voice_url: str = "",
-        voice_method: str = "POST",
-        status_callback: str = "",
-    ) -> str:
-        """Provision an IncomingPhoneNumber; returns its PN sid."""
-        number = PhoneNumber(
-            sid=new_sid("PN"),
-            phone_number=phone_number,
-            voice_url=voice_url,
-            voice_method=voice_method.upper(),
-            status_callback=status_callback,
-        )
-        self.numbers[number.sid] = number
-        return number.sid
 
     # --- inbound calls ---------------------------------------------------------------------
 

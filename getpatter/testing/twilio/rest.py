@@ -23,67 +23,28 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .media import FakeCall
-from .util import API_VERSION, Outbound, error_body, rfc2822
+from .util import (
+    API_VERSION,
+    FakeRecording,
+    Outbound,
+    PhoneNumber,
+    RestRequest,
+    error_body,
+    rfc2822,
+)
 
 if TYPE_CHECKING:
-    from .network import FakeTwilio
+    from .calls import CallRunner
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _STATUS_EVENTS = {"initiated", "ringing", "answered", "completed"}
-
-
-@dataclass
-class RestRequest:
-    """One REST request the fake received (for assertions)."""
-
-    method: str
-    path: str
-    form: dict[str, str]  # last value of each key
-    form_multi: dict[str, list[str]]  # every value, for repeated keys (StatusCallbackEvent)
-    query: dict[str, str]
-    time: float
-    status: int = 0
-
-
-@dataclass
-class PhoneNumber:
-    """An IncomingPhoneNumber resource."""
-
-    sid: str
-    phone_number: str
-    voice_url: str = ""
-    voice_method: str = "POST"
-    status_callback: str = ""
-    status_callback_method: str = "POST"
-    friendly_name: str = ""
-    date_created: float = field(default_factory=time.time)
-    date_updated: float = field(default_factory=time.time)
-
-
-@dataclass
-class FakeRecording:
-    """A call recording's metadata (the fake keeps no media)."""
-
-    sid: str
-    call_sid: str
-    source: str
-    started_wall: float
-    started: float  # loop time
-    channels: int = 1
-    track: str = "both"
-    status_callback: str = ""
-    status_callback_method: str = "POST"
-    events: frozenset[str] = frozenset({"completed"})
-    status: str = "in-progress"
-    duration: int | None = None
 
 
 class ApiError(Exception):
@@ -94,7 +55,7 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def build_rest_app(tw: FakeTwilio) -> web.Application:
+def build_rest_app(tw: CallRunner) -> web.Application:
     api = _Api(tw)
     app = web.Application(middlewares=[api.middleware])
     acct = f"/{API_VERSION}/Accounts/{{account}}"
@@ -131,7 +92,7 @@ def _get(data: dict[str, list[str]], key: str, default: str = "") -> str:
 
 
 class _Api:
-    def __init__(self, tw: FakeTwilio) -> None:
+    def __init__(self, tw: CallRunner) -> None:
         self.tw = tw
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -318,7 +279,7 @@ class _Api:
         return web.json_response(
             {
                 "sid": self.tw.account_sid,
-                "friendly_name": "FakeTwilio",
+                "friendly_name": "CallRunner",
                 "status": "active",
                 "type": "Full",
                 "uri": f"{self._base()}.json",

@@ -12,6 +12,7 @@ import email.utils
 import hashlib
 import hmac
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -199,3 +200,52 @@ def amd_result(callee: Callee, mode: str) -> tuple[str, float]:
     if mode == "DetectMessageEnd":
         return "machine_end_beep", callee.machine_greeting_s
     return "machine_start", 0.0
+
+
+# --- REST resources ---------------------------------------------------------------------------
+
+
+@dataclass
+class RestRequest:
+    """One REST request the fake received (for assertions)."""
+
+    method: str
+    path: str
+    form: dict[str, str]  # last value of each key
+    form_multi: dict[str, list[str]]  # every value, for repeated keys (StatusCallbackEvent)
+    query: dict[str, str]
+    time: float
+    status: int = 0
+
+
+@dataclass
+class PhoneNumber:
+    """An IncomingPhoneNumber resource."""
+
+    sid: str
+    phone_number: str
+    voice_url: str = ""
+    voice_method: str = "POST"
+    status_callback: str = ""
+    status_callback_method: str = "POST"
+    friendly_name: str = ""
+    date_created: float = field(default_factory=time.time)
+    date_updated: float = field(default_factory=time.time)
+
+
+@dataclass
+class FakeRecording:
+    """A call recording's metadata (the fake keeps no media)."""
+
+    sid: str
+    call_sid: str
+    source: str
+    started_wall: float
+    started: float  # loop time
+    channels: int = 1
+    track: str = "both"
+    status_callback: str = ""
+    status_callback_method: str = "POST"
+    events: frozenset[str] = frozenset({"completed"})
+    status: str = "in-progress"
+    duration: int | None = None

@@ -1,0 +1,363 @@
+"""LmntTTS: LMNT text to speech over a speech session, through the official `lmnt` SDK.
+
+The SDK's `AsyncLmnt(base_url=...)` derives the session socket from its HTTP base
+(`http → ws`, `https → wss`, plus `/v1/ai/speech/stream`), so it is pointed at a loopback fake
+as easily as at LMNT; `client.speech.sessions.create()` opens the socket and sends the init
+message (the key travels in it, not in a header). The SDK is imported in a worker thread on
+the first `open()`.
+
+One session per call, asked for `format="ulaw"` at 8000 Hz by default: the carrier's own
+format. LMNT documents that μ-law comes "with a WAV header" without saying whether once per
+session or per flush, so a RIFF header at the start of any sentence's audio is skipped. Each
+sentence is a `text` message and a `flush`; its audio is the binary frames up to the
+`flush_complete` carrying that flush's nonce.
+
+Barge-in: closing a sentence's iterator early closes the session (a speech already being
+generated cannot be recalled from the socket any other way the docs promise) and opens the
+next one in the background. A session dropped mid-sentence is reopened once and the sentence
+asked for again, skipping the audio already played; a refused key is a
+`PatterConnectionError` naming LMNT_API_KEY, never showing the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from getpatter.core.credentials import Secret, credential, validate_http_url
+from getpatter.core.providers import AudioEncoding
+from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
+
+__all__ = ["LMNT_BASE_URL", "LmntOptions", "LmntStream", "LmntTTS"]
+
+log = logging.getLogger(__name__)
+
+LMNT_BASE_URL: Final = "https://api.lmnt.com"
+_RATES: Final = (8000, 16000, 24000)
+_WIRE_FORMAT: Final[dict[str, str]] = {"mulaw": "ulaw", "pcm16": "pcm_s16le"}
+_REFUSALS: Final = frozenset(
+    {"authentication_error", "permission_error", "payment_required_error", "rate_limit_error"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LmntOptions:
+    """Everything LmntTTS sends in a session's init message except the key."""
+
+    voice: str = "leah"
+    base_url: str = LMNT_BASE_URL
+    language: str | None = "en"
+    sample_rate: int = 8000
+    encoding: AudioEncoding = "mulaw"
+    connect_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.voice, str) or not self.voice.strip():
+            raise PatterConfigError(f"LmntTTS voice must be an LMNT voice id, got {self.voice!r}")
+        object.__setattr__(self, "base_url", validate_http_url(self.base_url, "LmntTTS base_url"))
+        if self.encoding not in _WIRE_FORMAT:
+            raise PatterConfigError(
+                f"LmntTTS encoding must be 'mulaw' or 'pcm16', got {self.encoding!r}"
+            )
+        if self.sample_rate not in _RATES or (
+            self.encoding == "mulaw" and self.sample_rate != 8000
+        ):
+            raise PatterConfigError(
+                f"LmntTTS sample_rate must be one of {_RATES} (8000 for mulaw), "
+                f"got {self.sample_rate!r}"
+            )
+
+
+class LmntTTS:
+    """LMNT text to speech (registered as tts ``"lmnt"``).
+
+    - `voice`: an LMNT voice id; `language`: e.g. "en" (None: the voice's own).
+    - `api_key`: defaults to `LMNT_API_KEY`; missing → `PatterConfigError` now.
+    - `base_url`: `https://api.lmnt.com`, or a proxy / test fake (the socket follows it).
+    - `sample_rate` / `encoding`: 8000 / "mulaw" (the carrier's format) or PCM at 16/24 kHz.
+    """
+
+    def __init__(
+        self,
+        voice: str = "leah",
+        *,
+        api_key: str | None = None,
+        base_url: str = LMNT_BASE_URL,
+        language: str | None = "en",
+        sample_rate: int = 8000,
+        encoding: AudioEncoding = "mulaw",
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.options = LmntOptions(
+            voice=voice,
+            base_url=base_url,
+            language=language,
+            sample_rate=sample_rate,
+            encoding=encoding,
+            connect_timeout=connect_timeout,
+        )
+        self._key = Secret(
+            credential(api_key, "LMNT_API_KEY", "LMNT API key", "LmntTTS(api_key=...)")
+        )
+        self.sample_rate: int = sample_rate
+        self.encoding: AudioEncoding = encoding
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"LmntTTS(voice={o.voice!r}, encoding={o.encoding!r}, sample_rate={o.sample_rate}, "
+            "api_key=<set>)"
+        )
+
+    async def open(self) -> LmntStream:
+        """The call's stream, connected now so the greeting does not wait for a handshake."""
+        sdk = await asyncio.to_thread(importlib.import_module, "lmnt")
+        client = sdk.AsyncLmnt(api_key=self._key.reveal(), base_url=self.options.base_url)
+        stream = LmntStream(self.options, self._key, client)
+        try:
+            await stream.connect()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+
+class _Dropped(Exception):
+    """The session closed while a sentence was still waiting for audio."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    nonce: int
+    queue: asyncio.Queue[Any]
+
+
+class LmntStream:
+    """One call's LMNT session: `synthesize()` one sentence at a time, `aclose()`."""
+
+    def __init__(self, options: LmntOptions, key: Secret, client: Any) -> None:
+        self.options = options
+        self._key = key
+        self._client = client
+        self._session: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._prewarm: asyncio.Task[None] | None = None
+        self._waiting: _Waiting | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    # --- synthesis ------------------------------------------------------------------------
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Audio for one sentence. Closing this iterator early stops it (and its session)."""
+        if self._closed:
+            raise ProviderError("LMNT stream is closed")
+        text = " ".join(text.split())
+        if not text:
+            return
+        delivered = 0
+        for attempt in (1, 2):
+            try:
+                async with contextlib.aclosing(self._sentence(text, delivered)) as audio:
+                    async for chunk in audio:
+                        delivered += len(chunk)
+                        yield chunk
+                return
+            except _Dropped as exc:
+                if attempt == 2:
+                    raise PatterConnectionError(
+                        f"LMNT: the session dropped again ({exc})"
+                    ) from None
+                log.warning("LMNT session dropped mid-sentence (%s): reconnecting", exc)
+
+    async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
+        session = await self.connect()
+        finished = False
+        header = _WavHeader()
+        try:
+            try:
+                await session.send_text(text + " ")
+                waiting = self._waiting = _Waiting(await session.send_flush(), asyncio.Queue())
+            except Exception as exc:  # websockets' ConnectionClosed and friends
+                raise _Dropped(type(exc).__name__) from None
+            while (item := await waiting.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                item = header.strip(item)
+                if skip:
+                    cut = min(skip, len(item))
+                    item, skip = item[cut:], skip - cut
+                if item:
+                    yield item
+            finished = True
+        finally:
+            self._waiting = None
+            if not finished and self._session is session:
+                # cancelled (a barge-in) or failed: end this session, have the next one ready
+                await self._disconnect()
+                if not self._closed:
+                    self._prewarm = asyncio.get_running_loop().create_task(self._warm())
+
+    # --- the session -----------------------------------------------------------------------
+
+    async def _warm(self) -> None:
+        try:
+            await self.connect()
+        except Exception as exc:  # the next sentence will try again and report it
+            log.info("LMNT: reopening the session failed for now (%s)", exc)
+
+    async def connect(self) -> Any:
+        """The open session, opening it (and awaiting `ready`) if needed."""
+        async with self._connecting:
+            if self._session is not None:
+                return self._session
+            if self._closed:
+                raise ProviderError("LMNT stream is closed")
+            o = self.options
+            kwargs: dict[str, Any] = {
+                "voice": o.voice,
+                "format": _WIRE_FORMAT[o.encoding],
+                "sample_rate": o.sample_rate,
+            }
+            if o.language:
+                kwargs["language"] = o.language
+            session: Any = None
+            try:
+                async with asyncio.timeout(o.connect_timeout):
+                    session = await self._client.speech.sessions.create(**kwargs)
+                    first = await session.__anext__()
+            except StopAsyncIteration:
+                raise PatterConnectionError("LMNT closed the session before it was ready") from None
+            except (OSError, TimeoutError, Exception) as exc:
+                if session is not None:
+                    with contextlib.suppress(Exception):
+                        await session.close()
+                raise PatterConnectionError(
+                    f"LMNT: could not open a speech session at {o.base_url} ({type(exc).__name__})"
+                ) from None
+            kind = getattr(first, "type", "")
+            if kind == "error":
+                with contextlib.suppress(Exception):
+                    await session.close()
+                raise self._refused(first)
+            if kind != "ready":
+                log.debug("LMNT: session started with %r, not 'ready'", kind)
+            self._session = session
+            self._reader = asyncio.get_running_loop().create_task(self._read(session, first))
+            return session
+
+    async def _read(self, session: Any, first: Any) -> None:
+        """Hand audio and each flush's end to the waiting sentence; on close, tell it."""
+        from lmnt.resources.sessions import UnexpectedMessageError
+
+        message = None if getattr(first, "type", "") == "ready" else first
+        reason = "closed"
+        while True:
+            if message is not None:
+                self._route(message)
+            try:
+                message = await session.__anext__()
+            except StopAsyncIteration:
+                break
+            except (UnexpectedMessageError, ValueError) as exc:  # a message of a newer protocol
+                log.debug("LMNT: ignored %s", exc)
+                message = None
+            except Exception as exc:
+                reason = type(exc).__name__
+                break
+        if self._session is session:
+            self._session = None
+        if self._waiting is not None:
+            self._waiting.queue.put_nowait(_Dropped(reason))
+
+    def _route(self, message: Any) -> None:
+        waiting = self._waiting
+        kind = getattr(message, "type", "")
+        if kind == "audio":
+            if waiting is not None:
+                waiting.queue.put_nowait(bytes(message.audio))
+        elif kind == "flush_complete":
+            if waiting is not None and getattr(message, "nonce", None) == waiting.nonce:
+                waiting.queue.put_nowait(None)
+        elif kind == "error":
+            error = self._refused(message)
+            if waiting is not None:
+                waiting.queue.put_nowait(error)
+            else:
+                log.warning("%s", error)
+
+    def _refused(self, message: Any) -> Exception:
+        body = getattr(message, "error", None)  # the SDK leaves it a dict (model_construct)
+        if not isinstance(body, dict):
+            body = {"type": getattr(body, "type", ""), "message": getattr(body, "message", "")}
+        kind, text = str(body.get("type") or ""), body.get("message")
+        text = self._scrub(str(text or ""))[:200]
+        if kind == "authentication_error":
+            return PatterConnectionError(f"LMNT rejected the API key ({kind}): check LMNT_API_KEY")
+        if kind in _REFUSALS:
+            return PatterConnectionError(f"LMNT refused the session ({kind}): {text}")
+        return ProviderError(f"LMNT error ({kind or 'unknown'}): {text}")
+
+    def _scrub(self, text: str) -> str:
+        key = self._key.reveal()
+        return text.replace(key, "***") if key else text
+
+    async def _disconnect(self) -> None:
+        session, reader = self._session, self._reader
+        self._session = self._reader = None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.close(), 2.0)
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def aclose(self) -> None:
+        """Close the session; a synthesis still running ends with an error."""
+        self._closed = True
+        if self._waiting is not None:
+            self._waiting.queue.put_nowait(ProviderError("LMNT stream closed"))
+        if self._prewarm is not None:
+            self._prewarm.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prewarm
+        await self._disconnect()
+        with contextlib.suppress(Exception):
+            await self._client.close()
+
+
+class _WavHeader:
+    """Skips a RIFF/WAVE header at the start of a sentence's audio, however it is split."""
+
+    def __init__(self) -> None:
+        self._start = b""
+        self._done = False
+
+    def strip(self, data: bytes) -> bytes:
+        if self._done:
+            return data
+        self._start += data
+        if len(self._start) < 4 and b"RIFF".startswith(self._start):
+            return b""
+        if not self._start.startswith(b"RIFF"):
+            self._done = True
+            return self._start
+        at = 12  # "RIFF" size "WAVE", then chunks: id, size, body
+        while at + 8 <= len(self._start):
+            chunk_id = self._start[at : at + 4]
+            if chunk_id == b"data":
+                self._done = True
+                return self._start[at + 8 :]
+            (size,) = struct.unpack_from("<I", self._start, at + 4)
+            at += 8 + size + (size & 1)
+        if len(self._start) > 4096:  # no data chunk in sight: not a header after all
+            self._done = True
+            return self._start
+        return b""
