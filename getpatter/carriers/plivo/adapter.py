@@ -170,7 +170,9 @@ class PlivoAdapter:
         nonce = request.headers.get(NONCE_HEADER, "")
         if not verify_signature(self._auth_token, request.method, url, params, signature, nonce):
             self._warn.warning(
-                "signature", "Plivo webhook %s refused (403): bad or missing signature", request.path
+                "signature",
+                "Plivo webhook %s refused (403): bad or missing signature",
+                request.path,
             )
             return web.Response(status=403, text="invalid signature")
         return form
