@@ -155,7 +155,7 @@ async def raw_request(port: int, head: str, body: bytes) -> bytes:
         writer.close()
 
 
-@pytest.mark.parametrize("kind", ["twilio", "telnyx"])
+@pytest.mark.parametrize("kind", ["twilio", "telnyx", "plivo"])
 async def test_malformed_webhooks_get_4xx_and_one_line_each(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -163,8 +163,10 @@ async def test_malformed_webhooks_get_4xx_and_one_line_each(
         port = phone.port or 0
         form = b"CallSid=CA1&From=%2B15557654321"
         nested = b'{"data": ' + b"[" * 50000 + b"]" * 50000 + b"}"
-        if kind == "twilio":
-            path = "POST /webhooks/twilio/voice HTTP/1.1\nHost: x"
+        if kind in ("twilio", "plivo"):
+            signature = "X-Twilio-Signature" if kind == "twilio" else "X-Plivo-Signature-V3"
+            route = "/webhooks/twilio/voice" if kind == "twilio" else "/webhooks/plivo/answer"
+            path = f"POST {route} HTTP/1.1\nHost: x"
             cases = [
                 (  # a charset nobody knows
                     f"{path}\nContent-Type: application/x-www-form-urlencoded; charset=klingon"
@@ -179,7 +181,8 @@ async def test_malformed_webhooks_get_4xx_and_one_line_each(
                 ),
                 (  # a signature that is not ASCII
                     f"{path}\nContent-Type: application/x-www-form-urlencoded"
-                    f"\nX-Twilio-Signature: ünïcødé\nContent-Length: {len(form)}",
+                    f"\n{signature}: ünïcødé\nX-Plivo-Signature-V3-Nonce: 1"
+                    f"\nContent-Length: {len(form)}",
                     form,
                     b"403",
                 ),
