@@ -19,17 +19,8 @@ import numpy as np
 import pytest
 
 from getpatter import Patter, Twilio
-from getpatter.core.store import (
-    DB_NAME,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    MemoryStore,
-    Scrubber,
-    SQLiteStore,
-    mask_phone,
-    migrate,
-    open_store,
-)
+from getpatter.core.store import DB_NAME, MemoryStore, Scrubber, mask_phone, open_store
+from getpatter.core.store_sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, migrate
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
