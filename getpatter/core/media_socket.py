@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import WSMsgType, web
 
+from getpatter.core.context import CALL_ID
 from getpatter.core.media import (
     MAX_MEDIA_MESSAGE,
     DtmfReceived,
@@ -152,6 +153,7 @@ class MediaSockets:
                 await ws.close(code=1008, message=b"unauthorized")  # ≤ CLOSE_TIMEOUT
             return ws
         self._connected.add(key)
+        session.adopt_context()  # from here this task is the call's: its log lines name it
         try:
             await self._stream(session, start, ws, request)
         except Exception:
@@ -216,6 +218,7 @@ class MediaSockets:
             if not event.call_id:
                 return False
             session.info.call_id = event.call_id  # the carrier's id, learned at answer
+            session.context.run(CALL_ID.set, event.call_id)
             self._table.bind_carrier_id(event.call_id, key)
         if session.call_id != event.call_id:
             return False

@@ -29,6 +29,7 @@ from getpatter.core.connections import (
 from getpatter.core.engine import Engine, EngineCall
 from getpatter.core.journal import CallJournal
 from getpatter.core.media_socket import MediaSockets
+from getpatter.core.observe import CallObserver
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
 from getpatter.core.signals import stop_on_signals
@@ -72,6 +73,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.agent = agent
@@ -106,6 +108,9 @@ class EmbeddedServer:
         self._accept_log = AcceptErrorLog()
         self._unredact: list[Callable[[], None]] = []  # secrets kept out of the logs, to release
         self._redacted: set[int] = set()  # agents whose secrets are registered
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
+        self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -113,8 +118,9 @@ class EmbeddedServer:
             )
         if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
             raise PatterConfigError(
-                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
-                "or on_message=... to serve()"
+                "this pipeline agent has no brain: pass llm=OpenAILLM() (or any LLM) to "
+                "phone.agent(), on_message=fn to serve(), or engine=OpenAIRealtime() for speech "
+                "to speech (the default when OPENAI_API_KEY is set)"
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
@@ -140,6 +146,17 @@ class EmbeddedServer:
         table: CallTable = self
         carrier: Carrier = carrier_cls(table, self.config)
         return carrier
+
+    @property
+    def dashboard_guard(self) -> str:
+        """How the dashboard (and /metrics) is guarded: `off` (no dashboard), `open` (no token:
+        loopback only), `token` (the dashboard_token= given) or `generated` (made at start)."""
+        ui = self._dashboard_ui
+        if ui is None:
+            return "off"
+        if not ui.token:
+            return "open"
+        return "token" if self._dashboard_token else "generated"
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -184,6 +201,7 @@ class EmbeddedServer:
             recording=self.recording,
             pricing=self.pricing,
             journal=self._journal.changed if self._journal is not None else None,
+            observers=self.observers,
         )
         session.key = key
         self.sessions[key] = session
@@ -422,7 +440,8 @@ class EmbeddedServer:
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
-        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        # DEBUG: `serve()` logs the full start-up banner right after this
+        log.debug("listening on %s:%s (public %s)", self.host, self.port, self.public_host)
         ui = self._dashboard_ui
         if ui is not None and ui.token and not self._dashboard_token:
             # generated for a server reachable beyond this machine: shown once, to its owner
@@ -533,10 +552,24 @@ class EmbeddedServer:
 
         self._history_sink = keep
         self.record_sinks.append(keep)
+        from getpatter.observability import has_prometheus, tracer_for
+
+        self.observers.clear()
+        tracer = tracer_for(self.tracer_provider, self.carrier.name)
+        if tracer is not None:
+            self.observers.append(tracer)
+        render = None
+        self.metrics_enabled = self.dashboard and has_prometheus()
+        if self.metrics_enabled:
+            from getpatter.observability.prometheus import CallMetricsExporter
+
+            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
+            self.observers.append(exporter)
+            render = exporter.render
         if self.dashboard:
             from getpatter.dashboard.routes import Dashboard
 
-            self._dashboard_ui = Dashboard(self, store, scrub, token)
+            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
     async def _close_history(self) -> None:
         while self._unredact:

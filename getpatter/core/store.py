@@ -252,22 +252,50 @@ class MemoryStore:
         return None
 
 
-async def open_store(persist_root: str | None, scrub: Scrubber | None = None) -> Store:
-    """The call history for a persist root: SQLite there, or memory when persistence is off
-    (or the directory cannot be used — said loudly, since those calls will not be kept)."""
-    if persist_root is None:
+def store_path(location: str) -> Path:
+    """The SQLite file a history location names: a persist= directory (its `calls.db`), a
+    `.db`/`.sqlite` file, or a `sqlite:///path` URL."""
+    if location.startswith("sqlite://"):
+        return Path(location.removeprefix("sqlite://").removeprefix("/") or DB_NAME).expanduser()
+    path = Path(location).expanduser()
+    if path.suffix in (".db", ".sqlite", ".sqlite3"):
+        return path
+    return path / DB_NAME
+
+
+async def open_store(
+    location: str | None, scrub: Scrubber | None = None, *, fallback: bool = True
+) -> Store:
+    """The call history at `location` — the one place that decides which store to use.
+
+    None: memory (persistence off). A `postgresql://` URL: PostgreSQL (many nodes). Anything
+    else: SQLite (see `store_path`, and `store_sqlite.py`). If it cannot be opened, `fallback`
+    keeps calls in memory (said loudly, since they will not be kept); without it the error is
+    raised.
+    """
+    if location is None:
         return MemoryStore(scrub)
+    if location.startswith(("postgresql://", "postgres://")):
+        from getpatter.errors import PatterConfigError
+
+        raise PatterConfigError(
+            "PostgreSQL call history is not available in this version: use a directory or a "
+            "SQLite file"
+        )
     from getpatter.core.store_sqlite import SQLiteStore
 
-    store = SQLiteStore(Path(persist_root) / DB_NAME, scrub)
+    path = store_path(location)
+    store = SQLiteStore(path, scrub)
     try:
         return await store.open()
     except Exception as exc:
         await store.close()
+        if not fallback:
+            raise
         log.error(
             "call history at %s cannot be used (%s); calls are kept in memory only. "
             "Pass Patter(persist=...) a writable directory, or persist=False",
-            persist_root,
+            path,
             exc,
         )
         return MemoryStore(scrub)

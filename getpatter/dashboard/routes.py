@@ -33,12 +33,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from getpatter.core.server import EmbeddedServer
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber, Store
 
@@ -67,12 +66,31 @@ def _page_html() -> str:
     return resources.files("getpatter.dashboard").joinpath("static/index.html").read_text("utf-8")
 
 
+class ServerView(Protocol):
+    """What the dashboard reads from its server: the live calls and its public host."""
+
+    @property
+    def sessions(self) -> dict[str, CallSession]: ...
+
+    @property
+    def public_host(self) -> str: ...
+
+
 class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
-        self, server: EmbeddedServer, store: Store, scrub: Scrubber, token: str = ""
+        self,
+        server: ServerView,
+        store: Store,
+        scrub: Scrubber,
+        token: str = "",
+        *,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        """`server` is the `EmbeddedServer` (or, for `getpatter dashboard`, a view with no live
+        calls). `metrics` renders the Prometheus exposition served at /metrics."""
+        self._metrics = metrics
         self.server = server
         self.store = store
         self.scrub = scrub
@@ -97,6 +115,7 @@ class Dashboard:
             web.get("/api/calls/active", g(self._active_calls)),
             web.get("/api/calls/{call_id}", g(self._call)),
             web.get("/api/events", self._events),
+            web.get("/metrics", g(self._prometheus)),
         ]
 
     def changed(self) -> None:
@@ -318,6 +337,19 @@ class Dashboard:
         response = self._json({"calls": records})
         response.headers["Content-Disposition"] = 'attachment; filename="getpatter-calls.json"'
         return response
+
+    # --- Prometheus ----------------------------------------------------------------------
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        if self._metrics is None:
+            why = "metrics need a running agent and prometheus-client (getpatter[prometheus])"
+            return web.Response(status=501, text=why + "\n")
+        from getpatter.observability.prometheus import CONTENT_TYPE_LATEST
+
+        return web.Response(
+            body=self._metrics(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
 
     # --- live ----------------------------------------------------------------------------
 

@@ -90,6 +90,11 @@ class PlivoSettings(Protocol):
 
 class PlivoAdapter:
     name = "plivo"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        ("Plivo console → Voice → Applications → your app → Answer URL (POST)", ANSWER_PATH),
+        ("Hangup URL on the same application (POST)", HANGUP_PATH),
+    )
 
     def __init__(self, calls: CallTable, config: PlivoSettings) -> None:
         self._table = calls

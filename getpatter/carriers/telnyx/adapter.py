@@ -149,6 +149,13 @@ class TelnyxSettings(Protocol):
 
 class TelnyxAdapter:
     name = "telnyx"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        (
+            "Telnyx portal → Voice → Call Control application → Webhook URL (API v2)",
+            WEBHOOK_PATH,
+        ),
+    )
 
     def __init__(self, calls: CallTable, config: TelnyxSettings) -> None:
         self._table = calls

@@ -50,6 +50,15 @@ class TwilioSettings(Protocol):
 
 class TwilioAdapter:
     name = "twilio"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        (
+            "Twilio console → Phone Numbers → your number → Voice → "
+            "'A call comes in' (Webhook, HTTP POST)",
+            "/webhooks/twilio/voice",
+        ),
+        ("'Call status changes' on the same page (optional)", "/webhooks/twilio/status"),
+    )
 
     def __init__(self, calls: CallTable, config: TwilioSettings) -> None:
         self._table = calls
