@@ -19,6 +19,7 @@ from getpatter.testing.engines import ScriptedEngine
 
 NUMBER = "+15550001234"
 HOST = "calls.cluster.test"
+TOKEN = "cluster-dashboard-token"
 
 
 class NodeApp(Patter):
@@ -55,4 +56,5 @@ def app() -> tuple[Patter, Agent, dict[str, Any]]:
         webhook_url=HOST,
     )  # history: GETPATTER_DATABASE_URL
     agent = phone.agent(engine=ScriptedEngine(), first_message="Hello there.")
-    return phone, agent, {"host": "127.0.0.1"}
+    # a node behind a balancer needs a dashboard token (one is generated if none is given)
+    return phone, agent, {"host": "127.0.0.1", "dashboard_token": TOKEN}

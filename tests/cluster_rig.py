@@ -29,6 +29,7 @@ APP = str(ROOT / "tests" / "cluster_app.py") + ":app"
 HOST = "calls.cluster.test"  # the shared public host (cluster_app.HOST)
 NUMBER = "+15550001234"
 CALLER = "+15557654321"
+TOKEN = "cluster-dashboard-token"  # cluster_app.TOKEN
 HEARTBEAT, HEARTBEAT_TIMEOUT = 0.3, 2.0
 DRAIN_TIMEOUT = 15.0
 
@@ -62,7 +63,7 @@ class Rig:
             name: NodeProc(name, free_port(), free_port(), cap)
             for name, cap in (("a", 1), ("b", 2), ("c", 2))
         }
-        self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
 
     def config(self) -> str:
         return nginx_config(

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from getpatter import cli
-from getpatter.core.store import SQLiteStore
+from getpatter.core.store_sqlite import SQLiteStore
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, DATA, HOST, NUMBER, speech

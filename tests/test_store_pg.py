@@ -13,8 +13,9 @@ import pytest
 from test_store import record
 
 from getpatter.core.pg import Database, redact_url
-from getpatter.core.store import DB_NAME, Scrubber, SQLiteStore
+from getpatter.core.store import DB_NAME, Scrubber
 from getpatter.core.store_pg import MIGRATIONS, PostgresStore
+from getpatter.core.store_sqlite import SQLiteStore
 from getpatter.errors import PatterConfigError
 from getpatter.testing import services
 

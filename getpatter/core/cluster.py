@@ -463,19 +463,15 @@ async def _end_calls_of(con: Any, node: str, reason: str, ended_at: float) -> in
 # --- the server's side -------------------------------------------------------------------------
 
 
-async def join(server: EmbeddedServer, url: str, scrub: Scrubber) -> tuple[PostgresStore, Cluster]:
-    """The shared history at `url` and this node's membership of the cluster."""
-    from getpatter.core.store_pg import open_postgres_store
-
-    node = server.node.ident
-    store = await open_postgres_store(url, scrub, node)
+async def join(server: EmbeddedServer, store: PostgresStore, scrub: Scrubber) -> Cluster:
+    """This node's membership of the cluster whose history `store` holds."""
 
     async def on_control(op: str, key: str, args: dict[str, Any]) -> dict[str, Any]:
         return await run_control(server, op, key, args)
 
     cluster = Cluster(
         store.db,
-        node,
+        store.node,
         server.node.base_url(server.public_host),
         on_control=on_control,
         local_calls=lambda: list(server.sessions.values()),
@@ -486,7 +482,7 @@ async def join(server: EmbeddedServer, url: str, scrub: Scrubber) -> tuple[Postg
     except BaseException:
         await store.close()
         raise
-    return store, cluster
+    return cluster
 
 
 async def control_call(

@@ -118,6 +118,7 @@ class CallSession:
         on_record: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
         recording: bool = False,
         pricing: PriceTable | None = None,
+        journal: Callable[[CallSession], None] | None = None,
         observers: Sequence[CallObserver] = (),
     ) -> None:
         self.info = info
@@ -138,6 +139,7 @@ class CallSession:
         self.engine: EngineCall | None = None
         self._scheduler = scheduler
         self._on_record = on_record
+        self._journal = journal  # told of each change, so history keeps up while the call runs
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
         self.ended = asyncio.get_running_loop().create_future()
@@ -256,6 +258,8 @@ class CallSession:
         self.metrics.identify(engine)
         self._watch_caller(engine)
         self.event("media_started", stream_id=stream_id)
+        if self._journal is not None:
+            self._journal(self)
         await invoke(
             self.callbacks.on_call_start,
             {
@@ -353,6 +357,8 @@ class CallSession:
     async def add_transcript(self, role: str, text: str, **extra: Any) -> None:
         entry = {"role": role, "text": text, "t": time.time(), **extra}
         self.transcript.append(entry)
+        if self._journal is not None:
+            self._journal(self)
         if self._turns is not None:
             if role == "user":
                 self._turns.user_transcript(text)

@@ -408,4 +408,10 @@ class PostgresStore:
 
 async def open_postgres_store(url: str, scrub: Scrubber | None, node: str) -> PostgresStore:
     """Call history in the PostgreSQL database at `url` (schema created or upgraded)."""
-    return await PostgresStore(Database(url), scrub, node).open()
+    return await PostgresStore(Database(url), scrub, node or default_node()).open()
+
+
+def default_node() -> str:
+    from getpatter.core.node import NodeSettings
+
+    return NodeSettings().ident

@@ -10,6 +10,11 @@
     GET /api/events                   Server-Sent Events: `active` (live calls), `calls` (history
                                       changed)
 
+Without a token (a server on loopback) the dashboard answers only requests addressed to this
+machine by name — `Host` localhost, 127.0.0.1 or [::1] (any port), or the configured public
+host — and refuses any other `Host` with 421: a web page whose name an attacker re-points at
+127.0.0.1 (DNS rebinding) reads nothing.
+
 With a dashboard token every route needs `Authorization: Bearer <token>`. A browser can't set
 that header on a page load or an EventSource, so `/dashboard?token=<token>` (and
 `/api/events?token=`) is accepted once: it sets an HttpOnly, SameSite=Strict cookie (an HMAC
@@ -47,6 +52,20 @@ SSE_INTERVAL = 0.5  # seconds between looks at the live calls
 SSE_PING = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The name in a `Host` header (or a host[:port]), without port, brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1 : host.find("]")] if "]" in host else ""
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        host = name
+    return host.rstrip(".")
+
+
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
@@ -82,6 +101,10 @@ class ServerView(Protocol):
 
     @property
     def public_host(self) -> str: ...
+
+    @property
+    def node_host(self) -> str:
+        """This node's own public host, when it has one ("": none)."""
 
     @property
     def cluster_node(self) -> str:
@@ -148,6 +171,24 @@ class Dashboard:
 
     # --- auth ----------------------------------------------------------------------------
 
+    def _host_ok(self, request: web.Request) -> bool:
+        """With a token the token decides; without one, only names of this machine."""
+        if self.token:
+            return True
+        host = host_name(request.headers.get("Host", ""))
+        ours = {host_name(self.server.public_host), host_name(self.server.node_host)} - {""}
+        return host in LOOPBACK_NAMES or host in ours
+
+    @staticmethod
+    def _misdirected(request: web.Request) -> web.Response:
+        return web.Response(
+            status=421,
+            text="421: this dashboard has no token, so it answers only to localhost, "
+            "127.0.0.1, [::1] or the server's public host. Pass dashboard_token= to serve() "
+            "to reach it by another name.",
+            headers={"Cache-Control": "no-store"},
+        )
+
     def _token_ok(self, offered: str) -> bool:
         return hmac.compare_digest(offered.encode(), self.token.encode())
 
@@ -188,6 +229,8 @@ class Dashboard:
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self._host_ok(request):
+                return self._misdirected(request)
             if not self._authorized(request):
                 return self._denied()
             return await handler(request)
@@ -197,6 +240,8 @@ class Dashboard:
     # --- the page ------------------------------------------------------------------------
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            return self._misdirected(request)
         by_query = self._query_token(request)
         if by_query is True:
             response = web.Response(
@@ -396,6 +441,8 @@ class Dashboard:
     # --- live ----------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            return self._misdirected(request)
         by_query = self._query_token(request)
         if by_query is False or (by_query is None and not self._authorized(request)):
             return self._denied()

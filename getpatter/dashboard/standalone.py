@@ -33,6 +33,7 @@ class _NoLiveCalls:
         self.sessions: dict[str, CallSession] = {}
         self.public_host = host
         self.cluster_node = ""
+        self.node_host = ""
 
     def remote_calls(self) -> list[dict[str, Any]]:
         return []
