@@ -247,3 +247,14 @@ async def test_telnyx_full_node_says_busy_in_telnyx_s_voice() -> None:
             assert busy.said == [BUSY_MESSAGE]
             assert not call.ended
             await call.hangup()
+
+
+async def test_a_node_behind_a_balancer_never_serves_its_dashboard_without_a_token(
+    node: Callable[..., Any], net: FakeTwilio
+) -> None:
+    phone = await node(node="b", dashboard=True)  # on 127.0.0.1, but nginx makes it public
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/calls/active", "/n/b/api/calls/active"):
+            url = f"http://127.0.0.1:{phone.port}{path}"
+            async with http.get(url, headers={"Host": HOST}) as resp:
+                assert resp.status == 401, path
