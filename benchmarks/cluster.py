@@ -275,13 +275,13 @@ class Figures:
         return 100 * cores / max(1, self.n)
 
 
-def run_mode(ctx: Any, mode: str, args: argparse.Namespace) -> Figures:
+def run_mode(ctx: Any, mode: str, args: argparse.Namespace, calls: int = 0) -> Figures:
     from _harness import HOST
 
     from getpatter.nginx import Node, nginx_config
     from getpatter.testing import services
 
-    n = args.calls
+    n = calls or args.calls
     fig = Figures(mode, n)
     fake = Worker(ctx, CHILD, "fake")
     nodes: list[Worker] = []
@@ -409,7 +409,9 @@ def _rows(url: str) -> int:
     return asyncio.run(count())
 
 
-def report(direct: Figures, cluster: Figures, args: argparse.Namespace) -> bool:
+def report(
+    direct: Figures, cluster: Figures, share: Figures | None, args: argparse.Namespace
+) -> bool:
     print()
     for line in machine_lines():
         print(line)
@@ -455,6 +457,14 @@ def report(direct: Figures, cluster: Figures, args: argparse.Namespace) -> bool:
     print(f"  without the nodes' idle cost (per process, whatever the calls): {net:.2f}x")
     print(f"pacing p99, cluster - direct: {delta:+.2f} ms  (target <= {JITTER_DELTA_MS:g} ms)  "
           + ("OK" if ok_jitter else "MISSED"))  # fmt: skip
+    if share is not None:
+        alone = share.server / max(1, share.n)
+        print(
+            f"  against one node holding as many calls as each cluster node ({share.n}, "
+            f"{100 * alone:.3f} %/call): {cluster.server / cluster.n / max(1e-9, alone):.2f}x "
+            "— what the cluster itself costs; the rest is that a node's CPU per call falls "
+            "with the calls it holds"
+        )
     per_call = (cluster.server + cluster.nginx + cluster.pg_window) / max(1, cluster.n)
     print(
         f"projection: {1 / per_call:,.0f} calls per core (nodes + nginx + PostgreSQL), "
@@ -484,12 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster.py needs {', '.join(missing)} (apt-get install nginx postgresql)")
         return 2
     ctx = mp.get_context("spawn")
-    rounds: dict[str, list[Figures]] = {"direct": [], "cluster": []}
+    per_node = args.calls // args.nodes
+    modes = ["direct", "cluster"] + (["share"] if args.nodes > 1 and per_node else [])
+    rounds: dict[str, list[Figures]] = {m: [] for m in modes}
     for i in range(args.repeat):  # alternated, so a change in the machine's load hits both
-        for mode in ("direct", "cluster"):
-            what = "1 node, SQLite" if mode == "direct" else f"{args.nodes} nodes, nginx, PG"
-            print(f"round {i + 1}/{args.repeat}: {mode} ({what}), {args.calls} calls", flush=True)
-            fig = run_mode(ctx, mode, args)
+        for mode in modes:
+            what = "1 node, SQLite" if mode != "cluster" else f"{args.nodes} nodes, nginx, PG"
+            calls = per_node if mode == "share" else args.calls
+            print(f"round {i + 1}/{args.repeat}: {mode} ({what}), {calls} calls", flush=True)
+            fig = run_mode(ctx, "direct" if mode == "share" else mode, args, calls)
             rounds[mode].append(fig)
             others = fig.machine - fig.server - fig.fake - fig.nginx - fig.pg_window
             print(
@@ -499,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     direct, cluster = (median_round(rounds[m]) for m in ("direct", "cluster"))
-    return 0 if report(direct, cluster, args) else 1
+    share = median_round(rounds["share"]) if "share" in rounds else None
+    return 0 if report(direct, cluster, share, args) else 1
 
 
 def median_round(figs: list[Figures]) -> Figures:
