@@ -8,7 +8,10 @@ each way per call, marks and their echoes), measured twice in one run:
 
   direct    one node (`serve()`, history in SQLite), the fake Twilio straight at it;
   cluster   two nodes (history, live calls and heartbeats in PostgreSQL), real nginx in front
-            (the config `getpatter nginx-config` writes), the fake Twilio at nginx.
+            (the config `getpatter nginx-config` writes), the fake Twilio at nginx;
+  share     one node again, with as many calls as each cluster node holds (N / nodes): a
+            node's CPU per call falls with the calls it holds (each wake-up of its event loop
+            serves more of them), so this tells what the cluster itself costs from that.
 
 The fake network runs in its own process (pinned to the other cores, as in load.py; the nodes
 share the first core). nginx and PostgreSQL are the system's (apt: nginx, postgresql), in temp
