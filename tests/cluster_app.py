@@ -1,5 +1,5 @@
 """The app every node of the cluster tests runs, as a child process:
-`python -m getpatter.workers tests/cluster_app.py:app --port P` with GETPATTER_NODE etc. in
+`getpatter serve tests/cluster_app.py:app --port P` with GETPATTER_NODE etc. in
 its environment and the fake Twilio's credentials in TWILIO_*.
 
 For the outbound test only, the node also listens on CLUSTER_TEST_DIAL_PORT, where a POST
