@@ -230,3 +230,23 @@ def test_the_database_url_comes_from_persist_or_the_environment(
     assert explicit.config.persist_root == "postgres://x@h/db"
     with pytest.raises(PatterConfigError, match="postgresql://"):
         Patter(carrier=twilio, phone_number="+15550001234", persist="postgresql:")
+
+
+async def test_a_bad_write_in_a_batch_is_dropped_alone(
+    fresh: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await open_pg(fresh)
+    try:
+
+        async def broken(con: Any) -> None:
+            await con.execute("INSERT INTO no_such_table VALUES (1)")
+
+        await store.write(record("CA1", 1000.0))  # three writes queued together: one batch
+        store.db.submit(broken, "a broken write")
+        await store.write(record("CA3", 3000.0))
+        await settled(store)
+        rows, total = await store.search()
+        assert total == 2 and {r["call_id"] for r in rows} == {"CA1", "CA3"}
+        assert "a broken write could not be written; dropped" in caplog.text
+    finally:
+        await store.close()

@@ -15,6 +15,7 @@ PostgreSQL URL.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -35,6 +36,7 @@ Op = Callable[["asyncpg.Connection"], Awaitable[Any]]
 SCHEMES = ("postgresql://", "postgres://")
 MAX_PENDING = 20_000  # queued writes kept through an outage
 RETRY_MAX = 2.0  # seconds between tries of the head of the queue while the database is away
+BATCH = 100  # queued writes committed together
 LOCK_KEY = 0x6765_7470  # pg_advisory_xact_lock key: one node migrates at a time
 
 
@@ -108,6 +110,7 @@ class Database:
         self._writer: asyncio.Task[None] | None = None
         self._down_since: float | None = None  # monotonic time the current outage began
         self._dropped = 0
+        self._in_flight = 0  # writes at the head of the queue being written now
         self._closing = False
         #: monotonic time since which the database has answered without a break (None: now
         #: it does not): another node's heartbeat is judged only after a full timeout of it
@@ -187,10 +190,12 @@ class Database:
         self._wake.set()
 
     def _make_room(self) -> None:
-        # the head may be in flight; past it, drop a droppable write if any, else the oldest
-        victim = next((w for i, w in enumerate(self._queue) if i and w.droppable), None)
-        if victim is None and len(self._queue) > 1:
-            victim = self._queue[1]
+        # the batch in flight is left alone; past it, drop a droppable write if any, else
+        # the oldest
+        start = self._in_flight
+        victim = next((w for i, w in enumerate(self._queue) if i >= start and w.droppable), None)
+        if victim is None and len(self._queue) > start:
+            victim = self._queue[start]
         if victim is None:
             return
         self._queue.remove(victim)
@@ -204,30 +209,51 @@ class Database:
             )
 
     async def _write_loop(self) -> None:
+        """The head of the queue, up to BATCH writes in one transaction (one round trip of
+        commit for many calls' journal lines); a write that fails for a reason other than a
+        lost database is then found by writing that batch one by one, and dropped alone."""
         backoff = 0.1
         while True:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            item = self._queue[0]
+            batch = list(itertools.islice(self._queue, BATCH))
+            self._in_flight = len(batch)
             try:
-                async with self.pool.acquire(timeout=self.timeout) as con:
-                    async with con.transaction():
-                        await item.op(con)
+                await self._write(batch)
             except asyncio.CancelledError:
                 raise
             except self.transient as exc:
+                self._in_flight = 0
                 self._went_away(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(RETRY_MAX, backoff * 2)
                 continue
-            except Exception:
-                log.exception("%s could not be written; dropped", item.what)
-            if self._queue and self._queue[0] is item:
-                self._queue.popleft()
+            self._in_flight = 0
+            for item in batch:
+                if self._queue and self._queue[0] is item:
+                    self._queue.popleft()
             backoff = 0.1
             self._came_back()
+
+    async def _write(self, batch: list[_Write]) -> None:
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as con:
+                async with con.transaction():
+                    for item in batch:
+                        await item.op(con)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, self.transient):
+                raise
+            if len(batch) == 1:
+                log.exception("%s could not be written; dropped", batch[0].what)
+                return
+        for item in batch:  # one bad write in the batch: find it, keep the others
+            await self._write([item])
 
     def _went_away(self, exc: BaseException) -> None:
         self.reachable_since = None
