@@ -204,6 +204,28 @@ class Cluster:
 
         self.db.submit(insert, f"live call {session.call_id}", droppable=True)
 
+    # --- as a call observer (core/observe.py) ---------------------------------------------
+
+    def call_started(self, call: CallSession) -> None:
+        pass  # its row is written by `call_opened`, once the server has keyed the call
+
+    def call_event(self, call: CallSession, kind: str, data: dict[str, Any]) -> None:
+        if kind == "media_started":  # live: its row says so (and has the carrier's id)
+            self.call_opened(call)
+
+    def turn_completed(self, call: CallSession, times: Any, turn: dict[str, Any]) -> None:
+        pass
+
+    def call_ended(self, call: CallSession, record: dict[str, Any]) -> None:
+        """Its record is queued (before this): now its row among the live calls goes."""
+        key = call.key
+        self._reported.pop(key, None)
+
+        async def delete(con: Any) -> None:
+            await con.execute("DELETE FROM live_calls WHERE key = $1", key)
+
+        self.db.submit(delete, f"end of live call {key}")
+
     def _sync_live(self) -> None:
         """Each heartbeat: the rows of calls that went live (or learned the carrier's id)
         since, so the media path never waits on this bookkeeping."""
@@ -214,14 +236,6 @@ class Cluster:
                 state,
             ):
                 self.call_opened(session)
-
-    def call_ended(self, key: str) -> None:
-        self._reported.pop(key, None)
-
-        async def delete(con: Any) -> None:
-            await con.execute("DELETE FROM live_calls WHERE key = $1", key)
-
-        self.db.submit(delete, f"end of live call {key}")
 
     def remote_calls(self) -> list[dict[str, Any]]:
         """Live calls on the other nodes, as of the last heartbeat."""

@@ -367,8 +367,6 @@ class EmbeddedServer:
             self._journal.forget(session)
         if self.node.name:
             record["node"] = self.node.name
-        if self.cluster is not None:
-            self.cluster.call_ended(key)
         self.history.append(record)
         for sink in self.record_sinks:
             result = sink(record)
@@ -596,6 +594,8 @@ class EmbeddedServer:
         from getpatter.observability import has_prometheus, tracer_for
 
         self.observers.clear()
+        if self.cluster is not None:  # a call's row among the live calls follows the call
+            self.observers.append(self.cluster)
         tracer = tracer_for(self.tracer_provider, self.carrier.name)
         if tracer is not None:
             self.observers.append(tracer)
@@ -657,6 +657,8 @@ class EmbeddedServer:
             await journal.aclose()
         cluster, self.cluster = self.cluster, None
         if cluster is not None:
+            if cluster in self.observers:
+                self.observers.remove(cluster)
             await cluster.stop()
         store, self.store = self.store, None
         if store is not None:
