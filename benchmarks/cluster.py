@@ -1,7 +1,7 @@
 """Cluster benchmark: what running as nodes behind nginx, sharing PostgreSQL, costs per call.
 
-Run: .venv/bin/python benchmarks/cluster.py              N = 60 calls, 10 s window (~1 min)
-     .venv/bin/python benchmarks/cluster.py --calls 100 --seconds 20
+Run: .venv/bin/python benchmarks/cluster.py              N = 100 calls, 10 s window (~2 min)
+     .venv/bin/python benchmarks/cluster.py --repeat 3      three rounds, medians (~6 min)
 
 The echo load of load.py (every caller frame played straight back: 50 media messages a second
 each way per call, marks and their echoes), measured twice in one run:
@@ -481,7 +481,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--calls", type=int, default=60, help="concurrent calls (60)")
+    p.add_argument("--calls", type=int, default=100, help="concurrent calls (100)")
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window (10)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds after the ramp (1)")
     p.add_argument("--rate", type=float, default=30.0, help="calls placed per second (30)")
