@@ -20,8 +20,10 @@ demo: venv
 
 # Four workers: most tests wait on audio paced at real time, so they overlap well even on 2 cores.
 # Tests that measure wall-clock time (marked `timing`) then run alone, on an otherwise idle machine.
+# loadgroup: tests that share one costly rig (nginx + PostgreSQL + node processes) stay on one
+# worker (@pytest.mark.xdist_group); every other test is spread as usual.
 test: venv
-	$(BIN)/python -m pytest -q -n 4 -m "not timing"
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not timing"
 	$(BIN)/python -m pytest -q -m timing
 
 lint: venv
@@ -35,6 +37,7 @@ bench: venv
 	-$(BIN)/python benchmarks/load.py
 	-$(BIN)/python benchmarks/load.py --engine both --calls 10 100 --seconds 10 --repeat 3
 	-$(BIN)/python benchmarks/ws_cost.py
+	-$(BIN)/python benchmarks/cluster.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info getpatter/core/_audio*.so

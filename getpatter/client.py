@@ -222,11 +222,23 @@ class Patter:
         *,
         host: str = "0.0.0.0",
         tracer_provider: Any = None,
+        node: str | None = None,
+        node_url: str | None = None,
+        max_calls: int | None = None,
+        drain_timeout: float | None = None,
     ) -> None:
         """Start the embedded server and block until it is stopped (`disconnect()`).
 
         `tracer_provider`: where OpenTelemetry spans go (with `getpatter[otel]` installed);
-        OpenTelemetry's global provider if None."""
+        OpenTelemetry's global provider if None.
+
+        Many nodes behind a load balancer (see README, "Scaling out"): `node` names this one
+        (unique among those sharing `persist="postgresql://..."`), `node_url` is how carriers
+        reach it (default `https://<webhook_url>/n/<node>`), `max_calls` caps its calls (a
+        full node's webhooks get 503, for the balancer to try the next), and `drain_timeout`
+        lets live calls finish that long after a stop. Each defaults to its environment
+        variable (GETPATTER_NODE, GETPATTER_NODE_URL, GETPATTER_MAX_CALLS,
+        GETPATTER_DRAIN_TIMEOUT)."""
         from getpatter.logs import install_default_handler
 
         install_default_handler()  # a script that set up no logging still sees the banner
@@ -244,7 +256,10 @@ class Patter:
             the_tunnel = as_tunnel(tunnel) or self._tunnel
             if self._server is not None:
                 raise PatterConfigError("this Patter is already serving; call disconnect() first")
+            from getpatter.core.node import NodeSettings
             from getpatter.core.server import EmbeddedServer  # the aiohttp server stack, on use
+
+            node_settings = NodeSettings.resolve(node, node_url, max_calls, drain_timeout)
 
             callbacks = CallCallbacks(
                 on_call_start=on_call_start,
@@ -265,6 +280,7 @@ class Patter:
                 pricing=self.pricing,
                 mask_phone_numbers=self.mask_phone_numbers,
                 tracer_provider=tracer_provider,
+                node=node_settings,
             )
         except BaseException as exc:
             self._settle(exc)

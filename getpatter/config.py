@@ -44,6 +44,7 @@ TWILIO_BASE_URL: Final = "https://api.twilio.com"
 TELNYX_BASE_URL: Final = "https://api.telnyx.com/v2"
 PLIVO_BASE_URL: Final = "https://api.plivo.com"
 DEFAULT_PERSIST_ROOT: Final = "~/.getpatter"
+DATABASE_URL_ENV: Final = "GETPATTER_DATABASE_URL"  # shared history of many nodes (PostgreSQL)
 
 
 class Twilio:
@@ -282,17 +283,41 @@ def normalize_webhook_host(value: object) -> str:
     return f"{host}:{int(port)}"
 
 
+def _database_url(url: str, what: str) -> str:
+    """A PostgreSQL URL for many nodes' shared history (asyncpg's `postgresql://` form)."""
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise PatterConfigError(f"{what} is not a valid postgresql:// URL") from None
+    if parts.scheme not in ("postgresql", "postgres") or not (parts.netloc or parts.query):
+        raise PatterConfigError(
+            f"{what} must look like postgresql://user:password@host:5432/dbname"
+        )
+    return url
+
+
 def resolve_persist_root(persist: str | os.PathLike[str] | bool | None) -> str | None:
-    """Where call history is written: None → $PATTER_LOG_DIR or ~/.getpatter; False → off.
+    """Where call history is written: None → $GETPATTER_DATABASE_URL (PostgreSQL, for many
+    nodes), else $PATTER_LOG_DIR or ~/.getpatter; a postgresql:// URL → that database;
+    False → off.
 
     Made absolute now so a later chdir cannot move it.
     """
     if persist is False:
         return None
     if persist is None or persist is True:
+        database = os.environ.get(DATABASE_URL_ENV, "").strip()
+        if database:
+            return _database_url(database, DATABASE_URL_ENV)
         path = os.environ.get("PATTER_LOG_DIR", "").strip() or DEFAULT_PERSIST_ROOT
     elif isinstance(persist, str | os.PathLike):
         path = os.fspath(persist)
+        if path.startswith(("postgresql:", "postgres:")):
+            return _database_url(path, "persist")
         if not path.strip():
             raise PatterConfigError(
                 "persist is an empty path: pass a directory, True for the default, "
@@ -392,6 +417,10 @@ class LocalConfig:
         def show(name: str, value: object) -> str:
             if name in SECRET_FIELDS:
                 return mask(str(value))
+            if name == "persist_root" and isinstance(value, str):
+                from getpatter.core.pg import redact_url
+
+                return repr(redact_url(value))
             if name in ("twilio_sid", "plivo_auth_id") and value:
                 return preview(str(value))
             return repr(value)

@@ -127,6 +127,32 @@ async def test_a_live_call_in_the_dashboard(
     await context.close()
 
 
+async def test_hang_up_a_live_call_from_the_dashboard(
+    browser: Any, serve: Callable[..., Any], net: FakeTwilio
+) -> None:
+    from getpatter.testing.engines import ScriptedEngine
+
+    s = await serve({"engine": ScriptedEngine(), "first_message": "Hello."}, dashboard_token=TOKEN)
+    base = f"http://127.0.0.1:{s.phone.port}"
+    context = await browser.new_context()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(base + f"/dashboard?token={TOKEN}")
+    await page.wait_for_selector("#live-status.on", timeout=5000)
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=np.zeros(8000 * 30, np.int16))
+    row = page.locator(f'#active-calls tr[data-call-id="{call.call_sid}"]')
+    await row.wait_for(timeout=8000)
+    await row.locator("button.hangup").click()
+    await call.wait_ended(8)
+    assert call.status == "completed"  # hung up through the carrier, not dropped
+    await row.wait_for(state="detached", timeout=8000)
+    record = s.phone.server.history[-1]
+    assert (record["call_id"], record["end_reason"]) == (call.call_sid, "operator_hangup")
+    assert not errors, errors
+    await context.close()
+
+
 LAYOUT = """() => {
   const doc = document.documentElement;
   const out = { overflow: doc.scrollWidth - doc.clientWidth, width: innerWidth, tables: {} };

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from getpatter.cli import bench, plugins, run, simulate
+from getpatter.cli import bench, nginx, plugins, run, simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_demo(sub)
     plugins.add_plugins(sub)
     bench.add_bench(sub)
+    nginx.add_nginx_config(sub)
     return parser
 
 

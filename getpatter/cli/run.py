@@ -46,6 +46,24 @@ def add_serve(sub: Any) -> None:
         help="require this bearer token for the dashboard and /metrics",
     )
     p.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
+    scale = p.add_argument_group("many nodes (README, Scaling out)")
+    scale.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start N nodes of APP (w1..wN) on consecutive ports from --port, print their "
+        "nginx upstream block, pass SIGTERM on to them (each drains)",
+    )
+    scale.add_argument("--node", metavar="NAME", help="this node's name (GETPATTER_NODE)")
+    scale.add_argument(
+        "--max-calls", type=int, metavar="N", help="calls at once; more get 503 (busy)"
+    )
+    scale.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="on SIGTERM, seconds live calls may go on (--workers: 30; else 0)",
+    )
     add_log_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -119,10 +137,36 @@ async def _until_stopped(
 def cmd_serve(args: argparse.Namespace) -> int:
     from getpatter.apps import load_app
 
+    if args.workers:
+        from getpatter.workers import run_workers
+
+        load_app(args.app)  # a wrong APP fails here, once, not in every worker
+        forwarded = [f"--{n}={v}" for n, v in (("log-level", args.log_level),
+                     ("log-format", args.log_format)) if v]  # fmt: skip
+        for flag, on in (("--no-dashboard", args.no_dashboard),):
+            forwarded += [flag] if on else []
+        if args.dashboard_token:
+            forwarded.append(f"--dashboard-token={args.dashboard_token}")
+        if args.max_calls:
+            forwarded.append(f"--max-calls={args.max_calls}")
+        return run_workers(
+            args.app,
+            args.workers,
+            port=args.port or 8000,
+            host=args.host or "127.0.0.1",
+            drain_timeout=args.drain_timeout,
+            serve_args=forwarded,
+        )
     setup_logging(args)
     app = load_app(args.app)
     kwargs = dict(app.serve_kwargs)
-    for name, value in (("port", args.port), ("host", args.host)):
+    for name, value in (
+        ("port", args.port),
+        ("host", args.host),
+        ("node", args.node),
+        ("max_calls", args.max_calls),
+        ("drain_timeout", args.drain_timeout),
+    ):
         if value is not None:
             kwargs[name] = value
     if args.tunnel:

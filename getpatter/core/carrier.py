@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from getpatter.core.media import MediaEvent
@@ -55,11 +56,31 @@ class Dialed:
     status: str = ""
 
 
+class Admission(Enum):
+    """Whether this node takes a new call (`CallTable.admit`), asked before it is created."""
+
+    TAKE = "take"
+    #: full or draining, behind a balancer: answer HTTP 503 so it tries the next node
+    REFUSE = "refuse"
+    #: every node is full: say `CallTable.busy_message` in the carrier's voice, hang up
+    BUSY = "busy"
+
+
 class CallTable(Protocol):
     """The server's calls, as a carrier adapter sees them (and all of the server it sees)."""
 
+    #: what a caller hears when every line is busy (`Admission.BUSY`)
+    busy_message: str
+
     def public_url(self, path: str) -> str:
-        """`https://<public host><path>`: where the carrier reaches this node."""
+        """`https://<this node's route><path>`: where the carrier reaches this node (the
+        shared host, or this node's own host or `/n/<node>` prefix when it is one of many)."""
+
+    def request_url(self, request: web.Request) -> str:
+        """The public URL the carrier sent `request` to, as it signed it."""
+
+    def admit(self, request: web.Request) -> Admission:
+        """Whether to take the new call this webhook announces (see `Admission`)."""
 
     def public_ws_url(self, path: str) -> str:
         """`wss://<public host><path>`."""

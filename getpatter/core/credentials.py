@@ -100,11 +100,18 @@ SECRET_FIELDS: Final = frozenset(
 def secret_values(config: Any) -> list[str]:
     """Every credential in a LocalConfig, to be kept out of stored records, logs and the
     dashboard."""
-    return [
+    values = [
         v
         for v in (getattr(config, n, "") for n in sorted(SECRET_FIELDS))
         if isinstance(v, str) and v
     ]
+    persist = getattr(config, "persist_root", None)
+    if isinstance(persist, str) and persist.startswith(("postgresql:", "postgres:")):
+        from getpatter.core.pg import database_password
+
+        password = database_password(persist)
+        values += [password, persist] if password else []
+    return values
 
 
 # --- secrets in objects ------------------------------------------------------------------------

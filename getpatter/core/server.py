@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from getpatter.core.carrier import CallTable, Carrier, DialRequest
+from getpatter.core.carrier import Admission, CallTable, Carrier, DialRequest
 from getpatter.core.connections import (
     HEADER_TIMEOUT,
     AcceptErrorLog,
@@ -29,6 +29,14 @@ from getpatter.core.connections import (
 from getpatter.core.engine import Engine, EngineCall
 from getpatter.core.journal import CallJournal
 from getpatter.core.media_socket import MediaSockets
+from getpatter.core.node import (
+    BUSY_MESSAGE,
+    DRAIN_GOODBYE,
+    Gate,
+    NodeSettings,
+    prefixed,
+    request_url,
+)
 from getpatter.core.observe import CallObserver
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
@@ -39,8 +47,9 @@ from getpatter.errors import CallError, PatterConfigError
 if TYPE_CHECKING:
     from getpatter.agent import Agent
     from getpatter.config import LocalConfig
+    from getpatter.core.cluster import Cluster
     from getpatter.core.pricing import PriceTable
-    from getpatter.core.store import Store
+    from getpatter.core.store import Scrubber, Store
     from getpatter.dashboard.routes import Dashboard
 
 log = logging.getLogger(__name__)
@@ -74,8 +83,13 @@ class EmbeddedServer:
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
         tracer_provider: Any = None,
+        node: NodeSettings | None = None,
     ) -> None:
         self.config = config
+        self.node = node or NodeSettings()
+        self.busy_message = BUSY_MESSAGE  # what callers hear when every line is busy
+        self.drain_goodbye = DRAIN_GOODBYE  # what callers still on the line at the drain's end hear
+        self.cluster: Cluster | None = None  # the other nodes, when history is in PostgreSQL
         self.agent = agent
         self.recording = recording
         self.voicemail_message = voicemail_message
@@ -92,6 +106,7 @@ class EmbeddedServer:
         self._history_sink: Callable[[dict[str, Any]], Any] | None = None
         self.port: int | None = None
         self.sessions: dict[str, CallSession] = {}
+        self.gate = Gate(self.node, self.sessions)  # capacity and drain
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
         self.record_sinks: list[Callable[[dict[str, Any]], Any]] = []
         self._media = MediaSockets(self)  # the media sockets and their single-use tokens
@@ -165,10 +180,17 @@ class EmbeddedServer:
         return self.config.webhook_url or f"{self.host}:{self.port}"
 
     def public_url(self, path: str) -> str:
-        return f"https://{self.public_host}{path}"
+        """Where carriers reach this node (its own route when it is one of many)."""
+        return self.node.base_url(self.public_host) + path
 
     def public_ws_url(self, path: str) -> str:
-        return f"wss://{self.public_host}{path}"
+        return "wss://" + self.public_url(path).removeprefix("https://")
+
+    def request_url(self, request: web.Request) -> str:
+        return request_url(request, self.public_host, self.node.host(self.public_host))
+
+    def admit(self, request: web.Request) -> Admission:
+        return self.gate.admit(request)  # capacity and drain: core/node.py
 
     def stream_url(self, key: str) -> str:
         return self.public_ws_url(f"/ws/stream/{key}")
@@ -206,6 +228,8 @@ class EmbeddedServer:
         session.key = key
         self.sessions[key] = session
         self.bind_carrier_id(info.call_id, key)
+        if self.cluster is not None:
+            self.cluster.call_opened(session)
         token = self._media.issue(key, token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
         return session, token
@@ -295,6 +319,9 @@ class EmbeddedServer:
     ) -> CallSession:
         """Dial `to` through the carrier; the session exists (and is recorded) from the start,
         and ends as "failed" if the carrier refuses or cannot be reached."""
+        refusal = self.gate.refusal()
+        if refusal:
+            raise CallError(refusal)
         session, token = self.new_outbound_call(
             to=to,
             from_=from_,
@@ -338,6 +365,8 @@ class EmbeddedServer:
             del self._carrier_ids[carrier_id]  # a finished call is found by nobody
         if session is not None and self._journal is not None:
             self._journal.forget(session)
+        if self.node.name:
+            record["node"] = self.node.name
         self.history.append(record)
         for sink in self.record_sinks:
             result = sink(record)
@@ -373,15 +402,15 @@ class EmbeddedServer:
             request_timeout=lambda: self.request_timeout,
         )
         app = web.Application(client_max_size=256 * 1024, middlewares=[guard])
-        app.add_routes(
-            [
-                web.get("/health", self._health),
-                web.get("/ws/stream/{call_id}", self.media_socket),
-                *self.carrier.routes(),
-            ]
-        )
+        routes = [
+            web.get("/health", self._health),
+            web.get("/ws/stream/{call_id}", self.media_socket),
+            *self.carrier.routes(),
+        ]
         if self._dashboard_ui is not None:
-            app.add_routes(self._dashboard_ui.routes())
+            routes += self._dashboard_ui.routes()
+        # and all of them again on this node's own path (see core/node.py)
+        app.add_routes(routes + prefixed(routes, self.node.prefix(self.public_host)))
         return app
 
     def _reserved_for(self, request: web.Request) -> bool:
@@ -390,9 +419,9 @@ class EmbeddedServer:
         return request.method == "GET" and bool(key) and self._media.awaiting(key)
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "carrier": self.carrier.name, "active_calls": len(self.sessions)}
-        )
+        node, status = self.gate.health()  # 503 while draining
+        body = {"carrier": self.carrier.name, "active_calls": len(self.sessions), **node}
+        return web.json_response({"status": node["status"], **body}, status=status)
 
     async def media_socket(self, request: web.Request) -> web.StreamResponse:
         """The media WebSocket of every carrier (carriers mount it at their own paths too);
@@ -475,7 +504,15 @@ class EmbeddedServer:
         self._signal_stop = task  # held until done: a task nobody references may vanish
 
     async def stop(self) -> None:
-        """End every live call politely (hang up, write its record) and stop listening."""
+        """End every live call politely (hang up, write its record) and stop listening;
+        with a `drain_timeout`, first take no new calls and let live ones finish."""
+        if self._stopped is not None and not self._stopped.is_set():
+            cluster = self.cluster
+            await self.gate.drain(
+                self.node.drain_timeout,
+                self.drain_goodbye,
+                cluster.set_draining if cluster is not None else None,
+            )
         if self._stopped is not None:
             self._stopped.set()
         await self._shutdown()
@@ -516,10 +553,12 @@ class EmbeddedServer:
     async def _open_history(self) -> None:
         """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
         from getpatter.core.credentials import redact_logs, secret_values, secrets_in
-        from getpatter.core.store import Scrubber, open_store
+        from getpatter.core.store import Scrubber
 
         token = self._dashboard_token
-        if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:
+        # beyond loopback, or behind a balancer (which makes a loopback node public): a token
+        exposed = self.host not in LOOPBACK_HOSTS or self.node.behind_balancer
+        if self.dashboard and not token and exposed:
             token = secrets.token_urlsafe(24)
         known = [*secret_values(self.config), *secrets_in(self.agent), token]
         # out of every log line of the process (any logger, any level) while we serve; a
@@ -528,7 +567,7 @@ class EmbeddedServer:
             redact_logs([s for s in known if s != token or self._dashboard_token])
         )
         scrub = Scrubber(known, mask_phone_numbers=self.mask_phone_numbers)
-        store = self.store = await open_store(self.config.persist_root, scrub)
+        store = self.store = await self._open_store(scrub)
         try:
             cut_off = await store.interrupt_active()
         except Exception as exc:
@@ -555,6 +594,8 @@ class EmbeddedServer:
         from getpatter.observability import has_prometheus, tracer_for
 
         self.observers.clear()
+        if self.cluster is not None:  # a call's row among the live calls follows the call
+            self.observers.append(self.cluster)
         tracer = tracer_for(self.tracer_provider, self.carrier.name)
         if tracer is not None:
             self.observers.append(tracer)
@@ -571,6 +612,39 @@ class EmbeddedServer:
 
             self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
+    async def _open_store(self, scrub: Scrubber) -> Store:
+        """The history at the persist location; PostgreSQL brings the cluster with it."""
+        from getpatter.core.store import open_store
+        from getpatter.core.store_pg import PostgresStore
+
+        store = await open_store(self.config.persist_root, scrub, node=self.node.ident)
+        if isinstance(store, PostgresStore):
+            from getpatter.core.cluster import join
+
+            self.cluster = await join(self, store, scrub)
+        return store
+
+    async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Hang up or transfer a live call from the API of any node (core/cluster.py)."""
+        from getpatter.core.cluster import control_call
+
+        return await control_call(self, call_id, op, args)
+
+    @property
+    def node_host(self) -> str:
+        """The host carriers reach this node by, if it has one of its own ("" if not)."""
+        host = self.node.host(self.public_host)
+        return host if host != self.public_host else ""
+
+    @property
+    def cluster_node(self) -> str:
+        """This node's name among many sharing a database ("" when it is alone)."""
+        return self.node.ident if self.cluster is not None else ""
+
+    def remote_calls(self) -> list[dict[str, Any]]:
+        """Live calls on the other nodes (empty for a lone node)."""
+        return self.cluster.remote_calls() if self.cluster is not None else []
+
     async def _close_history(self) -> None:
         while self._unredact:
             self._unredact.pop()()
@@ -581,6 +655,11 @@ class EmbeddedServer:
         journal, self._journal = self._journal, None
         if journal is not None:
             await journal.aclose()
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            if cluster in self.observers:
+                self.observers.remove(cluster)
+            await cluster.stop()
         store, self.store = self.store, None
         if store is not None:
             await store.close()

@@ -264,24 +264,26 @@ def store_path(location: str) -> Path:
 
 
 async def open_store(
-    location: str | None, scrub: Scrubber | None = None, *, fallback: bool = True
+    location: str | None,
+    scrub: Scrubber | None = None,
+    *,
+    fallback: bool = True,
+    node: str = "",
 ) -> Store:
     """The call history at `location` — the one place that decides which store to use.
 
-    None: memory (persistence off). A `postgresql://` URL: PostgreSQL (many nodes). Anything
-    else: SQLite (see `store_path`, and `store_sqlite.py`). If it cannot be opened, `fallback`
-    keeps calls in memory (said loudly, since they will not be kept); without it the error is
-    raised.
+    None: memory (persistence off). A `postgresql://` URL: PostgreSQL (many nodes, shared;
+    `node` names the one opening it, whose calls alone `interrupt_active` may mark; it must be
+    reachable: a node does not start on a database it cannot use). Anything else: SQLite (see
+    `store_path`, and `store_sqlite.py`). If that cannot be opened, `fallback` keeps calls in
+    memory (said loudly, since they will not be kept); without it the error is raised.
     """
     if location is None:
         return MemoryStore(scrub)
     if location.startswith(("postgresql://", "postgres://")):
-        from getpatter.errors import PatterConfigError
+        from getpatter.core.store_pg import open_postgres_store
 
-        raise PatterConfigError(
-            "PostgreSQL call history is not available in this version: use a directory or a "
-            "SQLite file"
-        )
+        return await open_postgres_store(location, scrub, node)
     from getpatter.core.store_sqlite import SQLiteStore
 
     path = store_path(location)

@@ -2,7 +2,9 @@
 
     GET /dashboard                    the page (no build step, no CDN: works offline)
     GET /api/calls?q=&page=&page_size= call history, newest first, searchable
-    GET /api/calls/active             calls in progress
+    GET /api/calls/active             calls in progress (on every node sharing the database)
+    POST /api/calls/{call_id}/hangup  hang up a live call, on whichever node holds it
+    POST /api/calls/{call_id}/transfer  {"to": "+1555..."}: cold transfer, likewise
     GET /api/calls/{call_id}          one call: metadata, transcript, turn metrics, cost, events
     GET /api/calls.csv, /api/calls.json  export (the same `q` filter)
     GET /api/events                   Server-Sent Events: `active` (live calls), `calls` (history
@@ -30,7 +32,9 @@ import hmac
 import io
 import json
 import logging
+import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,6 +66,29 @@ def host_name(host: str) -> str:
     return host.rstrip(".")
 
 
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+
+def _remote(row: dict[str, Any]) -> dict[str, Any]:
+    """Another node's live call, in the shape of `_live` (what its heartbeat row tells)."""
+    started = row.get("started_at")
+    return {
+        "call_id": row.get("call_id", ""),
+        "caller": row.get("caller", ""),
+        "callee": row.get("callee", ""),
+        "direction": row.get("direction", ""),
+        "state": row.get("state", ""),
+        "created_at": row.get("created_at"),
+        "started_at": started,
+        "duration": round(time.time() - started) if started else 0,
+        "turns": None,
+        "last_latency_ms": None,
+        "cost_total": None,
+        "currency": "",
+        "node": row.get("node", ""),
+    }
+
+
 def _page_html() -> str:
     return resources.files("getpatter.dashboard").joinpath("static/index.html").read_text("utf-8")
 
@@ -74,6 +101,20 @@ class ServerView(Protocol):
 
     @property
     def public_host(self) -> str: ...
+
+    @property
+    def node_host(self) -> str:
+        """This node's own public host, when it has one ("": none)."""
+
+    @property
+    def cluster_node(self) -> str:
+        """This node's name when it is one of many sharing a database ("": alone)."""
+
+    def remote_calls(self) -> list[dict[str, Any]]:
+        """The live calls of the other nodes."""
+
+    async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Hang up or transfer a live call, on whichever node holds it."""
 
 
 class Dashboard:
@@ -114,6 +155,8 @@ class Dashboard:
             web.get("/api/calls.json", g(self._export_json)),
             web.get("/api/calls/active", g(self._active_calls)),
             web.get("/api/calls/{call_id}", g(self._call)),
+            web.post("/api/calls/{call_id}/hangup", g(self._hangup)),
+            web.post("/api/calls/{call_id}/transfer", g(self._transfer)),
             web.get("/api/events", self._events),
             web.get("/metrics", g(self._prometheus)),
         ]
@@ -133,7 +176,8 @@ class Dashboard:
         if self.token:
             return True
         host = host_name(request.headers.get("Host", ""))
-        return host in LOOPBACK_NAMES or host == host_name(self.server.public_host)
+        ours = {host_name(self.server.public_host), host_name(self.server.node_host)} - {""}
+        return host in LOOPBACK_NAMES or host in ours
 
     @staticmethod
     def _misdirected(request: web.Request) -> web.Response:
@@ -290,8 +334,51 @@ class Dashboard:
     def _sessions(self) -> list[CallSession]:
         return [s for s in self.server.sessions.values() if s.state != "ended"]
 
+    def _all_live(self) -> list[dict[str, Any]]:
+        """This node's calls, then the other nodes' (as of their last heartbeat)."""
+        node = self.server.cluster_node
+        here = [{**self._live(s), **({"node": node} if node else {})} for s in self._sessions()]
+        return here + [_remote(row) for row in self.server.remote_calls()]
+
     async def _active_calls(self, request: web.Request) -> web.StreamResponse:
-        return self._json({"calls": [self._live(s) for s in self._sessions()]})
+        return self._json({"calls": self._all_live()})
+
+    # --- control -------------------------------------------------------------------------
+
+    async def _hangup(self, request: web.Request) -> web.StreamResponse:
+        return await self._control(request, "hangup", {})
+
+    async def _transfer(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        to = str(body.get("to", ""))
+        if not _E164.match(to):
+            return self._json({"error": "to must be an E.164 number, e.g. +15550001111"}, 400)
+        return await self._control(request, "transfer", {"to": to})
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._json({"error": "the body must be a JSON object"}, 400)
+        if not isinstance(body, dict):
+            return self._json({"error": "the body must be a JSON object"}, 400)
+        return body
+
+    async def _control(self, request: web.Request, op: str, args: dict[str, Any]) -> web.Response:
+        # a JSON content type is a non-simple request: another site's page cannot send it
+        if request.content_type != "application/json":
+            return self._json({"error": "send Content-Type: application/json"}, 415)
+        call_id = request.match_info["call_id"]
+        try:
+            result = await self.server.control_call(call_id, op, args)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.warning("call %s: %s not routed: %r", call_id, op, exc)
+            return self._json({"error": "the call's node cannot be reached right now"}, 503)
+        if result.get("ok"):
+            return self._json(result)
+        return self._json(result, 404 if result.get("missing") else 502)
 
     async def _call(self, request: web.Request) -> web.StreamResponse:
         call_id = request.match_info["call_id"]
@@ -375,7 +462,7 @@ class Dashboard:
             await response.write(b"retry: 2000\n\n")
             while not self._closing.is_set():
                 chunks = []
-                live = [self._live(s) for s in self._sessions()]
+                live = self._all_live()
                 active = json.dumps(self.scrub({"calls": live}))
                 if active != last_active:
                     chunks.append(f"event: active\ndata: {active}\n\n")

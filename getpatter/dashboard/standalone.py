@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,6 +32,14 @@ class _NoLiveCalls:
     def __init__(self, host: str) -> None:
         self.sessions: dict[str, CallSession] = {}
         self.public_host = host
+        self.cluster_node = ""
+        self.node_host = ""
+
+    def remote_calls(self) -> list[dict[str, Any]]:
+        return []
+
+    async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": False, "error": "no calls are live here: this dashboard shows history"}
 
 
 class HistoryDashboard:

@@ -37,7 +37,7 @@ from getpatter.carriers.plivo.wire import (
     verify_signature,
     voicemail_xml,
 )
-from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.carrier import Admission, CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import InboundAudio, MediaEvent, StreamStarted, StreamStopped
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
 from getpatter.core.throttle import LogThrottle
@@ -169,7 +169,7 @@ class PlivoAdapter:
             return web.Response(status=400, text="bad form body")
         if not self._auth_token:
             return form  # require_signature=False, and nothing to check with
-        url = self._table.public_url(request.path_qs)
+        url = self._table.request_url(request)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get(SIGNATURE_HEADER, "")
         nonce = request.headers.get(NONCE_HEADER, "")
@@ -229,6 +229,11 @@ class PlivoAdapter:
             callee=_e164(str(form.get("To", ""))),
             direction="inbound",
         )
+        admission = self._table.admit(request)
+        if admission is Admission.REFUSE:  # full or draining: the balancer tries the next node
+            return web.Response(status=503, text="this node is full", headers={"Retry-After": "1"})
+        if admission is Admission.BUSY:  # every node is full
+            return self._xml_response(speak_hangup_xml(self._table.busy_message))
         opened = await self._table.open_call(info)
         if opened is None:  # a call we already had: a replay gets no session, only a hang-up
             self._warn.warning(

@@ -43,7 +43,7 @@ from getpatter.carriers.telnyx.wire import (
     encode_client_state,
     parse_media_message,
 )
-from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.carrier import Admission, CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import (
     DtmfReceived,
     Ignored,
@@ -120,6 +120,7 @@ class _CallState:
     last_words: asyncio.Task[None] | None = None  # a voicemail drop or a goodbye being spoken
     greeting_ended: asyncio.Event = field(default_factory=asyncio.Event)
     speak_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a busy call's answer
 
     def accept_dtmf(self, source: str) -> bool:
         """The n-th digit of either source is new only if fewer than n have been delivered."""
@@ -300,8 +301,17 @@ class TelnyxAdapter:
         if not isinstance(event_type, str) or not isinstance(payload, dict):
             return web.Response(status=400, text="not a Telnyx event")
         event_id = data.get("id") if isinstance(data, dict) else None
+        admission = Admission.TAKE
+        if event_type == "call.initiated" and payload.get("direction") == "incoming":
+            # before deduplication: a refused event comes back (to this node or another)
+            admission = self._table.admit(request)
+            if admission is Admission.REFUSE:
+                return web.Response(status=503, text="this node is full")
         if isinstance(event_id, str) and event_id and not self._events.add(event_id):
             return web.Response(status=200, text="duplicate")
+        if admission is Admission.BUSY:
+            self._busy(payload)
+            return web.Response(status=200, text="ok")
         try:
             self._dispatch(event_type, payload)
         except Exception:
@@ -336,6 +346,8 @@ class TelnyxAdapter:
         if speaking is not None and event_type == "call.speak.ended":
             speaking.speak_ended.set()
             return
+        if speaking is not None and event_type == "call.answered":
+            speaking.answered.set()
         session = self._session_for(payload)
         if session is None:
             return
@@ -402,11 +414,43 @@ class TelnyxAdapter:
             return
         await self._answer(session, token)
 
+    def _busy(self, payload: dict[str, Any]) -> None:
+        """Every line is busy: answer without a stream, say so, hang up (no session)."""
+        ccid = str(payload.get("call_control_id") or "")
+        if not ccid or ccid in self._hung_up or not self._initiated.add(ccid):
+            return
+        self._spawn(self._say_busy(ccid), f"busy:{ccid}")
+
+    async def _say_busy(self, ccid: str) -> None:
+        state = _CallState()
+        self._last_words[ccid] = state  # so call.speak.ended finds it
+        try:
+            await self.rest.answer(ccid, webhook_url=self._table.public_url(WEBHOOK_PATH))
+            try:  # speaking needs the answered call
+                await asyncio.wait_for(state.answered.wait(), 5.0)
+            except TimeoutError:
+                pass
+            await self.rest.speak(ccid, self._table.busy_message)
+            deadline = 5.0 + SPEAK_SECONDS_PER_CHAR * len(self._table.busy_message)
+            try:
+                await asyncio.wait_for(state.speak_ended.wait(), deadline)
+            except TimeoutError:
+                pass
+            if ccid not in self._hung_up and self._hangups_sent.add(ccid):
+                await self.rest.hangup(ccid)
+        except _CARRIER_ERRORS as exc:
+            log.info("call %s: busy message not delivered: %s", ccid, exc)
+        finally:
+            self._last_words.pop(ccid, None)
+
     async def _answer(self, session: CallSession, token: str) -> None:
         try:
             await self.rest.answer(
                 session.call_id,
                 client_state=encode_client_state(session.key),
+                # this node's own route: the call's later events must come here
+                webhook_url=self._table.public_url(WEBHOOK_PATH),
+                webhook_url_method="POST",
                 **self._stream_fields(session.key, token),
             )
         except _CARRIER_ERRORS as exc:

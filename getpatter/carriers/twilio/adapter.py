@@ -20,7 +20,7 @@ from getpatter.carriers.twilio.wire import (
     twiml_stream,
     verify_signature,
 )
-from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
+from getpatter.core.carrier import Admission, CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import MediaEvent
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
 from getpatter.core.throttle import LogThrottle
@@ -36,6 +36,9 @@ _FINAL_STATUS = {
     "failed": "failed",
     "canceled": "canceled",
 }
+
+
+_RETRY = {"Retry-After": "1"}
 
 
 class TwilioSettings(Protocol):
@@ -107,7 +110,7 @@ class TwilioAdapter:
             return web.Response(status=400, text="bad form body")
         if not self._auth_token:
             return form  # require_signature=False, and nothing to check with
-        url = self._table.public_url(request.path_qs)
+        url = self._table.request_url(request)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get("X-Twilio-Signature", "")
         if not verify_signature(self._auth_token, url, params, signature):
@@ -132,6 +135,12 @@ class TwilioAdapter:
             callee=str(form.get("To", "")),
             direction="inbound",
         )
+        admission = self._table.admit(request)
+        if admission is Admission.REFUSE:  # full or draining: the balancer tries the next node
+            return web.Response(status=503, text="this node is full", headers=_RETRY)
+        if admission is Admission.BUSY:  # every node is full
+            twiml = twiml_say_hangup(self._table.busy_message)
+            return web.Response(text=twiml, content_type="text/xml")
         opened = await self._table.open_call(info)
         if opened is None:
             # A voice webhook for a call we already had: Twilio signatures carry no
