@@ -15,8 +15,10 @@ On the multi-context socket each sentence is a context: its text + `flush`, then
 `close_context`, and the server ends that context's audio with `{"isFinal": true, "contextId"}`.
 Cancelling (a barge-in closes the iterator) is instant and costs no reconnect: the sentence's
 context is closed, its remaining audio dropped on arrival, and the next sentence starts at once
-on a new context. The service allows 5 live contexts per socket; when cancelled or stuck
-sentences still hold 4, the socket is replaced.
+on a new context. Contexts are independent, so the pipeline's next sentence, asked for while
+one still streams, is generated alongside it on a context of its own. The service allows 5
+live contexts per socket; when cancelled, stuck and running sentences already hold them all,
+the socket is replaced (a sentence still running on the old one is asked for again).
 
 When to close a context: only once its first audio has arrived. The docs say a close after a
 flush lets the flushed text finish, but services in production lose the whole context when
@@ -262,8 +264,8 @@ class ElevenLabsStream:
 
     async def _over_socket(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
         ws = await self.connect()
-        if len(self._live - set(self._waiting)) >= MAX_CONTEXTS - 1:
-            log.info("ElevenLabs: %d cancelled contexts still open; new socket", len(self._live))
+        if len(self._live) >= MAX_CONTEXTS:
+            log.info("ElevenLabs: %d contexts still open; new socket", len(self._live))
             await self._disconnect()
             ws = await self.connect()
         self._count += 1
