@@ -33,7 +33,7 @@ from getpatter.core.audio import AudioFrame
 from getpatter.core.chunker import ChunkerOptions, SentenceChunker
 from getpatter.core.guardrails import screen
 from getpatter.core.providers import TTSStream
-from getpatter.core.synthesis import SentenceAudio, close_stream
+from getpatter.core.synthesis import SentenceAudio, cancel_all, close_stream
 
 if TYPE_CHECKING:
     from getpatter.core.session import CallSession
@@ -225,10 +225,12 @@ class Reply:
                 sentence = self._queue[0]
                 try:
                     await self._play_sentence(sentence)
-                finally:
-                    self._queue.popleft()
-                    self._room.set()
-                    await sentence.cancel()  # given up or failed: close its request
+                except BaseException:
+                    await self._drop_queue()  # every one still asked for, together
+                    raise
+                self._queue.popleft()
+                self._room.set()
+                await sentence.cancel()  # given up mid-way: close its request
                 continue
             if producer is None or producer.done():
                 if producer is not None:
@@ -309,9 +311,10 @@ class Reply:
 
     async def _drop_queue(self) -> None:
         """Cancel every synthesis still asked for (a barge-in, a failure, the end)."""
-        while self._queue:
-            await self._queue.popleft().cancel()
+        dropped = list(self._queue)
+        self._queue.clear()
         self._room.set()
+        await cancel_all(dropped)
 
     def _play(self, chunk: bytes) -> float:
         if not chunk:

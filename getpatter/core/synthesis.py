@@ -208,8 +208,18 @@ class SentenceAudio:
     async def cancel(self) -> None:
         """Stop the synthesis, which closes the provider's request (a no-op once it ended);
         audio not taken yet is dropped."""
-        if not self._task.done():
-            self._task.cancel()
-            await asyncio.wait({self._task})
-        if not self.done_at.done():  # cancelled before it ever ran
-            self.done_at.set_result(asyncio.get_running_loop().time())
+        await cancel_all([self])
+
+
+async def cancel_all(sentences: list[SentenceAudio]) -> None:
+    """Cancel several syntheses together, then wait for them: all are marked cancelled before
+    any closes, so none takes another's close for a drop and asks the provider again."""
+    running = {s._task for s in sentences if not s._task.done()}
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    now = asyncio.get_running_loop().time()
+    for sentence in sentences:
+        if not sentence.done_at.done():  # cancelled before it ever ran
+            sentence.done_at.set_result(now)

@@ -155,7 +155,8 @@ class ScriptedTTS:
 
     Each synthesis is independent (several may run at once, as over HTTP) unless `serial`:
     then one at a time in the order asked, as on one socket, so a sentence asked for while
-    another streams starts its audio once that one's has all gone out."""
+    another streams starts its audio once that one's has all gone out (its `first_byte_delay`
+    counted from when it was asked for)."""
 
     sample_rate: int = 8000
     encoding: AudioEncoding = "mulaw"
@@ -169,6 +170,8 @@ class ScriptedTTS:
     empty: Sequence[int] = ()  # these syntheses end at once with no audio
     #: synthesis (1-based) → chunks it sends before going silent, its stream left open
     stall_mid: Mapping[int, int] = field(default_factory=dict)
+    #: synthesis (1-based) → (chunks, seconds): after that many chunks it pauses that long
+    pause: Mapping[int, tuple[int, float]] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
     asked_at: list[float] = field(default_factory=list)  # loop time of each synthesize()
     first_audio_at: dict[int, float] = field(default_factory=dict)  # synthesis → first chunk
@@ -213,7 +216,8 @@ class ScriptedTTSStream:
         if n in tts.empty:
             return
         if tts.first_byte_delay:
-            await asyncio.sleep(tts.first_byte_delay)
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, tts.asked_at[n - 1] + tts.first_byte_delay - loop.time()))
         if tts.fail_with is not None and (not tts.fail_first or n <= tts.fail_first):
             raise tts.fail_with
         tone = speech_tone(text, tts.sample_rate)
@@ -221,6 +225,8 @@ class ScriptedTTSStream:
         for k, i in enumerate(range(0, len(tone), step)):
             if n in tts.stall_mid and k >= tts.stall_mid[n]:
                 await asyncio.Event().wait()  # mid-sentence: no more audio, no end
+            if n in tts.pause and k == tts.pause[n][0]:
+                await asyncio.sleep(tts.pause[n][1])
             piece = tone[i : i + step]
             tts.first_audio_at.setdefault(n, asyncio.get_running_loop().time())
             yield ulaw_encode(piece) if tts.encoding == "mulaw" else piece.tobytes()
