@@ -8,7 +8,6 @@ one before, so a silence is a frame arriving after the one before has finished p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
