@@ -149,6 +149,23 @@ def run_kind(kind: str, port: int, n_conns: int, n_messages: int, out: Connectio
     out.send(asyncio.run(measure(kind, port, n_conns, n_messages)))
 
 
+def measure_socket(ctx: Any, conns: int, messages: int) -> dict[str, Any]:
+    """One SDK realtime socket's RSS and CPU per send (for load.py's report)."""
+    mine, theirs = ctx.Pipe()
+    server = ctx.Process(target=_server, args=(theirs,), daemon=True)
+    server.start()
+    try:
+        port = mine.recv()
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=run_kind, args=("sdk", port, conns, messages, there))
+        proc.start()
+        result: dict[str, Any] = here.recv()
+        proc.join(30)
+    finally:
+        server.terminate()
+    return {**result, "conns": conns, "messages": messages}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--conns", type=int, default=200, help="connections opened for the RSS step")

@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "GroqLLM": "getpatter.plugins.openai.compatible",
     "CerebrasLLM": "getpatter.plugins.openai.compatible",
     "SileroVAD": "getpatter.plugins.silero.vad",
+    "GeminiLive": "getpatter.plugins.google.live",
+    "UltravoxRealtime": "getpatter.plugins.ultravox.realtime",
 }
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "CallError",
     "CerebrasLLM",
     "EmbeddedServer",
+    "GeminiLive",
     "GoogleLLM",
     "GroqLLM",
     "Guardrail",
@@ -61,6 +64,7 @@ __all__ = [
     "Telnyx",
     "Tool",
     "Twilio",
+    "UltravoxRealtime",
 ]
 
 if TYPE_CHECKING:
@@ -76,12 +80,14 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.google.live import GeminiLive
     from getpatter.plugins.google.llm import GoogleLLM
     from getpatter.plugins.lmnt.tts import LmntTTS
     from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
     from getpatter.plugins.rime.tts import RimeTTS
     from getpatter.plugins.silero.vad import SileroVAD
+    from getpatter.plugins.ultravox.realtime import UltravoxRealtime
 
 
 def __getattr__(name: str) -> Any:

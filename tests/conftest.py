@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from engine_kits import ENGINES, Kit, open_kit
 
 from getpatter import Patter, Twilio
 from getpatter.agent import Agent
@@ -97,3 +98,10 @@ async def serve_any(network: Network) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for s in served:
         await stop(s)
+
+
+@pytest.fixture(params=ENGINES)
+async def kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
+    """The same call tests on every engine: OpenAI Realtime, Gemini Live, the pipeline."""
+    async with open_kit(request.param) as k:
+        yield k

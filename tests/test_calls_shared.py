@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engine_kits import Call, Kit, hello
 
 from getpatter import Guardrail, MachineDetectionResult, Patter, Tool
 from getpatter.testing.engines import ScriptedEngine
@@ -144,6 +145,136 @@ async def test_disconnect_during_live_calls(
     for c in calls:
         await c.wait_ended(5)  # hung up through the carrier, politely
     assert all(ec.closed for ec in engine.calls)
+
+
+# --- every engine: OpenAI Realtime, Gemini Live, the pipeline --------------------------------
+
+
+def said(s: Any) -> list[tuple[str, str]]:
+    return [(e["role"], e["text"]) for e in s.events.get("on_transcript", [])]
+
+
+def saying(s: Any, role: str, text: str) -> Callable[[], bool]:
+    return lambda: (role, text) in said(s)
+
+
+async def finished(s: Any, call: Any, within: float = 8.0) -> dict[str, Any]:
+    await call.wait_for(lambda: call.ended or bool(call.transfers), within)
+    await call.wait_for(lambda: bool(s.events.get("on_call_end")), within)
+    record: dict[str, Any] = s.events["on_call_end"][0]
+    return record
+
+
+async def test_a_whole_call_on_every_engine(
+    serve_any: Callable[..., Any], network: Network, kit: Kit
+) -> None:
+    reply = "Sure, a table for two at eight."
+    agent = kit.agent([reply], ["I would like a table."], first_message="Thanks for calling!")
+    s = await serve_any(agent)
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(saying(s, "assistant", "Thanks for calling!"), 8)  # heard in full
+    await call.send_audio(hello(0.3, 1.0))
+    await call.wait_for(saying(s, "assistant", reply), 12)
+    await call.hangup()
+    record = await finished(s, call)
+
+    assert said(s) == [
+        ("assistant", "Thanks for calling!"),
+        ("user", "I would like a table."),
+        ("assistant", reply),
+    ]
+    assert np.abs(call.heard_audio().astype(np.int32)).max() > 2000
+    assert record["end_reason"] == "hangup" and record["call_id"] == network.call_id(call)
+    assert not getattr(call, "errors", []), call.errors
+
+
+async def test_barge_in_on_every_engine(
+    serve_any: Callable[..., Any], network: Network, kit: Kit
+) -> None:
+    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 4
+    s = await serve_any(kit.agent(["Sorry, go ahead."], first_message=greeting.strip()))
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 12000, 8)  # 1.5 s of the greeting heard
+    await call.send_audio(hello(0.0, 1.0))
+    await call.wait_for(lambda: call.clears >= 1, 8)
+    clear_at = network.app_sent(call, "clear")[0]
+    await call.wait_for(saying(s, "assistant", "Sorry, go ahead."), 10)
+    await call.hangup()
+    await finished(s, call)
+
+    first = s.events["on_transcript"][0]
+    assert first["role"] == "assistant" and first["interrupted"] is True
+    assert 5 < len(first["text"]) < len(greeting) / 2 and greeting.startswith(first["text"])
+    # Nothing of the greeting after the clear: the next audio is the reply, after the caller.
+    after = [t for t in media_times(network, call) if t > clear_at]
+    assert after and after[0] - clear_at > 0.3
+
+
+async def test_a_tool_call_on_every_engine(
+    serve_any: Callable[..., Any], network: Network, kit: Kit
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def book(args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+        seen.append(args)
+        return {"confirmation": "ACME-123"}
+
+    tool = Tool(
+        "book",
+        "Book a table.",
+        {"type": "object", "properties": {"time": {"type": "string"}}},
+        handler=book,
+    )
+    agent = kit.agent([Call("book", {"time": "20:00"}), "Booked, ACME-123."], tools=[tool])
+    s = await serve_any(agent)
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER, audio=hello(0.3, 1.0))
+    await call.wait_for(saying(s, "assistant", "Booked, ACME-123."), 12)
+    await call.hangup()
+    record = await finished(s, call)
+
+    assert seen == [{"time": "20:00"}]
+    assert {"confirmation": "ACME-123"} in kit.tool_outputs()
+    assert [(t["name"], t["ok"]) for t in record["events"] if t["kind"] == "tool"] == [
+        ("book", True)
+    ]
+
+
+async def test_a_key_press_is_a_turn_on_every_engine(
+    serve_any: Callable[..., Any], network: Network, kit: Kit
+) -> None:
+    menu = "Press one for sales, two for support, or stay on the line for more options. " * 3
+    s = await serve_any(kit.agent(["Connecting you to support."], first_message=menu.strip()))
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 8000, 6)  # a second of the menu heard
+    await call.send_dtmf("2")
+    await call.wait_for(saying(s, "assistant", "Connecting you to support."), 10)
+    await call.hangup()
+    await finished(s, call)
+
+    assert call.clears >= 1  # the menu stopped at the key press
+    users = [e for e in s.events["on_transcript"] if e["role"] == "user"]
+    assert [(e["text"], e["dtmf"]) for e in users] == [("The caller pressed 2 on the keypad.", "2")]
+    assert s.events["on_transcript"][0]["interrupted"] is True
+
+
+async def test_a_guardrail_that_raises_blocks_on_every_engine(
+    serve_any: Callable[..., Any], network: Network, kit: Kit
+) -> None:
+    """One policy for every engine: a guardrail whose check raises blocks the text."""
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("moderation is down")
+
+    replacement = "Let me find someone who can help with that."
+    guard = Guardrail("Moderation", check=broken, replacement=replacement)
+    s = await serve_any(kit.agent(["Here is what you asked for."], guardrails=[guard]))
+    call = await network.fake.place_call(from_=CALLER, to=NUMBER, audio=hello(0.3, 1.0))
+    await call.wait_for(saying(s, "assistant", replacement), 12)
+    await call.hangup()
+    record = await finished(s, call)
+
+    assert not any("what you asked" in text for _, text in said(s))
+    assert [e["name"] for e in record["events"] if e["kind"] == "guardrail"] == ["Moderation"]
 
 
 # --- outbound ------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from getpatter import Guardrail, OpenAIRealtime, Patter, Tool, Twilio
+from getpatter.core import realtime as core_realtime
+from getpatter.core.realtime import cut_to_heard
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
-from getpatter.plugins.openai.realtime_session import cut_to_heard
 from getpatter.testing.openai_realtime import FakeRealtime, FunctionCall
 from getpatter.testing.twilio import FakeCall, FakeTwilio
 
@@ -397,6 +398,86 @@ async def test_guardrail_replaces_the_reply(
     assert not [e for e in session.errors if e["code"] != "response_cancel_not_active"]
 
 
+async def test_a_guardrail_whose_check_raises_blocks_the_reply(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """One policy for both engines: a check that raises counts as violated (fail closed)."""
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("the moderation service is down")
+
+    replacement = "Let me find someone who can help with that."
+    fake.responses = ["Here is exactly what you asked for, in detail."]
+    s = await serve(
+        {
+            "engine": realtime(fake),
+            "guardrails": [Guardrail("Moderation", check=broken, replacement=replacement)],
+        }
+    )
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(0.3, 1.0))
+    await call.wait_for(has_transcript(s, "assistant", replacement), 10)
+    await call.hangup()
+    record = await ended(s, call)
+
+    assert not any("exactly what you asked" in text for _, text in transcripts(s))
+    assert [e["name"] for e in kinds(record, "guardrail")] == ["Moderation"]
+    creates = [e for e in fake.sessions[0].received if e["type"] == "response.create"]
+    assert replacement in creates[-1]["response"]["instructions"]
+
+
+def configured(fake: FakeRealtime, n: int) -> bool:
+    """The n-th session is open and has confirmed its settings (a drop before that is a
+    reconnect that failed, not a session that dropped)."""
+    return (
+        len(fake.sessions) == n
+        and not fake.sessions[-1].closed
+        and any(e["type"] == "session.updated" for e in fake.sessions[-1].sent)
+    )
+
+
+async def test_the_model_socket_may_drop_again_later_in_the_call(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """Reconnects are budgeted per minute, not per call: a second drop is survived too."""
+    fake.responses = ["We open at nine."]
+    fake.transcripts = ["When do you open?"]
+    s = await serve({"engine": realtime(fake), "first_message": "Hello, Acme here."})
+    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello(3.5, 1.0))
+    await call.wait_for(has_transcript(s, "assistant", "Hello, Acme here."), 5)
+    for n in (2, 3):
+        assert await fake.drop_connections() == 1
+        await call.wait_for(
+            lambda n=n: len(fake.live_sessions) == 1 == n - len(fake.sessions) + 1, 5
+        )
+    await call.wait_for(has_transcript(s, "assistant", "We open at nine."), 10)
+    await call.hangup()
+    record = await ended(s, call)
+
+    assert len(fake.sessions) == 3
+    assert len(kinds(record, "engine_reconnect")) == 2
+    assert record["end_reason"] == "hangup"
+    assert "Hello, Acme here." in fake.sessions[2].instructions
+
+
+async def test_a_model_that_keeps_dropping_ends_the_call(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget: more drops within a minute than `RECONNECTS_PER_MINUTE` and the call ends
+    with the carrier's goodbye (short backoffs, so the test takes a second, not eight)."""
+    monkeypatch.setattr(core_realtime, "BACKOFF", (0.0, 0.05))
+    s = await serve({"engine": realtime(fake), "first_message": "Hi."})
+    call = await net.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(has_transcript(s, "assistant", "Hi."), 5)
+    for n in range(core_realtime.RECONNECTS_PER_MINUTE + 1):
+        await call.wait_for(lambda n=n: configured(fake, n + 1), 5)
+        assert await fake.drop_connections() == 1
+    record = await ended(s, call)
+    assert record["end_reason"] == "engine_failed"
+    assert len(kinds(record, "engine_reconnect")) == core_realtime.RECONNECTS_PER_MINUTE
+    assert call.said == [OpenAIRealtime.failure_message]
+    assert "within a minute" in kinds(record, "error")[0]["error"]
+
+
 async def test_a_dropped_model_socket_is_reopened_with_the_conversation(
     serve: Serve, net: FakeTwilio, fake: FakeRealtime
 ) -> None:
@@ -593,3 +674,19 @@ Transfer technical support to +15550002222.""",
     assert session.voice == "marin"
     assert json.loads(session.tool_outputs[0]["output"])["confirmation"] == "ACME-123"
     assert np.abs(call.heard_audio().astype(np.int32)).max() > 4000
+
+
+async def test_a_hangup_while_the_agent_speaks_closes_the_model_socket(
+    serve: Serve, net: FakeTwilio, fake: FakeRealtime
+) -> None:
+    """The caller hangs up mid-greeting: the record keeps what was heard and the model's
+    socket is closed (a cancelled playout future must not cut the engine's close short)."""
+    fake.audio_speed = 0  # the whole greeting arrives at once: it is done, but still playing
+    s = await serve({"engine": realtime(fake), "first_message": GREETING.strip()})
+    call = await net.place_call(from_=CALLER, to=NUMBER)
+    await call.wait_for(lambda: len(call.played) > 8000, 8)  # a second of the greeting heard
+    await call.hangup()
+    record = await ended(s, call)
+    [entry] = record["transcript"]
+    assert GREETING.startswith(entry["text"]) and 0 < len(entry["text"]) < len(GREETING) / 3
+    await call.wait_for(lambda: all(sess.closed for sess in fake.sessions), 5)

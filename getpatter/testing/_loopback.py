@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 from typing import ClassVar, Literal, Protocol, Self
 
@@ -32,6 +33,7 @@ class LoopbackServer:
     host: str
     port: int
     _runner: web.AppRunner | None = None
+    _server_ssl: ssl.SSLContext | None = None  # set by fakes of services an SDK reaches by TLS only
     # What stop() does to live sockets; fakes differ on purpose and their tests rely on it:
     # "close" (1001, going away), "drop" (drop_connections()), "leave" (runner cleanup only).
     _on_stop: ClassVar[Literal["close", "drop", "leave"]] = "close"
@@ -49,7 +51,7 @@ class LoopbackServer:
         app.add_routes(self._routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self._server_ssl).start()
         self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:

@@ -21,6 +21,15 @@ def getpatter_providers() -> list[ProviderSpec]:
             description="Gemini (google-genai), streamed, with function tools",
             env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         ),
+        ProviderSpec(
+            "engine",
+            "gemini_live",
+            "getpatter.plugins.google.live:GeminiLive",
+            extra="google",
+            requires=("google.genai", "websockets"),
+            description="Gemini Live speech-to-speech (16 kHz PCM in, 24 kHz out)",
+            env=("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+        ),
     ]
 
 
@@ -30,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from getpatter.plugins.google import llm
 
         return getattr(llm, name)
+    if name == "GeminiLive":
+        from getpatter.plugins.google import live
+
+        return live.GeminiLive
     raise AttributeError(name)

@@ -1,8 +1,9 @@
 """OpenAI Realtime as a getpatter engine: the options, and opening the model's WebSocket.
 
 The call's G.711 μ-law goes to the model as `audio/pcmu` and the model answers in `audio/pcmu`,
-so audio crosses this engine untouched in both directions. The per-call half (events, barge-in,
-tools, guardrails, reconnect) is in `realtime_session.py`.
+so audio crosses this engine untouched in both directions. What every realtime engine does
+(barge-in, truncation, tools, guardrails, reconnect) is in `getpatter.core.realtime`; the wire
+(the socket's outbox and translating OpenAI's events) is in `realtime_link.py`.
 
 The `openai` SDK is imported the first time a call connects, in a worker thread (importing it
 and building a client takes about a second and would otherwise stall every call on the loop).
@@ -11,26 +12,25 @@ and building a client takes about a second and would otherwise stall every call 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
-import math
-import sys
-import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
+from getpatter.core.realtime_wire import FAILURE_MESSAGE, RealtimeOptions
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
+    from getpatter.core.realtime import EventHandler, SessionSetup
     from getpatter.core.session import CallSession
-    from getpatter.plugins.openai.realtime_session import RealtimeCall
+    from getpatter.plugins.openai.realtime_link import OpenAIRealtimeWire
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +84,8 @@ def realtime_voice(voice: str) -> str:
     return mapped
 
 
-_preloading: threading.Thread | None = None
-
-
-def _preload_sdk() -> None:
-    """Import the SDK in the background now, so the first call does not wait ~1 s for it."""
-    global _preloading
-    if _preloading is None and "openai" not in sys.modules:
-        _preloading = threading.Thread(
-            target=importlib.import_module, args=("openai",), name="import-openai", daemon=True
-        )
-        _preloading.start()
-
-
 @dataclass(repr=False, eq=False)
-class OpenAIRealtime:
+class OpenAIRealtime(RealtimeOptions):
     """Speech to speech with OpenAI's Realtime API (GA), over one WebSocket per call.
 
     - `voice`: a Realtime voice (`marin`, `cedar`, …); a text-to-speech voice such as `nova`
@@ -125,12 +112,11 @@ class OpenAIRealtime:
     input_transcription: str | None = "gpt-4o-transcribe"
     barge_in: bool = True
     connect_timeout: float = 10.0
-    failure_message: str = (
-        "Sorry, we're having technical difficulties and can't continue this call. "
-        "Please call back in a few minutes. Goodbye."
-    )
+    failure_message: str = FAILURE_MESSAGE
     _secret: Secret = field(init=False, repr=False)
     _client: AsyncOpenAI | None = field(init=False, repr=False, default=None)
+    name: ClassVar[str] = "openai_realtime"
+    display_name: ClassVar[str] = "OpenAI Realtime"
 
     def __post_init__(self) -> None:
         self._secret = Secret(
@@ -157,11 +143,6 @@ class OpenAIRealtime:
                     f"OpenAIRealtime websocket_base_url must be a ws:// or wss:// URL, got {ws!r}"
                 )
             self.websocket_base_url = ws.rstrip("/")
-        if self.temperature is not None:
-            t = self.temperature
-            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
-                raise PatterConfigError(f"OpenAIRealtime temperature must be a number, got {t!r}")
-            log.info("OpenAIRealtime: the GA Realtime API has no temperature; %s is ignored", t)
         self.turn_detection = self._check_turn_detection(self.turn_detection)
         if self.input_transcription is not None and (
             not isinstance(self.input_transcription, str) or not self.input_transcription.strip()
@@ -170,20 +151,10 @@ class OpenAIRealtime:
                 "OpenAIRealtime input_transcription must be a model name such as "
                 "'gpt-4o-transcribe', or None for no caller transcripts"
             )
-        if not isinstance(self.failure_message, str):
-            raise PatterConfigError("OpenAIRealtime failure_message must be a string")
-        self.failure_message = self.failure_message.strip()
-        if not isinstance(self.barge_in, bool):
-            raise PatterConfigError("OpenAIRealtime barge_in must be True or False")
-        ct = self.connect_timeout
-        if isinstance(ct, bool) or not isinstance(ct, int | float) or not ct > 0:
-            raise PatterConfigError("OpenAIRealtime connect_timeout must be a positive number")
-        _preload_sdk()
-
-    @property
-    def key(self) -> Secret:
-        """The API key (call `.reveal()` where it must be sent)."""
-        return self._secret
+        self._check_options()
+        if self.temperature is not None:
+            log.info("OpenAIRealtime: the GA Realtime API has no temperature; it is ignored")
+        preload("openai")  # so the first call does not wait ~1 s for it
 
     def _check_turn_detection(self, value: object) -> dict[str, Any] | None:
         if value is None:
@@ -201,18 +172,43 @@ class OpenAIRealtime:
         settings.setdefault("interrupt_response", self.barge_in)
         return settings
 
-    def __repr__(self) -> str:
-        return (
-            f"OpenAIRealtime(model={self.model!r}, voice={self.voice!r}, "
-            f"base_url={self.base_url!r}, api_key={'<set>' if self._secret else '<unset>'})"
-        )
-
     # --- the engine protocol -----------------------------------------------------------
 
-    def open(self, call: CallSession) -> RealtimeCall:
-        from getpatter.plugins.openai.realtime_session import RealtimeCall
+    @property
+    def server_turns(self) -> bool:
+        return self.turn_detection is not None
 
-        return RealtimeCall(self, call)
+    def wire(self, call: CallSession, handle: EventHandler) -> OpenAIRealtimeWire:
+        from getpatter.plugins.openai.realtime_link import OpenAIRealtimeWire
+
+        return OpenAIRealtimeWire(self, call, handle)
+
+    def session_config(self, setup: SessionSetup) -> dict[str, Any]:
+        """The `session` of a session.update: μ-law both ways, the voice, VAD and tools."""
+        audio_in: dict[str, Any] = {
+            "format": {"type": "audio/pcmu"},
+            "turn_detection": self.turn_detection,
+        }
+        if self.input_transcription:
+            transcription: dict[str, str] = {"model": self.input_transcription}
+            language = setup.language.replace("_", "-").split("-")[0].lower()
+            if len(language) == 2:
+                transcription["language"] = language
+            audio_in["transcription"] = transcription
+        voice: str | dict[str, str] = self.voice
+        if self.voice.startswith("voice_"):
+            voice = {"id": self.voice}
+        return {
+            "type": "realtime",
+            "instructions": setup.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_in,
+                "output": {"format": {"type": "audio/pcmu"}, "voice": voice},
+            },
+            "tools": [{"type": "function", **schema} for schema in setup.tools],
+            "tool_choice": "auto",
+        }
 
     # --- connecting --------------------------------------------------------------------
 
@@ -229,7 +225,7 @@ class OpenAIRealtime:
     async def connect(self) -> AsyncRealtimeConnection:
         """Open a Realtime WebSocket. Raises PatterConnectionError, with a message to act on."""
         if self._client is None:
-            self._client = await asyncio.to_thread(self._new_client)
+            self._client = await in_sdk_thread(self._new_client)
         from websockets.exceptions import InvalidHandshake, InvalidStatus
 
         manager = self._client.realtime.connect(model=self.model)

@@ -1,9 +1,10 @@
-"""A call's connection to OpenAI Realtime: the outbox, the sender, the session handshake.
+"""OpenAI Realtime's wire: the outbox, the sender, the session handshake, and translating
+its events to and from the core realtime contract (`getpatter.core.realtime`).
 
-One `RealtimeLink` lives as long as the call; each `open()` is a new WebSocket and so a new
-Realtime session (`number` counts them). Every client event goes through the outbox and one
-sender task, so events reach the model in the order they were queued and the socket has one
-writer. The caller's audio waits in the outbox while the link is down (up to
+One `OpenAIRealtimeWire` lives as long as the call; each `open()` is a new WebSocket and so a
+new Realtime session (`number` counts them). Every client event goes through the outbox and
+one sender task, so events reach the model in the order they were queued and the socket has
+one writer. The caller's audio waits in the outbox while the link is down (up to
 `MAX_QUEUED_AUDIO_MS`, oldest dropped first); control events queued for a session that is gone
 are dropped when the next one opens. Audio flows only after `session.updated`: before it, the
 model would read our μ-law as its default 24 kHz PCM.
@@ -20,18 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import logging
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from getpatter.core.realtime import say_exactly
+from getpatter.core.realtime_wire import (
+    AgentAudio,
+    AgentAudioDone,
+    AgentText,
+    AgentTextDone,
+    CallerSpeechStarted,
+    CallerText,
+    EventHandler,
+    ModelError,
+    Outbox,
+    RealtimeEvent,
+    ResponseDone,
+    ResponseStarted,
+    SessionSetup,
+    ToolCallRequested,
+    ToolResult,
+    Usage,
+)
 from getpatter.errors import PatterConnectionError, ProviderError
 
 if TYPE_CHECKING:
     from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
+    from getpatter.core.media import InboundAudio
     from getpatter.core.session import CallSession
     from getpatter.plugins.openai.realtime import OpenAIRealtime
 
@@ -42,72 +63,72 @@ APPEND_BYTES: Final = APPEND_MS * 8  # audio/pcmu: 8 kHz, one byte a sample
 MAX_QUEUED_AUDIO_MS: Final = 10_000  # kept while the model is unreachable, oldest dropped
 MAX_QUEUED_APPENDS: Final = MAX_QUEUED_AUDIO_MS // APPEND_MS
 SESSION_TIMEOUT: Final = 10.0  # session.update → session.updated
+SCRIPTED_KEY: Final = "getpatter"  # response metadata marking responses whose text we chose
 
-EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
+class OpenAIRealtimeWire:
+    """A `RealtimeWire` speaking the OpenAI Realtime (GA) protocol."""
 
-class RealtimeLink:
     def __init__(self, engine: OpenAIRealtime, call: CallSession, handle: EventHandler) -> None:
         self.engine = engine
         self.call = call
         self.number = 0  # sessions opened so far: 1 for the first, 2 after a reconnect
         self._handle = handle
         self._conn: AsyncRealtimeConnection | None = None
-        self._outbox: deque[str | dict[str, Any]] = deque()
-        self._audio_queued = 0  # appends in the outbox
-        self._batch = bytearray()  # caller audio not yet in an append
-        self._wake = asyncio.Event()
+        self._outbox: Outbox[str | dict[str, Any]] = Outbox(
+            APPEND_BYTES, MAX_QUEUED_APPENDS, _append
+        )
         self._sender: asyncio.Task[None] | None = None
 
-    # --- sending -------------------------------------------------------------------------
+    # --- the core's commands -------------------------------------------------------------
 
-    def send(self, event: dict[str, Any]) -> None:
-        """Queue a client event (never blocks), after the caller audio that came before it."""
-        self._flush_audio()
-        self._outbox.append(event)
-        self._wake.set()
-
-    def send_audio(self, payload: bytes) -> None:
+    def send_audio(self, audio: InboundAudio) -> None:
         """Queue caller audio exactly as the carrier sent it (never blocks)."""
-        self._batch += payload
-        if len(self._batch) >= APPEND_BYTES:
-            self._flush_audio()
-            self._wake.set()
+        self._outbox.audio(audio.payload)
 
-    def _flush_audio(self) -> None:
-        if not self._batch:
+    def respond(self, say: str | None = None) -> None:
+        if say is None:
+            self._send({"type": "response.create"})
             return
-        b64 = base64.b64encode(self._batch).decode("ascii")  # base64 needs no JSON escaping
-        self._batch.clear()
-        self._outbox.append(f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}')
-        self._audio_queued += 1
-        if self._audio_queued > MAX_QUEUED_APPENDS:
-            for i, item in enumerate(self._outbox):
-                if isinstance(item, str):
-                    del self._outbox[i]
-                    self._audio_queued -= 1
-                    break
+        response = {"instructions": say_exactly(say), "metadata": {SCRIPTED_KEY: "scripted"}}
+        self._send({"type": "response.create", "response": response})
 
-    async def _send_loop(self, conn: AsyncRealtimeConnection) -> None:
-        while True:
-            while not self._outbox:
-                self._wake.clear()
-                await self._wake.wait()
-            item = self._outbox[0]
-            data = item if isinstance(item, str) else json.dumps(item)
-            try:
-                # the SDK's typed send() would re-validate every 20 ms audio frame
-                await conn.send_raw(data)
-            except Exception as exc:  # the socket is gone: the receiver notices and reopens
-                log.debug("call %s: Realtime send failed: %r", self.call.call_id, exc)
-                return
-            self._outbox.popleft()
-            if isinstance(item, str):
-                self._audio_queued -= 1
+    def cancel(self, response_id: str) -> None:
+        self._send({"type": "response.cancel", "response_id": response_id})
+
+    def truncate(self, item_id: str, heard_ms: int) -> None:
+        self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": heard_ms,
+            }
+        )
+
+    def add_user_text(self, text: str) -> None:
+        content = [{"type": "input_text", "text": text}]
+        item = {"type": "message", "role": "user", "content": content}
+        self._send({"type": "conversation.item.create", "item": item})
+
+    def send_tool_results(self, results: Sequence[ToolResult], respond: bool) -> None:
+        for r in results:
+            item = {"type": "function_call_output", "call_id": r.call_id, "output": r.output}
+            self._send({"type": "conversation.item.create", "item": item})
+        if respond:
+            self._send({"type": "response.create"})
+
+    def caller_turn(self, kind: str) -> None:
+        if kind == "speech_ended":  # our VAD ends the turn: the model answers
+            self._send({"type": "input_audio_buffer.commit"})
+            self._send({"type": "response.create"})
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self._outbox.control(event)
 
     # --- life ----------------------------------------------------------------------------
 
-    async def open(self, session: dict[str, Any]) -> None:
+    async def open(self, setup: SessionSetup) -> None:
         """Connect and configure a new session, then let the outbox flow.
 
         Raises PatterConnectionError (unreachable, refused, dropped during setup) or
@@ -119,11 +140,13 @@ class RealtimeLink:
         conn = await self.engine.connect()
         self._conn = conn
         self.number += 1
-        kept = [e for e in self._outbox if isinstance(e, str)]  # audio only: see module doc
-        self._outbox.clear()
-        self._outbox.extend(kept)
+        self._outbox.new_session()
         update_id = f"evt_setup_{secrets.token_hex(4)}"
-        update = {"type": "session.update", "event_id": update_id, "session": session}
+        update = {
+            "type": "session.update",
+            "event_id": update_id,
+            "session": self.engine.session_config(setup),
+        }
         try:
             await conn.send_raw(json.dumps(update))
             async with asyncio.timeout(SESSION_TIMEOUT):
@@ -138,7 +161,7 @@ class RealtimeLink:
                             f"OpenAI Realtime refused the session settings: "
                             f"{error.get('code')}: {error.get('message')}"
                         )
-                    await self._handle(event)
+                    await self._translate(event)
         except BaseException as exc:
             await self._discard(conn)
             if isinstance(exc, PatterConnectionError | ProviderError | asyncio.CancelledError):
@@ -148,11 +171,11 @@ class RealtimeLink:
             if not isinstance(exc, Exception):
                 raise
             raise PatterConnectionError(f"OpenAI Realtime session setup failed: {exc!r}") from None
-        self._sender = self.call.spawn(self._send_loop(conn), "openai-realtime-send")
-        self._wake.set()
+        what = f"call {self.call.call_id}: OpenAI Realtime"
+        self._sender = self.call.spawn(self._outbox.run(_sender(conn), what), "openai-send")
 
     async def receive(self) -> None:
-        """Hand every server event to the handler, in order, until the socket closes."""
+        """Hand every server event to the core, in order, until the socket closes."""
         conn = self._conn
         if conn is None:
             return
@@ -168,7 +191,7 @@ class RealtimeLink:
                 log.warning("call %s: Realtime sent non-JSON: %.80r", self.call.call_id, raw)
                 continue
             if isinstance(event, dict):
-                await self._handle(event)
+                await self._translate(event)
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -185,3 +208,88 @@ class RealtimeLink:
                 await conn.close()
         except Exception as exc:
             log.debug("call %s: closing a Realtime socket: %r", self.call.call_id, exc)
+
+    # --- translating server events -------------------------------------------------------
+
+    async def _translate(self, event: dict[str, Any]) -> None:
+        out = self._event(event)
+        if out is not None:
+            await self._handle(out)
+
+    def _event(self, event: dict[str, Any]) -> RealtimeEvent | None:
+        kind = event.get("type")
+        rid = str(event.get("response_id") or "")
+        item = str(event.get("item_id") or "")
+        if kind == "response.output_audio.delta":
+            try:
+                audio = base64.b64decode(event.get("delta") or "", validate=True)
+            except (ValueError, binascii.Error):
+                log.warning("call %s: bad base64 in a Realtime audio delta", self.call.call_id)
+                return None
+            return AgentAudio(rid, item, audio)
+        if kind == "response.output_audio_transcript.delta":
+            return AgentText(rid, item, str(event.get("delta") or ""))
+        if kind == "response.output_audio.done":
+            return AgentAudioDone(rid, item)
+        if kind == "response.output_audio_transcript.done":
+            return AgentTextDone(rid, item, str(event.get("transcript") or ""))
+        if kind == "input_audio_buffer.speech_started":
+            return CallerSpeechStarted()
+        if kind == "conversation.item.input_audio_transcription.completed":
+            return CallerText(str(event.get("transcript") or ""))
+        if kind == "response.created":
+            response = event.get("response") or {}
+            metadata = response.get("metadata") or {}
+            scripted = isinstance(metadata, dict) and SCRIPTED_KEY in metadata
+            return ResponseStarted(str(response.get("id") or ""), scripted)
+        if kind == "response.function_call_arguments.done":
+            return ToolCallRequested(
+                rid,
+                str(event.get("call_id") or ""),
+                str(event.get("name") or ""),
+                str(event.get("arguments") or ""),
+            )
+        if kind == "response.done":
+            response = event.get("response") or {}
+            return ResponseDone(
+                str(response.get("id") or ""),
+                str(response.get("status") or ""),
+                _usage(response.get("usage") or {}),
+                str(response.get("status_details") or ""),
+            )
+        if kind == "error":
+            error = event.get("error") or {}
+            code = str(error.get("code") or "")
+            if code == "response_cancel_not_active":  # the server's VAD got there first
+                log.debug("call %s: nothing to cancel", self.call.call_id)
+                return None
+            return ModelError(code, str(error.get("message") or ""))
+        return None
+
+
+def _append(audio: bytes) -> str:
+    """An input_audio_buffer.append, built as text (base64 needs no JSON escaping)."""
+    b64 = base64.b64encode(audio).decode("ascii")
+    return f'{{"type":"input_audio_buffer.append","audio":"{b64}"}}'
+
+
+def _sender(conn: AsyncRealtimeConnection) -> Callable[[str | dict[str, Any]], Awaitable[None]]:
+    async def send(message: str | dict[str, Any]) -> None:
+        # the SDK's typed send() would re-validate every audio append
+        await conn.send_raw(message if isinstance(message, str) else json.dumps(message))
+
+    return send
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    inp = usage.get("input_token_details") or {}
+    out = usage.get("output_token_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        input_audio_tokens=int(inp.get("audio_tokens") or 0),
+        input_text_tokens=int(inp.get("text_tokens") or 0),
+        cached_tokens=int(inp.get("cached_tokens") or 0),
+        output_audio_tokens=int(out.get("audio_tokens") or 0),
+        output_text_tokens=int(out.get("text_tokens") or 0),
+    )

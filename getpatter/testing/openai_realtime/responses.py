@@ -12,16 +12,9 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from .wire import (
-    FunctionCall,
-    Item,
-    Rejected,
-    Reply,
-    Response,
-    new_id,
-    spoken_text,
-    tone,
-)
+from getpatter.testing.model_script import FunctionCall, Reply, spoken_text, tone
+
+from .wire import Item, Rejected, Response, new_id
 
 if TYPE_CHECKING:
     from .session import FakeRealtimeSession

@@ -40,9 +40,10 @@ from typing import Any
 
 from aiohttp import web
 
+from getpatter.testing.model_script import FunctionCall, Reply
+
 from .._loopback import LoopbackServer
 from .session import FakeRealtimeSession
-from .wire import FunctionCall, Reply
 
 log = logging.getLogger(__name__)
 
