@@ -229,3 +229,25 @@ async def test_a_mid_sentence_stall_goes_on_with_the_next_sentence(
         assert SENTENCES[0].startswith(" ".join(heard))
         turn = record["metrics"]["turns"][-1]
         assert turn["tts_gap"] == 1 and turn["agent_text"] == said[0]
+
+
+async def test_a_dead_socket_mid_sentence_elevenlabs(
+    serve: Callable[..., Any], net: FakeTwilio
+) -> None:
+    """The peer dies mid-sentence (socket open, nothing more on any context): the sentence is
+    given up after the gap; the next one, made alongside on the dead socket, stopped there too
+    and is given up once what it had is heard; the third, which would have gone out on the
+    silent socket, goes on a new one instead, and is heard at once. No second wait."""
+    async with rig_for("elevenlabs") as rig:
+        rig.fake.stall_next(6, whole_socket=True)
+        s, call = await a_call(serve, net, rig, lambda m: REPLY)
+        record = await reply_heard(s, call, limit=10)
+        silences = heard_silences(frames(call))
+        assert GAP - 0.15 < max(silences) <= GAP + 0.1, sorted(silences)[-3:]
+        assert len([g for g in silences if g > 0.045]) == 1
+        assert len(rig.fake.sessions) == 2
+        said = agent_said(record)
+        assert len(said) == 1 and said[0].endswith(SENTENCES[2])
+        first, second = said[0][: -len(SENTENCES[2])].split(), SENTENCES[1].split()[0]
+        assert first[-1] == second and SENTENCES[0].startswith(" ".join(first[:-1]))
+        assert record["metrics"]["turns"][-1]["tts_gap"] == 2

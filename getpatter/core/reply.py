@@ -208,7 +208,8 @@ class Reply:
                 text,
                 first_audio_timeout=self.first_audio_timeout,
                 on_retry=retried,
-                clock_from=previous.done_at if previous is not None else None,
+                behind=previous,
+                behind_timeout=self.audio_gap_timeout,
             )
         )
         self._queued.set()

@@ -13,8 +13,11 @@ pipeline apologises. Because the rule lives here, every TTS plugin gets it, pres
 Sentences are synthesized ahead (`SentenceAudio`): sentence N+1 is asked for while N still
 streams, so its audio is ready when N's has been queued to playout. A provider that serializes
 (one socket, one context: Cartesia continuations, LMNT, Rime, espeak's one thread) only starts
-N+1's audio after N's, so N+1's first-audio clock starts from N's last audio (`clock_from`), not
-from the moment its text was sent: waiting behind N is not a stall.
+N+1's audio after N's, so waiting behind N is not a stall: N+1's first attempt has until the
+later of `first_audio_timeout` after its request and `behind_timeout` (the pipeline's
+mid-sentence gap) after N's last audio. Such a provider goes straight on from N to N+1, so a
+longer pause there is a stall like one inside a sentence. (When N ends early, given up mid-way
+or cancelled, the provider may have to ask again for N+1: its time counts from then.)
 """
 
 from __future__ import annotations
@@ -47,14 +50,16 @@ async def synthesize(
     *,
     first_audio_timeout: float,
     on_retry: Callable[[str], None] | None = None,
-    clock_from: asyncio.Future[float] | None = None,
+    behind: asyncio.Future[float] | None = None,
+    behind_timeout: float | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The audio of one sentence: the first attempt, or the retry when the first gave no
     audio in time. Closing this generator closes the attempt in progress.
 
-    `clock_from`: the first attempt's deadline counts from the loop time this resolves to
-    (when later than the request): the sentence before's last audio, for a sentence asked for
-    while that one still streams. The retry's deadline counts from the retry."""
+    `behind`: for a sentence asked for while the one before still streams, that one's last
+    audio (loop time); the first attempt's deadline is then the later of
+    `first_audio_timeout` from now and `behind_timeout` (default: `first_audio_timeout`) from
+    that, and none at all until it is known. The retry's deadline counts from the retry."""
     second = stream.synthesize
     if isinstance(stream, TTSFallback):
         second = stream.synthesize_fallback
@@ -63,8 +68,9 @@ async def synthesize(
         why = ""
         try:
             try:
-                after = clock_from if attempt == 0 else None
-                async with _deadline(first_audio_timeout, after):
+                after = behind if attempt == 0 else None
+                after_timeout = first_audio_timeout if behind_timeout is None else behind_timeout
+                async with _deadline(first_audio_timeout, after, after_timeout):
                     first = await _first_chunk(audio)
             except TimeoutError:
                 why = f"no audio within {first_audio_timeout:g} s"
@@ -91,9 +97,11 @@ async def synthesize(
 
 
 @contextlib.asynccontextmanager
-async def _deadline(seconds: float, after: asyncio.Future[float] | None) -> AsyncIterator[None]:
-    """`asyncio.timeout(seconds)`, or, with `after`, `seconds` from the later of now and the
-    time `after` resolves to (no deadline at all until it has)."""
+async def _deadline(
+    seconds: float, after: asyncio.Future[float] | None, after_seconds: float
+) -> AsyncIterator[None]:
+    """`asyncio.timeout(seconds)`; with `after`, the later of that and `after_seconds` from
+    the time `after` resolves to (no deadline at all until it has)."""
     loop = asyncio.get_running_loop()
     asked = loop.time()
     if after is None:
@@ -107,7 +115,7 @@ async def _deadline(seconds: float, after: asyncio.Future[float] | None) -> Asyn
             if not live:  # (a callback already scheduled when the wait ended)
                 return
             if not fut.cancelled() and fut.exception() is None:
-                timer.reschedule(max(asked, fut.result()) + seconds)
+                timer.reschedule(max(asked + seconds, fut.result() + after_seconds))
             else:
                 timer.reschedule(loop.time() + seconds)
 
@@ -144,9 +152,10 @@ class SentenceAudio:
     """One sentence's synthesis, started as soon as its text is ready and run ahead of its turn
     to play: its chunks wait here until the reply takes them, in order.
 
-    `done_at` resolves once the stream has ended, however (all audio in, failed, cancelled), to
-    the loop time of its last audio (of its end, when it gave none): the first-audio clock of a
-    sentence asked for behind this one starts there."""
+    `done_at` resolves once the stream has ended: to the loop time of its last audio when all
+    of it came, else (failed, given up, cancelled: the provider may have to ask again for what
+    it queued behind this one) to the time it ended. The first-audio deadline of a sentence
+    asked for `behind` this one counts from there too (see `synthesize`)."""
 
     def __init__(
         self,
@@ -155,7 +164,8 @@ class SentenceAudio:
         *,
         first_audio_timeout: float,
         on_retry: Callable[[str], None] | None = None,
-        clock_from: asyncio.Future[float] | None = None,
+        behind: SentenceAudio | None = None,
+        behind_timeout: float | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.text = text
@@ -169,12 +179,14 @@ class SentenceAudio:
             text,
             first_audio_timeout=first_audio_timeout,
             on_retry=on_retry,
-            clock_from=clock_from,
+            behind=behind.done_at if behind is not None else None,
+            behind_timeout=behind_timeout,
         )
         self._task = loop.create_task(self._run(audio), name="tts-sentence")
 
     async def _run(self, audio: AsyncGenerator[bytes, None]) -> None:
         loop = asyncio.get_running_loop()
+        whole = False
         try:
             async with contextlib.aclosing(audio):
                 async for chunk in audio:
@@ -185,11 +197,12 @@ class SentenceAudio:
                         self.first_chunk_at = self.last_chunk_at
                     self._chunks.put_nowait(chunk)
             self._chunks.put_nowait(_END)
+            whole = True
         except Exception as exc:
             self._chunks.put_nowait(exc)
         finally:
             last = self.last_chunk_at
-            self.done_at.set_result(last if last is not None else loop.time())
+            self.done_at.set_result(last if whole and last is not None else loop.time())
 
     async def next_chunk(self, deadline: float | None = None) -> bytes | None:
         """The next chunk, None at the end of the sentence. Raises the synthesis's error

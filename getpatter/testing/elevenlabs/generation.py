@@ -119,6 +119,8 @@ class Generation:
             while (text := await self.queue.get()) is not None:
                 await self._speak(text)
                 self.pending -= 1
+            while self.session.stalled:  # the peer died: nothing more, final included
+                await asyncio.Event().wait()
             final: dict[str, Any] = {"isFinal": True}
             if self.multi:
                 final["contextId"] = self.name
@@ -141,6 +143,8 @@ class Generation:
         for start in range(0, len(tone), step):
             if stall is not None and start >= stall[0] * step:
                 session.stalled = session.stalled or stall[1]  # a dead peer reads nothing more
+                await asyncio.Event().wait()
+            if session.stalled:  # the peer died: no context of it sends anything more
                 await asyncio.Event().wait()
             piece = tone[start : start + step]
             first, last = start / rate * 1000, (start + len(piece)) / rate * 1000

@@ -128,9 +128,10 @@ class FakeElevenLabs(LoopbackServer):
 
     def stall_next(self, after_chunks: int = 0, *, whole_socket: bool = True) -> None:
         """The next generation (a socket's text or an HTTP request) goes silent after
-        `after_chunks` chunks and stays open. `whole_socket`: a peer that died without closing
-        the connection (its socket reads nothing more); else only that generation is stuck
-        and the socket carries on (accepted text, nothing sent: a stalled context)."""
+        `after_chunks` chunks (0: before any audio; more: mid-sentence) and stays open.
+        `whole_socket`: a peer that died without closing the connection (from then on its
+        socket reads nothing and sends nothing, for any context); else only that generation is
+        stuck and the socket carries on (accepted text, nothing sent: a stalled context)."""
         self._stalls.append((after_chunks, whole_socket))
 
     def empty_next(self) -> None:
