@@ -265,3 +265,25 @@ async def test_a_stall_in_the_last_sentence_ends_in_the_apology() -> None:
     assert max(heard_silences(h)) < 1.1
     assert h.session.metrics.turns[-1]["tts_gap"] == 1
     await h.close()
+
+
+@virtual
+async def test_guardrails_screen_each_sentence_before_the_tts_sees_it() -> None:
+    """With sentences made ahead, a blocked sentence still never reaches the TTS: it is
+    screened when it is asked for, the replacement is said instead, and the reply stops."""
+    from getpatter.agent import Guardrail
+
+    guard = Guardrail("No weekend talk", blocked_terms=["Saturdays"], replacement="Let me check.")
+    tts = realtime_tts()
+    h = await open_call(
+        stt=ScriptedSTT(["when do you open"]),
+        tts=tts,
+        on_message=lambda m: f"{REPLY} We also open on holidays.",
+        guardrails=[guard],
+    )
+    await h.feed(SPEECH)
+    await h.silence(6.0)
+    assert tts.texts == [SENTENCES[0], SENTENCES[1], "Let me check."]
+    assert agent_said(h) == [f"{SENTENCES[0]} {SENTENCES[1]} Let me check."]
+    assert [e["name"] for e in h.session.events if e["kind"] == "guardrail"] == [guard.name]
+    await h.close()

@@ -50,6 +50,7 @@ from aiohttp import WSMsgType, web
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeCartesia", "FakeCartesiaSession"]
 
@@ -180,6 +181,7 @@ class _Context:
             await asyncio.sleep(max(0.0, at + fake.first_audio_delay - loop.time()))
         step = max(1, rate * fake.chunk_ms // 1000)
         stall = fake._stalls.pop(0) if fake._stalls else None
+        pace = Pace(fake.audio_speed)
         for start in range(0, len(tone), step):
             if stall is not None and start >= stall * step:
                 await asyncio.Event().wait()  # silent until the socket is gone
@@ -194,8 +196,7 @@ class _Context:
                     "flush_id": flush_id,
                 }
             )
-            if fake.audio_speed:
-                await asyncio.sleep(step / rate / fake.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if self.fixed.get("add_timestamps"):
             words = text.split()
             seconds = len(tone) / rate

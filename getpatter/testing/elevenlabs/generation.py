@@ -14,6 +14,7 @@ from aiohttp import web
 
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 if TYPE_CHECKING:
     from getpatter.testing.elevenlabs.server import FakeElevenLabs
@@ -140,6 +141,7 @@ class Generation:
         if self.empty:
             return
         stall = fake._take_stall()
+        pace = Pace(fake.audio_speed)
         for start in range(0, len(tone), step):
             if stall is not None and start >= stall[0] * step:
                 session.stalled = session.stalled or stall[1]  # a dead peer reads nothing more
@@ -168,5 +170,4 @@ class Generation:
                 session.first_audio_at[self.name] = asyncio.get_running_loop().time()
             self.sent_audio = True
             await session.ws.send_json(message)
-            if fake.audio_speed:
-                await asyncio.sleep(len(piece) / rate / fake.audio_speed)
+            await pace.sent(len(piece) / rate)

@@ -47,6 +47,7 @@ from getpatter.testing.elevenlabs.generation import (
 )
 from getpatter.testing.elevenlabs.multi import MAX_CONTEXTS, MultiContexts
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["MAX_CONTEXTS", "FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
 
@@ -220,14 +221,14 @@ class FakeElevenLabs(LoopbackServer):
         try:
             if self.first_audio_delay:
                 await asyncio.sleep(self.first_audio_delay)
+            pace = Pace(self.audio_speed)
             for n, start in enumerate(range(0, len(audio), step)):
                 while stall is not None and n >= stall[0]:  # headers sent, then nothing
                     if request.transport is None or request.transport.is_closing():
                         raise ConnectionResetError  # until the client gives up on it
                     await asyncio.sleep(0.05)
                 await response.write(audio[start : start + step])
-                if self.audio_speed:
-                    await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
+                await pace.sent(self.chunk_ms / 1000)
             await response.write_eof()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             self.http_cancelled += 1

@@ -46,6 +46,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from getpatter.core.audio import pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeLmnt", "FakeLmntSession", "lmnt_audio", "ulaw_wav_header"]
 
@@ -293,6 +294,7 @@ class FakeLmnt(LoopbackServer):
         ):
             header, session.header_sent = ulaw_wav_header(rate), True
         step = max(1, rate * self.chunk_ms // 1000)
+        pace = Pace(self.audio_speed)
         for n, start in enumerate(range(0, len(tone), step)):
             if stall is not None and n >= stall:
                 await asyncio.Event().wait()  # silent until the socket is gone
@@ -300,8 +302,7 @@ class FakeLmnt(LoopbackServer):
                 header + lmnt_audio(tone[start : start + step], audio_format)
             )
             header = b""
-            if self.audio_speed:
-                await asyncio.sleep(step / rate / self.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if init.get("return_timestamps"):
             words = text.split()
             seconds = len(tone) / rate

@@ -55,6 +55,7 @@ import numpy as np
 from aiohttp import web
 
 from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeOpenAI", "ToolCall"]
 
@@ -409,9 +410,10 @@ class FakeOpenAI(LoopbackServer):
                 raise ConnectionResetError
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)
+            pace = Pace(self.audio_speed)
             for n, i in enumerate(range(0, len(pcm), step)):
-                if i and self.audio_speed:
-                    await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
+                if i:
+                    await pace.sent(self.chunk_ms / 1000)
                 while stop_after is not None and n >= stop_after:  # mid-sentence, then nothing
                     if request.transport is None or request.transport.is_closing():
                         raise ConnectionResetError

@@ -52,6 +52,7 @@ from aiohttp import WSMsgType, web
 from getpatter.core.audio import pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeRime", "FakeRimeSession", "rime_audio"]
 
@@ -263,14 +264,14 @@ class FakeRime(LoopbackServer):
             await self._chunk(session, rime_audio(tone[:0], "wav", rate)[:44], context)
             audio_format = "pcm"
         step = max(1, rate * self.chunk_ms // 1000)
+        pace = Pace(self.audio_speed)
         for n, start in enumerate(range(0, len(tone), step)):
             if stall is not None and n >= stall:
                 await asyncio.Event().wait()  # silent until the socket is gone
             await self._chunk(
                 session, rime_audio(tone[start : start + step], audio_format, rate), context
             )
-            if self.audio_speed:
-                await asyncio.sleep(step / rate / self.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if query.get("lang", "") in _TIMESTAMP_LANGS:
             words = text.split()
             seconds = len(tone) / rate
