@@ -28,21 +28,40 @@ _EXPORTS: dict[str, str] = {
     "ProviderError": "getpatter.errors",
     "PluginNotFoundError": "getpatter.errors",
     "CallError": "getpatter.errors",
+    "Message": "getpatter.core.message",
+    # every built-in provider, by class (the registered names work too: stt="deepgram")
     "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "OpenAILLM": "getpatter.plugins.openai.llm",
+    "OpenAITTS": "getpatter.plugins.openai.tts",
+    "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
+    "DeepgramSTT": "getpatter.plugins.deepgram.stt",
+    "AssemblyAISTT": "getpatter.plugins.assemblyai.stt",
+    "SpeechmaticsSTT": "getpatter.plugins.speechmatics.stt",
+    "ElevenLabsTTS": "getpatter.plugins.elevenlabs.tts",
+    "CartesiaTTS": "getpatter.plugins.cartesia.tts",
+    "AnthropicLLM": "getpatter.plugins.anthropic.llm",
+    "LocalSTT": "getpatter.plugins.local.stt",
+    "LocalTTS": "getpatter.plugins.local.tts",
     "RimeTTS": "getpatter.plugins.rime.tts",
     "LmntTTS": "getpatter.plugins.lmnt.tts",
     "GoogleLLM": "getpatter.plugins.google.llm",
     "GroqLLM": "getpatter.plugins.openai.compatible",
     "CerebrasLLM": "getpatter.plugins.openai.compatible",
     "SileroVAD": "getpatter.plugins.silero.vad",
+    "SonioxSTT": "getpatter.plugins.soniox.stt",
     "GeminiLive": "getpatter.plugins.google.live",
     "UltravoxRealtime": "getpatter.plugins.ultravox.realtime",
 }
 
 __all__ = [
     "Agent",
+    "AnthropicLLM",
+    "AssemblyAISTT",
     "CallError",
+    "CartesiaTTS",
     "CerebrasLLM",
+    "DeepgramSTT",
+    "ElevenLabsTTS",
     "EmbeddedServer",
     "GeminiLive",
     "GoogleLLM",
@@ -50,8 +69,14 @@ __all__ = [
     "Guardrail",
     "LmntTTS",
     "LocalConfig",
+    "LocalSTT",
+    "LocalTTS",
     "MachineDetectionResult",
+    "Message",
+    "OpenAILLM",
     "OpenAIRealtime",
+    "OpenAITTS",
+    "OpenAITranscribeSTT",
     "Patter",
     "PatterConfigError",
     "PatterConnectionError",
@@ -61,6 +86,8 @@ __all__ = [
     "ProviderError",
     "RimeTTS",
     "SileroVAD",
+    "SonioxSTT",
+    "SpeechmaticsSTT",
     "Telnyx",
     "Tool",
     "Twilio",
@@ -71,6 +98,7 @@ if TYPE_CHECKING:
     from getpatter.agent import Agent, Guardrail, Tool
     from getpatter.client import MachineDetectionResult, Patter
     from getpatter.config import LocalConfig, Plivo, Telnyx, Twilio
+    from getpatter.core.message import Message
     from getpatter.core.server import EmbeddedServer
     from getpatter.errors import (
         CallError,
@@ -80,13 +108,25 @@ if TYPE_CHECKING:
         PluginNotFoundError,
         ProviderError,
     )
+    from getpatter.plugins.anthropic.llm import AnthropicLLM
+    from getpatter.plugins.assemblyai.stt import AssemblyAISTT
+    from getpatter.plugins.cartesia.tts import CartesiaTTS
+    from getpatter.plugins.deepgram.stt import DeepgramSTT
+    from getpatter.plugins.elevenlabs.tts import ElevenLabsTTS
     from getpatter.plugins.google.live import GeminiLive
     from getpatter.plugins.google.llm import GoogleLLM
     from getpatter.plugins.lmnt.tts import LmntTTS
+    from getpatter.plugins.local.stt import LocalSTT
+    from getpatter.plugins.local.tts import LocalTTS
     from getpatter.plugins.openai.compatible import CerebrasLLM, GroqLLM
+    from getpatter.plugins.openai.llm import OpenAILLM
     from getpatter.plugins.openai.realtime import OpenAIRealtime
+    from getpatter.plugins.openai.stt import OpenAITranscribeSTT
+    from getpatter.plugins.openai.tts import OpenAITTS
     from getpatter.plugins.rime.tts import RimeTTS
     from getpatter.plugins.silero.vad import SileroVAD
+    from getpatter.plugins.soniox.stt import SonioxSTT
+    from getpatter.plugins.speechmatics.stt import SpeechmaticsSTT
     from getpatter.plugins.ultravox.realtime import UltravoxRealtime
 
 

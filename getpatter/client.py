@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -71,6 +72,9 @@ class Patter:
         pricing: dict[str, Any] | None = None,
         mask_phone_numbers: bool = False,
     ) -> None:
+        from getpatter.logs import install_error_hook
+
+        install_error_hook()  # a config mistake in a script: one line, not a traceback
         if carrier is None:
             raise PatterConfigError(
                 "Patter needs a carrier: Patter(carrier=Twilio(), ...), carrier=Telnyx() "
@@ -103,6 +107,8 @@ class Patter:
         self._ready: asyncio.Future[str] | None = None
         self._tunnel_ready: asyncio.Future[str] | None = None
         self._closed = False
+        self._default_engine: dict[int, Agent] = {}  # agents made realtime only by default
+        self._pipeline_of: dict[int, Agent] = {}  # … and the pipeline agent each became
 
     def __repr__(self) -> str:
         return (
@@ -113,8 +119,50 @@ class Patter:
     # --- agents --------------------------------------------------------------------------
 
     def agent(self, **kwargs: Any) -> Agent:
-        """Build a validated Agent (system_prompt, first_message, engine, stt, tts, llm, …)."""
-        return Agent(**kwargs)
+        """Build a validated Agent (system_prompt, first_message, engine, stt, tts, llm, …).
+
+        With no engine, stt, tts or llm, the agent is the one the spec's examples describe:
+        OpenAI Realtime when `OPENAI_API_KEY` is set, else the embedded default (offline
+        speech, and `serve(on_message=...)` as its brain).
+        """
+        chosen = ("engine", "stt", "tts", "llm")
+        if (
+            any(kwargs.get(k) not in (None, "") for k in chosen)
+            or not os.environ.get("OPENAI_API_KEY", "").strip()
+        ):
+            return Agent(**kwargs)
+        from getpatter.plugins.openai.realtime import OpenAIRealtime
+
+        voice = kwargs.get("voice") or "marin"
+        engine = OpenAIRealtime(voice=voice) if isinstance(voice, str) else OpenAIRealtime()
+        agent = Agent(**{**kwargs, "engine": engine})
+        # an on_message given to serve() later means the pipeline after all (see _agent_for)
+        self._default_engine[id(agent)] = agent
+        return agent
+
+    def _agent_for(
+        self, agent: Agent, on_message: Callable[..., Any] | None, *, warn: bool = False
+    ) -> Agent:
+        """The agent a call really runs. An agent that got OpenAI Realtime only by default, served
+        with `on_message`, runs the pipeline instead: `on_message` says who the brain is."""
+        if on_message is None:
+            return agent
+        if self._default_engine.get(id(agent)) is agent:
+            swapped = self._pipeline_of.get(id(agent))
+            if swapped is None:
+                log.info(
+                    "on_message given: the agent runs the pipeline (offline speech) instead of "
+                    "the default OpenAI Realtime engine"
+                )
+                swapped = self._pipeline_of[id(agent)] = agent.replace(engine=None)
+            return swapped
+        if agent.engine is not None and warn:
+            log.warning(
+                "on_message is ignored: this agent's engine (%s) answers the caller itself; "
+                "drop engine= to use on_message",
+                type(agent.engine).__name__,
+            )
+        return agent
 
     @property
     def port(self) -> int | None:
@@ -173,11 +221,19 @@ class Patter:
         tunnel: bool = False,
         *,
         host: str = "0.0.0.0",
+        tracer_provider: Any = None,
     ) -> None:
-        """Start the embedded server and block until it is stopped (`disconnect()`)."""
+        """Start the embedded server and block until it is stopped (`disconnect()`).
+
+        `tracer_provider`: where OpenTelemetry spans go (with `getpatter[otel]` installed);
+        OpenTelemetry's global provider if None."""
+        from getpatter.logs import install_default_handler
+
+        install_default_handler()  # a script that set up no logging still sees the banner
         try:
             if not isinstance(agent, Agent):
                 raise PatterConfigError("serve() needs an Agent: build one with phone.agent(...)")
+            agent = self._agent_for(agent, on_message, warn=True)
             port = validate_port(port, allow_ephemeral=True)
             if tunnel and self.config.webhook_url:
                 raise PatterConfigError(
@@ -208,6 +264,7 @@ class Patter:
                 host=host,
                 pricing=self.pricing,
                 mask_phone_numbers=self.mask_phone_numbers,
+                tracer_provider=tracer_provider,
             )
         except BaseException as exc:
             self._settle(exc)
@@ -233,6 +290,9 @@ class Patter:
                         "only local tests (the fake network) will"
                     )
                 self._settle(host=server.public_host)
+                from getpatter.banner import log_banner
+
+                log_banner(server, agent)
             await serving
         except BaseException as exc:
             self._settle(exc)
@@ -296,6 +356,7 @@ class Patter:
         )
         if not isinstance(agent, Agent):
             raise PatterConfigError("call() needs an Agent: build one with phone.agent(...)")
+        agent = self._agent_for(agent, server.callbacks.on_message)
         if ring_timeout is not None and (not isinstance(ring_timeout, int) or ring_timeout < 1):
             raise PatterConfigError("ring_timeout must be a positive number of seconds or None")
         session = await server.place_call(

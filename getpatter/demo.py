@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from getpatter import Guardrail, Patter, Tool, Twilio
+from getpatter import Guardrail, Message, Patter, Tool, Twilio
 from getpatter.plugins.local.stt import LocalSTT
 from getpatter.plugins.local.tts import LocalTTS
 
@@ -58,12 +58,13 @@ def app() -> tuple[Patter, Any, dict[str, Any]]:
         ],
     )
 
-    async def on_message(msg: dict[str, Any]) -> str:
-        text = msg["text"].lower()
+    async def on_message(msg: Message) -> str:
+        text = msg.text.lower()
         if "hours" in text:
             return "We are open Monday to Friday, from nine in the morning to five in the evening."
         if "book" in text or "appointment" in text:
-            booked = await schedule_appointment({"date": "tomorrow", "time": "10:00"}, msg)
+            # run through the agent's tool, as an LLM's tool call would be: timed, logged
+            booked = await msg.call_tool("schedule_appointment", date="tomorrow", time="10:00")
             return (
                 f"Done! You are booked for tomorrow at ten. Your confirmation number is "
                 f"{booked['confirmation']}. Please arrive ten minutes early, bring a photo ID, "

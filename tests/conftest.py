@@ -41,8 +41,10 @@ class Served:
 def _hermetic_history(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Call history of apps built without persist= goes to a temp dir, not ~/.getpatter."""
+    """Call history of apps built without persist= goes to a temp dir, not ~/.getpatter; a
+    developer's own OPENAI_API_KEY does not turn provider-less test agents into realtime ones."""
     monkeypatch.setenv("PATTER_LOG_DIR", str(tmp_path_factory.mktemp("history")))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
 @pytest.fixture

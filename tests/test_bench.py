@@ -341,6 +341,58 @@ def test_an_unknown_provider_fails_before_anything_runs(capsys: pytest.CaptureFi
     assert "no stt provider named 'no-such-stt'" in err and "local" in err
 
 
+def test_a_run_that_measured_nothing_keeps_the_last_chart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    chart = tmp_path / "getpatter-bench.svg"
+    chart.write_text("<svg>the last run's numbers</svg>")
+    assert cli.main(["bench", "--llm", "openai", "--only", "llm", "--chart", str(chart)]) == 1
+    assert chart.read_text() == "<svg>the last run's numbers</svg>"
+    assert "chart: not written (no results)" in capsys.readouterr().out
+
+
+async def test_the_progress_bar_keeps_time_while_a_sample_runs() -> None:
+    import asyncio
+    import io
+
+    from getpatter.bench.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress("tts slow", 1, out=out)
+    async with bar.ticking(every=0.05):
+        await asyncio.sleep(0.4)  # one slow sample, no update yet
+    drawn = out.getvalue().split("\r")
+    assert sum("0/1" in d for d in drawn) >= 4  # redrawn while it waited
+    assert out.getvalue().endswith("\n")
+
+
+def test_the_progress_bar_shows_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "getpatter.cli", "bench", "--tts", "local", "--only", "tts"]
+    cmd += ["--runs", "1", "--warmup", "0", "--limit", "1", "--no-chart"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=follower, cwd=tmp_path)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.communicate(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"tts local" in seen and b"[########################] 1/1" in seen
+
+
 def test_cli_skips_cleanly_without_a_key(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

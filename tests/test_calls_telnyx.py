@@ -240,10 +240,25 @@ async def test_media_socket_needs_the_calls_token(
         msg = await ws.receive(timeout=3)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 1008
-        with pytest.raises(aiohttp.WSServerHandshakeError):  # the token was single use
+        assert not engine.calls and not s.events.get("on_call_end")
+        # A refused socket touched nothing: the call still waits for its real stream.
+        ws = await http.ws_connect(f"ws://127.0.0.1:{port}{path}")
+        token = answers[0]["stream_auth_token"]
+        stream_id = str(uuid.uuid4())
+        await ws.send_json(
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "stream_id": stream_id,
+                "start": {"call_control_id": ccid, "custom_parameters": {"token": token}},
+            }
+        )
+        await wait_until(lambda: bool(engine.calls))
+        await ws.send_json({"event": "stop", "stream_id": stream_id})
+        await ws.close()
+        with pytest.raises(aiohttp.WSServerHandshakeError):  # used up: it opened the call
             await http.ws_connect(f"ws://127.0.0.1:{port}{path}")
-    assert not engine.calls
-    assert (await s.ended())[0]["end_reason"] == "unauthorized_media"
+    assert (await s.ended())[0]["end_reason"] == "hangup"
 
 
 # --- outbound ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -84,12 +85,38 @@ async def test_media_socket_needs_the_calls_token(
         msg = await ws.receive(timeout=3)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 1008
-        # The token was single use: the real one no longer opens the call either.
+        assert not engine.calls and not s.events.get("on_call_end")
+        # A refused socket touched nothing: the real token still opens the call, once.
+        token = re.search(r'name="token" value="([^"]+)"', twiml)
+        assert token is not None
+        url = f"ws://127.0.0.1:{port}/ws/stream/{form['CallSid']}"
+        ws = await http.ws_connect(url)
+        await ws.send_json(
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "streamSid": "MZ" + "1" * 32,
+                "start": {
+                    "streamSid": "MZ" + "1" * 32,
+                    "callSid": form["CallSid"],
+                    "customParameters": {"token": token.group(1)},
+                },
+            }
+        )
+        for _ in range(100):
+            if engine.calls:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.calls
+        await ws.send_json({"event": "stop", "streamSid": "MZ" + "1" * 32})
+        await ws.close()
         with pytest.raises(aiohttp.WSServerHandshakeError):
-            await http.ws_connect(f"ws://127.0.0.1:{port}/ws/stream/{form['CallSid']}")
-    assert not engine.calls
-    await asyncio.sleep(0.1)
-    assert s.events["on_call_end"][0]["end_reason"] == "unauthorized_media"
+            await http.ws_connect(url)
+    for _ in range(100):
+        if s.events.get("on_call_end"):
+            break
+        await asyncio.sleep(0.02)
+    assert s.events["on_call_end"][0]["end_reason"] == "hangup"
 
 
 async def test_require_signature_without_credentials_is_503() -> None:

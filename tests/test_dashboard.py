@@ -92,6 +92,30 @@ async def test_open_on_loopback_without_a_token(serve: Serve, net: FakeTwilio) -
     assert (await get(base(s) + "/api/calls?page_size=lots"))[0] == 400
 
 
+async def test_without_a_token_only_this_machines_names_are_answered(serve: Serve) -> None:
+    """DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example:<port>`; it must read nothing."""
+    s = await serve({"engine": ScriptedEngine()})
+    port = s.phone.port
+    for route in ROUTES:
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            status, _, body = await get(base(s) + route, headers={"Host": host})
+            assert status == 421, (route, host, status)
+            assert "dashboard_token" in body
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost", HOST):
+        status, _, _ = await get(base(s) + "/api/calls", headers={"Host": host})
+        assert status == 200, host
+    status, _, _ = await get(base(s) + "/health", headers={"Host": "evil.example"})
+    assert status == 200  # the dashboard's rule, not the carrier's routes
+
+
+async def test_with_a_token_the_token_decides_whatever_the_host(serve: Serve) -> None:
+    s = await serve({"engine": ScriptedEngine()}, dashboard_token=TOKEN)
+    headers = {"Host": "dashboard.example.org", "Authorization": f"Bearer {TOKEN}"}
+    assert (await get(base(s) + "/api/calls", headers=headers))[0] == 200
+    assert (await get(base(s) + "/api/calls", headers={"Host": "x.example"}))[0] == 401
+
+
 async def test_every_route_needs_the_token(serve: Serve, net: FakeTwilio) -> None:
     s = await serve({"engine": ScriptedEngine()}, dashboard_token=TOKEN)
     for route in ROUTES:

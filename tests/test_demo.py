@@ -55,3 +55,10 @@ async def test_the_demo_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> 
     assert result.record["end_reason"] == "hangup"
     assert result.wav_path and (tmp_path / "call.wav").stat().st_size > 8000 * 2 * 2 * 5
     assert any("[caller]" in line for line in lines)
+    # the booking is a tool call, and the demo shows it (the issue's `[tool] …` line)
+    tool_lines = [line for line in lines if "[tool]" in line]
+    assert len(tool_lines) == 1, lines
+    assert "schedule_appointment(date='tomorrow', time='10:00') → " in tool_lines[0]
+    assert "ACME-123" in tool_lines[0]
+    tool = next(e for e in result.record["events"] if e["kind"] == "tool")
+    assert tool["name"] == "schedule_appointment" and tool["ok"]

@@ -126,11 +126,13 @@ def test_cli_lists_the_plugin(plugin_site: Path) -> None:
         text=True,
     ).stdout
     rows = [line.split() for line in out.splitlines()]
-    assert ["tts", "acme", "getpatter-acme", "installed"] in rows
-    assert any(
-        r[:3] == ["stt", "acme-cloud", "getpatter-acme"] and r[3] == "missing:" for r in rows
-    )
-    assert any(r[:2] == ["carrier", "twilio"] for r in rows)
+    assert rows[0] == ["KIND", "NAME", "FROM", "ENV", "STATUS", "DESCRIPTION"]
+    assert any(r[:3] == ["tts", "acme", "getpatter-acme"] and "installed" in r for r in rows)
+    assert any(r[:3] == ["stt", "acme-cloud", "getpatter-acme"] and "missing:" in r for r in rows)
+    twilio = next(line for line in out.splitlines() if line.startswith("carrier  twilio"))
+    assert "TWILIO_ACCOUNT_SID" in twilio and "Twilio Programmable Voice" in twilio
+    deepgram = next(line for line in out.splitlines() if line.split()[:2] == ["stt", "deepgram"])
+    assert "DEEPGRAM_API_KEY" in deepgram and "Deepgram live STT" in deepgram
 
 
 def test_example_plugin_package_is_used_by_name(tmp_path: Path) -> None:

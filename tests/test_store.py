@@ -19,17 +19,8 @@ import numpy as np
 import pytest
 
 from getpatter import Patter, Twilio
-from getpatter.core.store import (
-    DB_NAME,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    MemoryStore,
-    Scrubber,
-    SQLiteStore,
-    mask_phone,
-    migrate,
-    open_store,
-)
+from getpatter.core.store import DB_NAME, MemoryStore, Scrubber, mask_phone, open_store
+from getpatter.core.store_sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore, migrate
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
@@ -85,12 +76,12 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 async def test_a_record_round_trips(store: SQLiteStore, tmp_path: Path) -> None:
     original = record("CA1", 1000.0, recording_url="https://x/y")
     await store.write(original)
-    assert await store.get("CA1") == original
+    assert await store.get("CA1") == {**original, "state": "ended"}
     assert await store.get("CA-nope") is None
     assert stat.S_IMODE(os.stat(tmp_path / DB_NAME).st_mode) == 0o600
     # the tables are there for plain SQL too
     db = sqlite3.connect(tmp_path / DB_NAME)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("SELECT total_ms, bargein_ms, interrupted FROM turns").fetchall() == [
         (700.0, 120.0, 1)
     ]
@@ -154,12 +145,13 @@ def test_secrets_are_scrubbed_and_numbers_masked() -> None:
 def test_schema_migrations_run_in_order_and_refuse_newer_files(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     db = sqlite3.connect(path, isolation_level=None)
-    assert migrate(db, MIGRATIONS) == 1
+    n = len(MIGRATIONS)
+    assert migrate(db, MIGRATIONS) == n
 
-    def v2(conn: sqlite3.Connection) -> None:
+    def future(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE calls ADD COLUMN sentiment TEXT")
 
-    assert migrate(db, [*MIGRATIONS, v2]) == 2  # the hook: a future version adds a column
+    assert migrate(db, [*MIGRATIONS, future]) == n + 1  # the hook: a later version adds a column
     assert "sentiment" in [r[1] for r in db.execute("PRAGMA table_info(calls)")]
     with pytest.raises(RuntimeError, match="newer than this getpatter"):
         migrate(db, MIGRATIONS)
@@ -169,10 +161,106 @@ def test_schema_migrations_run_in_order_and_refuse_newer_files(tmp_path: Path) -
         raise ValueError("boom")
 
     with pytest.raises(ValueError):
-        migrate(db, [*MIGRATIONS, v2, broken])
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # the failed step rolled back
+        migrate(db, [*MIGRATIONS, future, broken])
+    assert db.execute("PRAGMA user_version").fetchone()[0] == n + 1  # the failed step rolled back
     assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall()
     db.close()
+
+
+async def test_a_version_1_file_is_upgraded_with_its_calls_finished(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, MIGRATIONS[:1])  # what getpatter wrote before calls had a state
+    db.execute("INSERT INTO calls (call_id, end_reason, created_at) VALUES ('CA-old', 'hangup', 1)")
+    db.close()
+    store = await SQLiteStore(path).open()
+    try:
+        assert await store.interrupt_active() == []  # an old finished call is no crash
+        old = await store.get("CA-old")
+        assert old is not None and (old["state"], old["end_reason"]) == ("ended", "hangup")
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
+
+
+def opened(call_id: str) -> dict[str, Any]:
+    """What a call's record looks like at its first webhook."""
+    return {
+        "call_id": call_id,
+        "caller": CALLER,
+        "callee": NUMBER,
+        "direction": "inbound",
+        "created_at": 1000.0,
+        "started_at": None,
+        "ended_at": None,
+        "duration": 0.0,
+        "end_reason": "",
+        "answered": False,
+        "transcript": [],
+        "events": [],
+        "metrics": {},
+    }
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_a_call_is_claimed_at_its_first_webhook_and_journaled(
+    kind: str, tmp_path: Path
+) -> None:
+    store: Any = await SQLiteStore(tmp_path / DB_NAME).open() if kind == "sqlite" else MemoryStore()
+    try:
+        assert await store.open_call(opened("CA1")) is True
+        assert await store.open_call(opened("CA1")) is False  # a replay finds it taken
+        row = await store.get("CA1")
+        assert row is not None and row["state"] == "active" and row["end_reason"] == ""
+        await store.append_transcript(
+            "CA1", 0, [{"role": "assistant", "text": "Hello!", "t": 1001.0}], started_at=1000.5
+        )
+        await store.append_transcript("CA1", 1, [{"role": "user", "text": "hi", "t": 1003.0}])
+        await store.append_transcript("CA1", 1, [{"role": "user", "text": "hi", "t": 1003.0}])
+        row = await store.get("CA1")
+        assert [(e["role"], e["text"]) for e in row["transcript"]] == [
+            ("assistant", "Hello!"),
+            ("user", "hi"),
+        ]
+        assert row["started_at"] == 1000.5 and row["answered"]
+        rows, total = await store.search()
+        assert total == 1 and rows[0]["state"] == "active"
+        # the end replaces the journal with the whole record; late appends change nothing
+        await store.write(record("CA1", 1000.5))
+        await store.append_transcript("CA1", 2, [{"role": "user", "text": "late", "t": 2.0}])
+        row = await store.get("CA1")
+        assert row["state"] == "ended" and row["end_reason"] == "hangup"
+        assert [e["text"] for e in row["transcript"]] == ["hello there", "Hi!"]
+        assert await store.open_call(opened("CA1")) is False  # a finished call stays finished
+    finally:
+        await store.close()
+
+
+async def test_calls_left_active_by_a_dead_process_become_interrupted(tmp_path: Path) -> None:
+    store = await SQLiteStore(tmp_path / DB_NAME).open()
+    await store.open_call(opened("CA-live"))
+    await store.append_transcript(
+        "CA-live", 0, [{"role": "assistant", "text": "Hello!", "t": 1002.0}], started_at=1001.0
+    )
+    await store.open_call(opened("CA-ringing"))
+    await store.write(record("CA-done", 900.0))
+    await store.close()  # as if killed: nobody wrote the end of the two open calls
+
+    store = await SQLiteStore(tmp_path / DB_NAME).open()
+    try:
+        assert sorted(await store.interrupt_active()) == ["CA-live", "CA-ringing"]
+        assert await store.interrupt_active() == []
+        live = await store.get("CA-live")
+        assert live is not None
+        assert (live["state"], live["end_reason"]) == ("interrupted", "interrupted")
+        assert [e["text"] for e in live["transcript"]] == ["Hello!"]
+        assert live["ended_at"] == 1002.0 and live["duration"] == 1.0
+        done = await store.get("CA-done")
+        assert done is not None and done["state"] == "ended"
+    finally:
+        await store.close()
 
 
 async def test_unusable_persist_root_falls_back_to_memory(

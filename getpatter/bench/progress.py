@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import TextIO
 
 __all__ = ["Progress"]
@@ -44,6 +47,24 @@ class Progress:
             f"\r  {self.label[:34]:<34} [{bar}] {self.done}/{self.total}  {elapsed:5.1f}s"
         )
         self.out.flush()
+
+    @contextlib.asynccontextmanager
+    async def ticking(self, every: float = 0.5) -> AsyncIterator[Progress]:
+        """Redraw the elapsed time while the block runs, so a slow sample (a cold model, a
+        remote provider) still shows the bench is alive; closes the bar at the end."""
+        task = asyncio.ensure_future(self._tick(every)) if self.enabled else None
+        try:
+            yield self
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            self.close()
+
+    async def _tick(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self._draw(force=True)
 
     def close(self) -> None:
         if self.enabled:

@@ -149,7 +149,7 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
             if built is None:
                 continue
             bar = progress(f"{kind} {built.label}", options.runs * len(items))
-            try:
+            async with bar.ticking():
                 result = await bench(
                     built.provider,
                     items,
@@ -158,8 +158,6 @@ async def run(options: BenchOptions, *, say: Callable[[str], None] | None = None
                     **extra,
                     **common.kwargs(),
                 )
-            finally:
-                bar.close()
             _finish(result, built, report)
 
     common = Common(options.runs, options.concurrency, options.warmup, options.timeout)
@@ -229,7 +227,7 @@ async def _turns(
     for stt, tts, llm in itertools.product(stts, ttss, llms):
         label = f"stt={stt.label} llm={llm.label if llm else 'on_message'} tts={tts.label}"
         bar = progress(f"turn {label}", options.runs * len(utterances))
-        try:
+        async with bar.ticking():
             result = await bench_turn(
                 stt.provider,
                 tts.provider,
@@ -239,8 +237,6 @@ async def _turns(
                 progress=bar.update,
                 **common.kwargs(),
             )
-        finally:
-            bar.close()
         report.results.append(result)
 
 

@@ -8,10 +8,13 @@ carrier reads its own fields of it). Core never names a carrier module.
 
 A carrier does five things, and only the carrier knows its wire formats:
 
-- **webhooks** — `routes()`: HTTP routes that check the carrier's signature, create calls in
-  the table (`new_call`) and answer with the carrier's instructions to stream;
+- **webhooks** — `routes()`: HTTP routes that check the carrier's signature, open calls in
+  the table (`open_call`) and answer with the carrier's instructions to stream;
 - **media** — `parse()` one media-socket message into a `core.media` event, and `encoder()`
-  to write the agent's audio, marks and clears in the carrier's words;
+  to write the agent's audio, marks and clears in the carrier's words. Before a stream is
+  authenticated the server reads its messages with `parse_opening()` if the carrier has one
+  (it must change no state: these messages come from anyone), and `parse()` from the `start`
+  that authenticated it on;
 - **call control** — the `CallControl` a call uses: hang up, transfer, record, last words;
 - **placing a call** — `dial()` a session the table made for it (`Patter.call()`);
 - **pointing a number at us** — `point_at(host)`, used by the tunnel, returning how to undo it.
@@ -64,9 +67,14 @@ class CallTable(Protocol):
     def stream_url(self, key: str) -> str:
         """The media socket of the call `key` (the generic route, `/ws/stream/<key>`)."""
 
-    def new_call(self, info: CallInfo, *, key: str | None = None) -> tuple[CallSession, str]:
-        """A call the carrier is about to stream: its session and its single-use media token
-        (to hand the carrier, which must bring it back in the stream's `start`)."""
+    async def open_call(
+        self, info: CallInfo, *, key: str | None = None
+    ) -> tuple[CallSession, str] | None:
+        """A call the carrier is about to stream, at its first webhook: its session and its
+        single-use media token (to hand the carrier, which must bring it back in the stream's
+        `start`); its record exists in history from now on. None when this call id was seen
+        before (a replayed or duplicated webhook): no session, and the carrier should be told
+        to drop the call rather than stream it."""
 
     def find_call(self, carrier_id: str) -> CallSession | None:
         """The live call the carrier knows by `carrier_id`."""
@@ -91,7 +99,8 @@ class Carrier(CallControl, Protocol):
     def routes(self) -> list[web.RouteDef]: ...
 
     def parse(self, text: str) -> MediaEvent:
-        """One media-socket text message → one event; raises `MalformedMessage`."""
+        """One message of an authenticated stream (its `start` included) → one event; raises
+        `MalformedMessage`. May keep per-stream state (ordering, DTMF de-duplication)."""
 
     def encoder(self, stream_id: str) -> MediaEncoder: ...
 

@@ -6,7 +6,11 @@ Plugins import from here, never from `config.py`: dependencies point down into c
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -101,3 +105,180 @@ def secret_values(config: Any) -> list[str]:
         for v in (getattr(config, n, "") for n in sorted(SECRET_FIELDS))
         if isinstance(v, str) and v
     ]
+
+
+# --- secrets in objects ------------------------------------------------------------------------
+
+#: attribute names under which a provider that does not use `Secret` may keep a credential
+_SECRET_NAMES: Final = ("api_key", "apikey", "token", "secret", "password")
+
+
+def secrets_in(*objects: object, depth: int = 3) -> list[str]:
+    """Every credential held by these objects (an Agent, its engine and providers): each
+    `Secret`, and str attributes named like a key (`api_key`, `*token*`, ...), searched
+    `depth` levels deep through attributes, lists and dicts.
+
+    SDK clients inside providers are not entered (their keys are the provider's own, which
+    is found one level up), so this stays cheap."""
+    found: dict[str, None] = {}
+    seen: set[int] = set()
+
+    def visit(obj: object, level: int, name: str = "") -> None:
+        if isinstance(obj, Secret):
+            if obj.reveal():
+                found[obj.reveal()] = None
+            return
+        if isinstance(obj, str):
+            lowered = name.lower()
+            if obj and any(n in lowered for n in _SECRET_NAMES):
+                found[obj] = None
+            return
+        if level > depth or id(obj) in seen or obj is None or isinstance(obj, (int, float, bytes)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            for key, value in list(obj.items()):
+                visit(value, level + 1, str(key))
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            for value in list(obj):
+                visit(value, level + 1, name)
+            return
+        module = type(obj).__module__ or ""
+        if level > 0 and not module.startswith("getpatter"):
+            return  # a third-party object (an SDK client, a session): not ours to walk
+        attrs: dict[str, object] = {}
+        for cls in type(obj).__mro__:
+            for slot in getattr(cls, "__slots__", ()):
+                if isinstance(slot, str) and hasattr(obj, slot):
+                    attrs[slot] = getattr(obj, slot)
+        attrs.update(getattr(obj, "__dict__", {}))
+        for key, value in attrs.items():
+            if not callable(value) or isinstance(value, Secret):
+                visit(value, level + 1, key)
+
+    for obj in objects:
+        visit(obj, 0)
+    return list(found)
+
+
+# --- secrets out of logs -----------------------------------------------------------------------
+
+MIN_SECRET_LENGTH: Final = 6  # shorter values would redact ordinary words
+
+
+class SecretRedactor(logging.Filter):
+    """Replaces every registered secret in a log record by `***`: the message with its
+    arguments, the exception text and the stack.
+
+    It runs as the process's log record factory while a server runs (`redact_logs`), so it
+    sees every record of every logger — third-party ones included (`websockets.client` logs
+    `Authorization: Bearer ...` at DEBUG) — whatever handlers exist now or are added later.
+    As a `logging.Filter` it can also be attached to a handler of your own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts: dict[str, int] = {}
+        self._forms: list[str] = []
+
+    def add(self, values: Iterable[str]) -> None:
+        for value in values:
+            if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+                self._counts[value] = self._counts.get(value, 0) + 1
+        self._rebuild()
+
+    def discard(self, values: Iterable[str]) -> None:
+        for value in values:
+            count = self._counts.get(value, 0)
+            if count > 1:
+                self._counts[value] = count - 1
+            else:
+                self._counts.pop(value, None)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        # the raw value, and how it looks inside a JSON string or a repr
+        forms = {f for s in self._counts for f in (s, json.dumps(s)[1:-1], repr(s)[1:-1])}
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def redact(self, text: str) -> str:
+        for secret in self._forms:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def _leaks(self, text: str) -> bool:
+        return any(secret in text for secret in self._forms)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._forms:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: redact its parts, logging reports the error
+            record.msg = self.redact(str(record.msg))
+            if isinstance(record.args, tuple):
+                record.args = tuple(self.redact(str(a)) for a in record.args)
+            elif record.args:
+                record.args = (self.redact(str(record.args)),)
+        else:
+            if self._leaks(message):  # else the record keeps its template (log aggregators)
+                record.msg, record.args = self.redact(message), ()
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if self._leaks(text):
+                # the text stands in for the exception, whose args would carry the secret
+                record.exc_text, record.exc_info = self.redact(text), None
+        elif record.exc_text and self._leaks(record.exc_text):
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info and self._leaks(record.stack_info):
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+_REDACTOR = SecretRedactor()
+_factory_lock = threading.Lock()
+_previous_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    assert _previous_factory is not None
+    record = _previous_factory(*args, **kwargs)
+    _REDACTOR.filter(record)
+    return record
+
+
+def redact_logs(values: Iterable[str]) -> Callable[[], None]:
+    """Keep these secrets out of every log record of the process until the returned function
+    is called (servers register theirs at start and release them at stop)."""
+    global _previous_factory
+    kept = [v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH]
+    with _factory_lock:
+        _REDACTOR.add(kept)
+        if logging.getLogRecordFactory() is not _redacting_factory:
+            _previous_factory = logging.getLogRecordFactory()
+            logging.setLogRecordFactory(_redacting_factory)
+    released = False
+
+    def release() -> None:
+        global _previous_factory
+        nonlocal released
+        if released:
+            return
+        released = True
+        with _factory_lock:
+            _REDACTOR.discard(kept)
+            if not _REDACTOR and logging.getLogRecordFactory() is _redacting_factory:
+                assert _previous_factory is not None
+                logging.setLogRecordFactory(_previous_factory)
+                _previous_factory = None
+
+    return release
+
+
+def log_redactor() -> SecretRedactor:
+    """The process's redactor, to attach to a handler that formats records made elsewhere."""
+    return _REDACTOR

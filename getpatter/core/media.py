@@ -89,6 +89,8 @@ def json_message(text: str | bytes) -> dict[str, Any]:
         msg = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedMessage(f"bad JSON: {exc}") from None
+    except RecursionError:  # `[[[[…` deep enough to exhaust the parser's stack
+        raise MalformedMessage("bad JSON: nested too deeply") from None
     if not isinstance(msg, dict):
         raise MalformedMessage("message is not a JSON object")
     return msg

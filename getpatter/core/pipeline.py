@@ -524,24 +524,39 @@ class PipelineCall:
         yield text
 
     async def _on_message(self, text: str, dtmf: str) -> AsyncIterator[str]:
+        from getpatter.core.message import Message
+
         call = self.call
-        msg = {
-            "text": text,
-            "call_id": call.call_id,
-            "caller": call.caller,
-            "callee": call.callee,
-            "history": [
+        msg = Message(
+            text=text,
+            call_id=call.call_id,
+            caller=call.caller,
+            callee=call.callee,
+            history=[
                 {"role": m["role"], "content": m["content"]}
                 for m in self.history
                 if m["role"] in ("user", "assistant") and m.get("content")
             ],
-        }
-        if dtmf:
-            msg["dtmf"] = dtmf
+            dtmf=dtmf,
+            run_tool=self._tool_for_on_message,
+        )
         on_message = call.callbacks.on_message
         assert on_message is not None
-        async for piece in text_pieces(await call_user(on_message, msg)):
-            yield piece
+        try:
+            async for piece in text_pieces(await call_user(on_message, msg)):
+                yield piece
+        except Exception:  # the user's bug: show them where, then the caller hears an apology
+            log.exception("call %s: on_message raised", call.call_id)
+            raise
+
+    async def _tool_for_on_message(self, name: str, arguments: dict[str, Any]) -> Any:
+        from getpatter.core.message import tool_result
+        from getpatter.core.tools import run_tool
+
+        outcome = await run_tool(self.call, self.call.agent, name, arguments)
+        if outcome.action is not None:  # end_call / transfer_call: once this reply is heard
+            self._pending_action = outcome
+        return tool_result(outcome.output)
 
     async def _llm_reply(self) -> AsyncIterator[str]:
         from getpatter.core.tools import run_tool, tool_schemas

@@ -10,6 +10,7 @@ plugins``) never imports a provider SDK; the class is imported only when it is a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from collections.abc import Iterable
@@ -137,12 +138,14 @@ class Registry:
             )
         spec = self._collect().get((kind, name))
         if spec is None:
+            specs = self.specs(kind)
+            close = difflib.get_close_matches(name.lower(), [s.name for s in specs], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             available = ", ".join(
-                f"{s.name}" + ("" if s.installed else f" (needs {s.install_hint})")
-                for s in self.specs(kind)
+                f"{s.name}" + ("" if s.installed else f" (needs {s.install_hint})") for s in specs
             )
             raise PluginNotFoundError(
-                f"no {kind} provider named {name!r}. Available: {available or 'none'}. "
+                f"no {kind} provider named {name!r}: {hint}Available: {available or 'none'}. "
                 "A third-party provider is found once its package is installed."
             )
         return spec

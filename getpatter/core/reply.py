@@ -20,6 +20,8 @@ ends in `SpeechCutShort`, and the pipeline apologises).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 import logging
 from collections import deque
@@ -393,4 +395,6 @@ async def call_user(fn: Callable[..., Any], *args: Any) -> Any:
     in a thread so slow user code never blocks the event loop."""
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         return fn(*args)
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    # in the call's context: its log lines name the call and carry its trace id
+    run = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(None, run)

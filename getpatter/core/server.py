@@ -8,28 +8,32 @@ handed for that call, and is refused before any engine or provider session is op
 from __future__ import annotations
 
 import asyncio
-import hmac
+import gc
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from getpatter.core.carrier import CallTable, Carrier, DialRequest
-from getpatter.core.engine import Engine, EngineCall
-from getpatter.core.media import (
-    DtmfReceived,
-    InboundAudio,
-    MalformedMessage,
-    MarkPlayed,
-    StreamStarted,
-    StreamStopped,
+from getpatter.core.connections import (
+    HEADER_TIMEOUT,
+    AcceptErrorLog,
+    ConnectionGuard,
+    connection_limit,
+    raise_fd_limit,
 )
+from getpatter.core.engine import Engine, EngineCall
+from getpatter.core.journal import CallJournal
+from getpatter.core.media_socket import MediaSockets
+from getpatter.core.observe import CallObserver
 from getpatter.core.playout import PlayoutScheduler
 from getpatter.core.session import AmdCallback, CallCallbacks, CallInfo, CallSession
+from getpatter.core.signals import stop_on_signals
+from getpatter.core.webguard import REQUEST_TIMEOUT, request_guard
 from getpatter.errors import CallError, PatterConfigError
 
 if TYPE_CHECKING:
@@ -42,40 +46,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 60.0  # seconds between the carrier's webhook and its media socket
-MAX_MALFORMED = 50  # malformed media messages tolerated on one socket before it is closed
-START_TIMEOUT = 10.0  # seconds for the carrier to send `start` after the socket opens
 HISTORY_LIMIT = 1000
+SEEN_LIMIT = 100_000  # carrier call ids remembered (beyond history) against replayed webhooks
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-class _SocketSink:
-    """The playout's view of a media socket: refuse sends while the peer is not reading.
-
-    The shared playout tick awaits each call's sends in turn, so a send must never wait for
-    a peer to drain: we stop well below the size at which asyncio pauses the transport (and
-    aiohttp's send would wait), and one stalled caller cannot hold up every other call.
-    """
-
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self._ws = ws
-        self._transport = request.transport
-        high = 64 * 1024
-        if self._transport is not None:
-            high = self._transport.get_write_buffer_limits()[1] or high
-        self._limit = max(4096, high // 2)
-
-    def writable(self) -> bool:
-        if self._ws.closed or self._transport is None or self._transport.is_closing():
-            return False
-        return self._transport.get_write_buffer_size() < self._limit
-
-    async def send(self, message: str) -> None:
-        if not self._ws.closed:
-            await self._ws.send_str(message)
-
-
 class EmbeddedServer:
-    """The server behind `Patter.serve()`; `start(port)` blocks until `stop()`."""
+    """The server behind `Patter.serve()`; `start(port)` blocks until `stop()` (or SIGTERM)."""
+
+    handle_signals = True  # SIGTERM stops politely (see core/signals.py); False leaves them be
+    max_connections: int | None = None  # None: from the open-file limit (core/connections.py)
+    header_timeout = HEADER_TIMEOUT  # seconds for a new connection's first request headers
+    keepalive_timeout = 15.0  # seconds an idle keep-alive connection is kept
+    request_timeout = REQUEST_TIMEOUT  # seconds for a request with a body (core/webguard.py)
 
     def __init__(
         self,
@@ -90,6 +73,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         pricing: PriceTable | None = None,
         mask_phone_numbers: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.agent = agent
@@ -110,13 +94,23 @@ class EmbeddedServer:
         self.sessions: dict[str, CallSession] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_LIMIT)
         self.record_sinks: list[Callable[[dict[str, Any]], Any]] = []
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._sockets: set[str] = set()
-        self._carrier_ids: dict[str, str] = {}  # carrier call id → session key
+        self._media = MediaSockets(self)  # the media sockets and their single-use tokens
+        self._carrier_ids: dict[str, str] = {}  # carrier call id → session key, while it lives
+        self._seen: OrderedDict[str, None] = OrderedDict()  # carrier call ids given a session
+        self._journal: CallJournal | None = None
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
         self._scheduler: PlayoutScheduler | None = None
+        self._signal_stop: asyncio.Task[None] | None = None
+        self._guard: ConnectionGuard | None = None
+        self._listener: asyncio.Server | None = None
+        self._accept_log = AcceptErrorLog()
+        self._unredact: list[Callable[[], None]] = []  # secrets kept out of the logs, to release
+        self._redacted: set[int] = set()  # agents whose secrets are registered
+        self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
+        self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
+        self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
         if agent.engine is not None and not isinstance(agent.engine, Engine):
             raise PatterConfigError(
                 f"engine={type(agent.engine).__name__}(...) is not an engine: "
@@ -124,8 +118,9 @@ class EmbeddedServer:
             )
         if agent.engine is None and agent.llm is None and self.callbacks.on_message is None:
             raise PatterConfigError(
-                "a pipeline agent needs a brain: pass llm=... to phone.agent() "
-                "or on_message=... to serve()"
+                "this pipeline agent has no brain: pass llm=OpenAILLM() (or any LLM) to "
+                "phone.agent(), on_message=fn to serve(), or engine=OpenAIRealtime() for speech "
+                "to speech (the default when OPENAI_API_KEY is set)"
             )
         self._engines: dict[int, Engine] = {}
         self.engine_for(agent)  # provider mistakes surface now, before the server listens
@@ -151,6 +146,17 @@ class EmbeddedServer:
         table: CallTable = self
         carrier: Carrier = carrier_cls(table, self.config)
         return carrier
+
+    @property
+    def dashboard_guard(self) -> str:
+        """How the dashboard (and /metrics) is guarded: `off` (no dashboard), `open` (no token:
+        loopback only), `token` (the dashboard_token= given) or `generated` (made at start)."""
+        ui = self._dashboard_ui
+        if ui is None:
+            return "off"
+        if not ui.token:
+            return "open"
+        return "token" if self._dashboard_token else "generated"
 
     # --- public URLs ---------------------------------------------------------------------
 
@@ -180,6 +186,11 @@ class EmbeddedServer:
         """A call the carrier is about to stream: its session and its single-use media token."""
         assert self._scheduler is not None, "server not started"
         key = key or info.call_id
+        if agent is not None and agent is not self.agent and id(agent) not in self._redacted:
+            from getpatter.core.credentials import redact_logs, secrets_in
+
+            self._redacted.add(id(agent))  # another agent's keys (phone.call(agent=...))
+            self._unredact.append(redact_logs(secrets_in(agent)))
         session = CallSession(
             info,
             agent or self.agent,
@@ -189,15 +200,50 @@ class EmbeddedServer:
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
             pricing=self.pricing,
+            journal=self._journal.changed if self._journal is not None else None,
+            observers=self.observers,
         )
         session.key = key
         self.sessions[key] = session
         self.bind_carrier_id(info.call_id, key)
-        # letters and digits only: some carriers can carry nothing else (e.g. in a header list)
-        token = secrets.token_hex(24)
-        self._tokens[key] = (token, time.monotonic() + token_ttl)
+        token = self._media.issue(key, token_ttl)
         asyncio.get_running_loop().call_later(token_ttl + 1, self._expire, key)
         return session, token
+
+    async def open_call(
+        self, info: CallInfo, *, key: str | None = None
+    ) -> tuple[CallSession, str] | None:
+        """First sight of a carrier's call (its first webhook): its session and media token,
+        and its record in history from now on. None when this call id was seen before — a
+        replayed or duplicated webhook gets no session and leaves the call's record alone."""
+        preliminary = {
+            "call_id": info.call_id,
+            "caller": info.caller,
+            "callee": info.callee,
+            "direction": info.direction,
+            "created_at": time.time(),
+        }
+        if not await self._claim(info.call_id, preliminary):
+            return None
+        return self.new_call(info, key=key)
+
+    async def _claim(self, call_id: str, record: dict[str, Any], *, ours: bool = False) -> bool:
+        """Whether `call_id` is new here and in history; if so its row now exists (active).
+        `ours`: the id of a call we dialled, already bound to its session."""
+        if not call_id or call_id in self._seen:
+            return False
+        if not ours and self.find_call(call_id) is not None:
+            return False
+        self._seen[call_id] = None
+        while len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        if self.store is None:
+            return True
+        try:
+            return await self.store.open_call(record)
+        except Exception as exc:  # history is broken: the call still gets answered
+            log.error("call %s: opening its record failed: %s", call_id, exc)
+            return True
 
     def new_outbound_call(
         self,
@@ -270,6 +316,8 @@ class EmbeddedServer:
         if session.call_id == key:  # not yet learned from a webhook that beat the answer
             session.info.call_id = dialed.call_id
         self.bind_carrier_id(dialed.call_id, key)
+        if not await self._claim(session.call_id, session.record(), ours=True):
+            log.warning("call %s: the carrier reused a known call id", session.call_id)
         if dialed.status:
             session.event("dialing", carrier_status=dialed.status)
         else:
@@ -278,14 +326,18 @@ class EmbeddedServer:
 
     def _expire(self, key: str) -> None:
         """A call whose media never arrived still ends, and still gets its record."""
-        self._tokens.pop(key, None)
+        self._media.forget(key)
         session = self.sessions.get(key)
-        if session is not None and session.state == "pending" and key not in self._sockets:
+        if session is not None and session.state == "pending" and not self._media.connected(key):
             session.end_soon("no_media")
 
     async def _write_record(self, key: str, record: dict[str, Any]) -> None:
-        self.sessions.pop(key, None)
-        self._tokens.pop(key, None)
+        session = self.sessions.pop(key, None)
+        self._media.forget(key)
+        for carrier_id in [c for c, k in self._carrier_ids.items() if k == key]:
+            del self._carrier_ids[carrier_id]  # a finished call is found by nobody
+        if session is not None and self._journal is not None:
+            self._journal.forget(session)
         self.history.append(record)
         for sink in self.record_sinks:
             result = sink(record)
@@ -315,7 +367,12 @@ class EmbeddedServer:
     # --- routes --------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=256 * 1024)
+        guard = request_guard(
+            restricted=lambda r: self._guard is not None and self._guard.restricted(r.transport),
+            reserved_for=self._reserved_for,
+            request_timeout=lambda: self.request_timeout,
+        )
+        app = web.Application(client_max_size=256 * 1024, middlewares=[guard])
         app.add_routes(
             [
                 web.get("/health", self._health),
@@ -327,102 +384,20 @@ class EmbeddedServer:
             app.add_routes(self._dashboard_ui.routes())
         return app
 
+    def _reserved_for(self, request: web.Request) -> bool:
+        """A media socket of a call we are waiting for: what the reserve of connections is for."""
+        key = request.match_info.get("call_id", "")
+        return request.method == "GET" and bool(key) and self._media.awaiting(key)
+
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "ok", "carrier": self.carrier.name, "active_calls": len(self.sessions)}
         )
 
     async def media_socket(self, request: web.Request) -> web.StreamResponse:
-        """The media WebSocket of every carrier (carriers mount it at their own paths too)."""
-        key = request.match_info["call_id"]
-        session = self.sessions.get(key)
-        if session is None or key not in self._tokens:
-            return web.Response(status=404, text="unknown or expired call")
-        if key in self._sockets or session.state != "pending":
-            return web.Response(status=409, text="this call already has a media socket")
-        self._sockets.add(key)
-        ws = web.WebSocketResponse(max_msg_size=64 * 1024, autoping=True)
-        await ws.prepare(request)
-        try:
-            await self._run_media(key, session, ws, request)
-        except Exception:
-            log.exception("call %s: media socket failed", session.call_id)
-        finally:
-            self._sockets.discard(key)
-            if not ws.closed:
-                await ws.close()
-            await session.end(session.end_reason or "hangup")
-        return ws
-
-    async def _run_media(
-        self, key: str, session: CallSession, ws: web.WebSocketResponse, request: web.Request
-    ) -> None:
-        malformed = 0
-        started = False
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while True:
-            timeout = None if started else max(0.0, deadline - asyncio.get_running_loop().time())
-            try:
-                msg = await ws.receive(timeout=timeout)
-            except TimeoutError:
-                log.warning("call %s: no start message; closing the media socket", session.call_id)
-                session.end_reason = "no_media"
-                return
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                return
-            if msg.type == WSMsgType.ERROR:
-                log.warning("call %s: media socket error: %s", session.call_id, ws.exception())
-                session.end_reason = "media_error"
-                return
-            if msg.type != WSMsgType.TEXT:
-                malformed += 1
-                continue
-            try:
-                event = self.carrier.parse(msg.data)
-            except MalformedMessage as exc:
-                malformed += 1
-                if malformed <= 3:
-                    log.warning("call %s: malformed media message: %s", session.call_id, exc)
-                if malformed > MAX_MALFORMED:
-                    log.error("call %s: too many malformed messages; closing", session.call_id)
-                    session.end_reason = "protocol_error"
-                    await ws.close(code=1008, message=b"protocol error")
-                    return
-                continue
-            if isinstance(event, InboundAudio):
-                session.push_audio(event)
-            elif isinstance(event, MarkPlayed):
-                session.on_mark(event.name)
-            elif isinstance(event, DtmfReceived):
-                await session.on_dtmf(event.digit)
-            elif isinstance(event, StreamStarted) and not started:
-                if not self._check_token(key, event, session):
-                    log.warning("call %s: media socket refused (bad token)", session.call_id)
-                    session.end_reason = "unauthorized_media"
-                    await ws.close(code=1008, message=b"unauthorized")
-                    return
-                started = True
-                encoder = self.carrier.encoder(event.stream_id)
-                sink = _SocketSink(ws, request)
-                await session.attach_media(
-                    event.stream_id, encoder, sink, self.open_engine(session)
-                )
-            elif isinstance(event, StreamStopped):
-                session.end_reason = session.end_reason or "hangup"
-                return
-
-    def _check_token(self, key: str, event: StreamStarted, session: CallSession) -> bool:
-        entry = self._tokens.pop(key, None)  # single use, even when it fails
-        if entry is None:
-            return False
-        token, expires = entry
-        offered = event.parameters.get("token", "")
-        if time.monotonic() > expires or not hmac.compare_digest(offered, token):
-            return False
-        if session.call_id == key and session.direction == "outbound":
-            session.info.call_id = event.call_id  # the carrier's id, learned at answer
-            self.bind_carrier_id(event.call_id, key)
-        return session.call_id == event.call_id
+        """The media WebSocket of every carrier (carriers mount it at their own paths too);
+        see core/media_socket.py for who may open it and what its messages may do."""
+        return await self._media.handle(request)
 
     # --- life ----------------------------------------------------------------------------
 
@@ -434,15 +409,30 @@ class EmbeddedServer:
         self._shutting_down = None
         self._scheduler = PlayoutScheduler()
         await self._open_history()
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        loop = asyncio.get_running_loop()
+        limit = self.max_connections or connection_limit(raise_fd_limit())
+        self._guard = ConnectionGuard(limit, header_timeout=self.header_timeout)
+        self._accept_log.install(loop)
+        self._runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,  # see core/webguard.py: nothing is inflated, ever
+            keepalive_timeout=self.keepalive_timeout,
+            # a body left unread (a refusal) is not drained: the connection closes instead
+            lingering_time=0.0,
+        )
         try:
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, port, reuse_address=True)
-            await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
+            protocols = self._runner.server
+            assert protocols is not None
+            self._listener = await loop.create_server(
+                self._guard.wrap(protocols), self.host, port, reuse_address=True
+            )
+            sockets = list(self._listener.sockets)
             self.port = sockets[0].getsockname()[1] if sockets else port
         except BaseException as exc:
+            await self._close_listener()
             await self._runner.cleanup()
             self._runner = None
             await self._close_history()
@@ -450,7 +440,8 @@ class EmbeddedServer:
                 self.listening.set_exception(exc)
                 self.listening.exception()  # retrieved here; the caller sees the raise too
             raise
-        log.info("getpatter listening on %s:%s (public %s)", self.host, self.port, self.public_host)
+        # DEBUG: `serve()` logs the full start-up banner right after this
+        log.debug("listening on %s:%s (public %s)", self.host, self.port, self.public_host)
         ui = self._dashboard_ui
         if ui is not None and ui.token and not self._dashboard_token:
             # generated for a server reachable beyond this machine: shown once, to its owner
@@ -461,11 +452,27 @@ class EmbeddedServer:
                 self.port,
                 ui.token,
             )
+        if ui is not None and ui.token and not self._dashboard_token:
+            from getpatter.core.credentials import redact_logs
+
+            self._unredact.append(redact_logs([ui.token]))  # from now on, like any secret
+        # Everything alive now (modules, SDKs, the app) lives as long as the process: out of
+        # the collector's sight, a full collection no longer walks it — on this scale a 50 ms
+        # pause in every call's audio whenever garbage piles up (e.g. under a flood).
+        gc.freeze()
         self.listening.set_result(self.port)
+        release_signals = stop_on_signals(self._signalled) if self.handle_signals else None
         try:
             await self._stopped.wait()
         finally:
+            if release_signals is not None:
+                release_signals()
             await self._shutdown()
+
+    def _signalled(self, name: str) -> None:
+        """SIGTERM (see `core/signals.py`): the polite stop of `stop()`, from a signal."""
+        task = asyncio.get_running_loop().create_task(self.stop(), name=f"getpatter:{name}")
+        self._signal_stop = task  # held until done: a task nobody references may vanish
 
     async def stop(self) -> None:
         """End every live call politely (hang up, write its record) and stop listening."""
@@ -489,26 +496,51 @@ class EmbeddedServer:
             await self._scheduler.aclose()
         if self._dashboard_ui is not None:
             await self._dashboard_ui.close()  # event streams end, so cleanup needn't wait
+        await self._close_listener()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
         await self.carrier.aclose()
         await self._close_history()
 
+    async def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # open connections are closed by the runner's cleanup
+        if self._guard is not None:
+            self._guard.close()
+        self._accept_log.uninstall()
+
     # --- history and dashboard -----------------------------------------------------------
 
     async def _open_history(self) -> None:
         """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
-        from getpatter.core.credentials import secret_values
+        from getpatter.core.credentials import redact_logs, secret_values, secrets_in
         from getpatter.core.store import Scrubber, open_store
 
         token = self._dashboard_token
         if self.dashboard and not token and self.host not in LOOPBACK_HOSTS:
             token = secrets.token_urlsafe(24)
-        scrub = Scrubber(
-            [*secret_values(self.config), token], mask_phone_numbers=self.mask_phone_numbers
+        known = [*secret_values(self.config), *secrets_in(self.agent), token]
+        # out of every log line of the process (any logger, any level) while we serve; a
+        # generated dashboard token only after start() has shown it, once, to its owner
+        self._unredact.append(
+            redact_logs([s for s in known if s != token or self._dashboard_token])
         )
+        scrub = Scrubber(known, mask_phone_numbers=self.mask_phone_numbers)
         store = self.store = await open_store(self.config.persist_root, scrub)
+        try:
+            cut_off = await store.interrupt_active()
+        except Exception as exc:
+            cut_off = []
+            log.error("call history: marking interrupted calls failed: %s", exc)
+        if cut_off:
+            log.warning(
+                "%d call(s) were cut off when this server last stopped without hanging up "
+                "(killed?); their records are marked interrupted, with what was said",
+                len(cut_off),
+            )
+        self._journal = CallJournal(store)
 
         async def keep(record: dict[str, Any]) -> None:
             try:
@@ -520,15 +552,35 @@ class EmbeddedServer:
 
         self._history_sink = keep
         self.record_sinks.append(keep)
+        from getpatter.observability import has_prometheus, tracer_for
+
+        self.observers.clear()
+        tracer = tracer_for(self.tracer_provider, self.carrier.name)
+        if tracer is not None:
+            self.observers.append(tracer)
+        render = None
+        self.metrics_enabled = self.dashboard and has_prometheus()
+        if self.metrics_enabled:
+            from getpatter.observability.prometheus import CallMetricsExporter
+
+            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
+            self.observers.append(exporter)
+            render = exporter.render
         if self.dashboard:
             from getpatter.dashboard.routes import Dashboard
 
-            self._dashboard_ui = Dashboard(self, store, scrub, token)
+            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
 
     async def _close_history(self) -> None:
+        while self._unredact:
+            self._unredact.pop()()
+        self._redacted.clear()
         sink, self._history_sink = self._history_sink, None
         if sink is not None and sink in self.record_sinks:
             self.record_sinks.remove(sink)
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            await journal.aclose()
         store, self.store = self.store, None
         if store is not None:
             await store.close()

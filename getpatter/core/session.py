@@ -8,17 +8,20 @@ and nothing else. Its record is written exactly once, whatever way the call ends
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from getpatter.core.audio import AudioFrame
+from getpatter.core.context import CALL_ID
 from getpatter.core.engine import EngineCall, HearsCaller, ReportsTurns
 from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import CallMetrics, TurnTimes, UtteranceTurns
+from getpatter.core.observe import CallObserver, notify
 from getpatter.core.playout import MediaEncoder, MediaSink, Playout, PlayoutScheduler
 
 if TYPE_CHECKING:
@@ -115,6 +118,8 @@ class CallSession:
         on_record: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
         recording: bool = False,
         pricing: PriceTable | None = None,
+        journal: Callable[[CallSession], None] | None = None,
+        observers: Sequence[CallObserver] = (),
     ) -> None:
         self.info = info
         self.key = info.call_id  # the server's handle for this call (the media socket path)
@@ -134,6 +139,7 @@ class CallSession:
         self.engine: EngineCall | None = None
         self._scheduler = scheduler
         self._on_record = on_record
+        self._journal = journal  # told of each change, so history keeps up while the call runs
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
         self.ended = asyncio.get_running_loop().create_future()
@@ -144,6 +150,12 @@ class CallSession:
         self._caller_vad: SpeechDetector | None = None  # see `_watch_caller`
         self._on_caller_speech: Callable[[str, float], None] | None = None
         self._metric_tasks: set[asyncio.Task[Any]] = set()
+        # the context every task of this call runs in (which call it is; observers such as
+        # tracing add their own variables through `context.run`)
+        self.context = contextvars.copy_context()
+        self.context.run(CALL_ID.set, info.call_id)
+        self.observers = tuple(observers)
+        notify(self.observers, "call_started", self)
 
     # --- identity ------------------------------------------------------------------------
 
@@ -176,6 +188,8 @@ class CallSession:
     def event(self, kind: str, **data: Any) -> None:
         self.events.append({"t": time.time(), "kind": kind, **data})
         self.metrics.on_event(kind, data)
+        if self.observers:
+            notify(self.observers, "call_event", self, kind, data)
         if kind == "usage" and self._turns is not None:
             self._turns.model_done()
 
@@ -189,6 +203,8 @@ class CallSession:
     def complete_turn(self, times: TurnTimes) -> None:
         """A turn is over: keep its metrics and hand them to `on_metrics` (once per turn)."""
         event = self.metrics.complete(times, self.call_seconds())
+        if event is not None and self.observers:
+            notify(self.observers, "turn_completed", self, times, self.metrics.turns[-1])
         if event is None or self.callbacks.on_metrics is None:
             return
         event["call_id"] = self.call_id
@@ -200,9 +216,17 @@ class CallSession:
 
     # --- tasks ---------------------------------------------------------------------------
 
+    def adopt_context(self) -> None:
+        """Make the current task (e.g. the media socket's handler) run as part of this call:
+        its log lines name the call, its spans are the call's."""
+        for var, value in self.context.items():
+            var.set(value)
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
         """Run `coro` as part of this call: cancelled when the call ends; a crash ends the call."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.call_id}:{name}")
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"{self.call_id}:{name}", context=self.context.copy()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -213,7 +237,9 @@ class CallSession:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("call %s: task %s failed: %r", self.call_id, task.get_name(), exc)
+            log.error(
+                "call %s: task %s failed: %r", self.call_id, task.get_name(), exc, exc_info=exc
+            )
             self.event("error", where=task.get_name(), error=repr(exc))
             self.end_soon(f"error: {type(exc).__name__}")
 
@@ -232,6 +258,8 @@ class CallSession:
         self.metrics.identify(engine)
         self._watch_caller(engine)
         self.event("media_started", stream_id=stream_id)
+        if self._journal is not None:
+            self._journal(self)
         await invoke(
             self.callbacks.on_call_start,
             {
@@ -329,6 +357,8 @@ class CallSession:
     async def add_transcript(self, role: str, text: str, **extra: Any) -> None:
         entry = {"role": role, "text": text, "t": time.time(), **extra}
         self.transcript.append(entry)
+        if self._journal is not None:
+            self._journal(self)
         if self._turns is not None:
             if role == "user":
                 self._turns.user_transcript(text)
@@ -417,6 +447,7 @@ class CallSession:
                         await result
             except Exception:
                 log.exception("call %s: writing the call record failed", self.call_id)
+            notify(self.observers, "call_ended", self, record)
             await invoke(self.callbacks.on_call_end, record, what="on_call_end")
             if not self.ended.done():
                 self.ended.set_result(reason)

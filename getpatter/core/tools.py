@@ -134,7 +134,7 @@ async def run_tool(
     call: CallSession,
     agent: Agent,
     name: str,
-    arguments: str,
+    arguments: str | dict[str, Any],
     *,
     http: aiohttp.ClientSession | None = None,
 ) -> ToolOutcome:
@@ -147,15 +147,24 @@ async def run_tool(
         ok=outcome.ok,
         action=outcome.action,
         seconds=round(time.monotonic() - started, 3),
+        # what was asked and answered, cut short: for the simulator's `[tool]` line and
+        # the dashboard, not a full log of the handler's data
+        arguments=_short(arguments if isinstance(arguments, str) else _to_json(arguments)),
+        result=_short(outcome.output),
     )
     return outcome
+
+
+def _short(text: str | None, limit: int = 300) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _run(
     call: CallSession,
     agent: Agent,
     name: str,
-    arguments: str,
+    arguments: str | dict[str, Any],
     http: aiohttp.ClientSession | None,
 ) -> ToolOutcome:
     try:

@@ -8,6 +8,11 @@
     GET /api/events                   Server-Sent Events: `active` (live calls), `calls` (history
                                       changed)
 
+Without a token (a server on loopback) the dashboard answers only requests addressed to this
+machine by name — `Host` localhost, 127.0.0.1 or [::1] (any port), or the configured public
+host — and refuses any other `Host` with 421: a web page whose name an attacker re-points at
+127.0.0.1 (DNS rebinding) reads nothing.
+
 With a dashboard token every route needs `Authorization: Bearer <token>`. A browser can't set
 that header on a page load or an EventSource, so `/dashboard?token=<token>` (and
 `/api/events?token=`) is accepted once: it sets an HttpOnly, SameSite=Strict cookie (an HMAC
@@ -28,12 +33,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from getpatter.core.server import EmbeddedServer
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber, Store
 
@@ -44,18 +48,49 @@ SSE_INTERVAL = 0.5  # seconds between looks at the live calls
 SSE_PING = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The name in a `Host` header (or a host[:port]), without port, brackets or final dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1 : host.find("]")] if "]" in host else ""
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        host = name
+    return host.rstrip(".")
 
 
 def _page_html() -> str:
     return resources.files("getpatter.dashboard").joinpath("static/index.html").read_text("utf-8")
 
 
+class ServerView(Protocol):
+    """What the dashboard reads from its server: the live calls and its public host."""
+
+    @property
+    def sessions(self) -> dict[str, CallSession]: ...
+
+    @property
+    def public_host(self) -> str: ...
+
+
 class Dashboard:
     """The dashboard of one `EmbeddedServer`."""
 
     def __init__(
-        self, server: EmbeddedServer, store: Store, scrub: Scrubber, token: str = ""
+        self,
+        server: ServerView,
+        store: Store,
+        scrub: Scrubber,
+        token: str = "",
+        *,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        """`server` is the `EmbeddedServer` (or, for `getpatter dashboard`, a view with no live
+        calls). `metrics` renders the Prometheus exposition served at /metrics."""
+        self._metrics = metrics
         self.server = server
         self.store = store
         self.scrub = scrub
@@ -80,6 +115,7 @@ class Dashboard:
             web.get("/api/calls/active", g(self._active_calls)),
             web.get("/api/calls/{call_id}", g(self._call)),
             web.get("/api/events", self._events),
+            web.get("/metrics", g(self._prometheus)),
         ]
 
     def changed(self) -> None:
@@ -91,6 +127,23 @@ class Dashboard:
         self._closing.set()
 
     # --- auth ----------------------------------------------------------------------------
+
+    def _host_ok(self, request: web.Request) -> bool:
+        """With a token the token decides; without one, only names of this machine."""
+        if self.token:
+            return True
+        host = host_name(request.headers.get("Host", ""))
+        return host in LOOPBACK_NAMES or host == host_name(self.server.public_host)
+
+    @staticmethod
+    def _misdirected(request: web.Request) -> web.Response:
+        return web.Response(
+            status=421,
+            text="421: this dashboard has no token, so it answers only to localhost, "
+            "127.0.0.1, [::1] or the server's public host. Pass dashboard_token= to serve() "
+            "to reach it by another name.",
+            headers={"Cache-Control": "no-store"},
+        )
 
     def _token_ok(self, offered: str) -> bool:
         return hmac.compare_digest(offered.encode(), self.token.encode())
@@ -132,6 +185,8 @@ class Dashboard:
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self._host_ok(request):
+                return self._misdirected(request)
             if not self._authorized(request):
                 return self._denied()
             return await handler(request)
@@ -141,6 +196,8 @@ class Dashboard:
     # --- the page ------------------------------------------------------------------------
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            return self._misdirected(request)
         by_query = self._query_token(request)
         if by_query is True:
             response = web.Response(
@@ -281,9 +338,24 @@ class Dashboard:
         response.headers["Content-Disposition"] = 'attachment; filename="getpatter-calls.json"'
         return response
 
+    # --- Prometheus ----------------------------------------------------------------------
+
+    async def _prometheus(self, request: web.Request) -> web.StreamResponse:
+        if self._metrics is None:
+            why = "metrics need a running agent and prometheus-client (getpatter[prometheus])"
+            return web.Response(status=501, text=why + "\n")
+        from getpatter.observability.prometheus import CONTENT_TYPE_LATEST
+
+        return web.Response(
+            body=self._metrics(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
+
     # --- live ----------------------------------------------------------------------------
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if not self._host_ok(request):
+            return self._misdirected(request)
         by_query = self._query_token(request)
         if by_query is False or (by_query is None and not self._authorized(request)):
             return self._denied()

@@ -9,16 +9,15 @@ or a WAV. The result has the transcript, each turn's latency and a stereo record
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
+import contextlib
+import dataclasses
 import inspect
+import json
 import os
-import sys
 import time
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,38 +67,29 @@ class Simulation:
 
 
 def load_app(spec: str) -> tuple[Any, Any, dict[str, Any]]:
-    """`module:attr` or `path/to/file.py:attr` → (phone, agent, serve kwargs).
+    """`module:attr` or `path/to/file.py:attr` → (phone, agent, serve kwargs); see
+    `getpatter.apps.load_app` for what `attr` may be."""
+    from getpatter.apps import load_app as load
 
-    `attr` may be a factory; it may give `(phone, agent)`, `(phone, agent, serve_kwargs)` or
-    an object with `phone`, `agent` and optionally `serve_kwargs` attributes.
-    """
-    target, _, attr = spec.partition(":")
-    if not attr:
-        raise PatterConfigError(f"APP must be 'module:attr' or 'file.py:attr', got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target).resolve()
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if module_spec is None or module_spec.loader is None:
-            raise PatterConfigError(f"cannot load {target}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[path.stem] = module
-        module_spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(target)
-    app = getattr(module, attr)
-    if callable(app) and not hasattr(app, "serve"):
-        app = app()
-    if isinstance(app, tuple):
-        phone, agent, *rest = app
-        return phone, agent, dict(rest[0]) if rest else {}
-    return app.phone, app.agent, dict(getattr(app, "serve_kwargs", {}) or {})
+    app = load(spec)
+    return app.phone, app.agent, app.serve_kwargs
 
 
-def ensure_placeholder_credentials() -> None:
-    """So an app that builds `Twilio()` from the environment loads without real keys."""
-    os.environ.setdefault("TWILIO_ACCOUNT_SID", "AC" + "0" * 32)
-    os.environ.setdefault("TWILIO_AUTH_TOKEN", "simulated")
+#: stand-ins so an app that reads its keys from the environment loads without real ones
+PLACEHOLDERS = {
+    "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+    "TWILIO_AUTH_TOKEN": "simulated",
+}
+FAKE_OPENAI_KEY = "sk-getpatter-simulated"
+
+
+def ensure_placeholder_credentials(*, fake_realtime: bool = False) -> None:
+    """So an app that builds `Twilio()` (and, for `--fake-realtime`, `OpenAIRealtime()`) from
+    the environment loads without real keys."""
+    for name, value in PLACEHOLDERS.items():
+        os.environ.setdefault(name, value)
+    if fake_realtime:
+        os.environ.setdefault("OPENAI_API_KEY", FAKE_OPENAI_KEY)
 
 
 # --- the caller's voice --------------------------------------------------------------------
@@ -224,8 +214,19 @@ async def simulate(
     quiet_s: float = 0.8,
     turn_timeout: float = 20.0,
     printer: Callable[[str], None] | None = print,
+    keep_history: bool = False,
+    fake_realtime: bool | Any = False,
+    after_call: Callable[[Simulation], Awaitable[None]] | None = None,
 ) -> Simulation:
-    """Place one call to the app through the fake network and play the caller's turns."""
+    """Place one call to the app through the fake network and play the caller's turns.
+
+    The call is kept out of the app's call history (an in-memory store) unless
+    `keep_history`. `fake_realtime` runs an `OpenAIRealtime` agent against the fake model of
+    `getpatter.testing.openai_realtime` instead of OpenAI: True for one that echoes each turn,
+    or a running `FakeRealtime` with your own script (its api_key is used).
+    `after_call(result)` runs once the call has ended, while the server (and its dashboard)
+    is still up.
+    """
     say = printer or (lambda _line: None)
     result = Simulation()
     serve_kwargs = dict(serve_kwargs or {})
@@ -234,11 +235,14 @@ async def simulate(
     ended = asyncio.Event()
     t_start = time.monotonic()
 
+    def stamp() -> str:
+        return f"  {time.monotonic() - t_start:6.2f}s"
+
     async def on_transcript(event: dict[str, Any]) -> None:
         result.transcript.append(event)
         who = "agent " if event["role"] == "assistant" else "caller"
         cut = "  (interrupted)" if event.get("interrupted") else ""
-        say(f"  {time.monotonic() - t_start:6.2f}s  [{who}] {event['text']}{cut}")
+        say(f"{stamp()}  [{who}] {event['text']}{cut}")
         if user_on_transcript is not None:
             out = user_on_transcript(event)
             if inspect.isawaitable(out):
@@ -253,12 +257,21 @@ async def simulate(
                 await out
 
     audios = [t.audio if t.audio is not None else await speak(t.text) for t in turns]
-    async with FakeTwilio() as net:
+    async with contextlib.AsyncExitStack() as stack:
+        if fake_realtime is True:
+            agent = await stack.enter_async_context(_fake_model(agent, turns))
+        elif fake_realtime:
+            agent = _on_fake_model(agent, fake_realtime)
+        net = await stack.enter_async_context(FakeTwilio())
         cfg = phone.config
         if cfg.telephony_provider != "twilio":
-            raise PatterConfigError("the simulator speaks Twilio; build the app with Twilio()")
+            # the agent is what is being tried: its calls take Twilio's path here
+            say(f"  (a {cfg.telephony_provider.capitalize()} app: simulated over Twilio's path)")
+            cfg.telephony_provider = "twilio"
         cfg.twilio_sid, cfg.twilio_token = net.account_sid, net.auth_token
         cfg.twilio_base_url, cfg.webhook_url = net.base_url, PUBLIC_HOST
+        if not keep_history:
+            cfg.persist_root = None  # a simulated call is not one of the app's real calls
         net.add_number(cfg.phone_number, voice_url=f"https://{PUBLIC_HOST}/webhooks/twilio/voice")
         serving = asyncio.create_task(
             phone.serve(
@@ -270,61 +283,160 @@ async def simulate(
                 **serve_kwargs,
             )
         )
+        watching: asyncio.Task[None] | None = None
         try:
             await asyncio.wait_for(phone.ready, 10)
+            watching = asyncio.create_task(_watch_tools(phone, say, stamp))
             net.route(PUBLIC_HOST, f"127.0.0.1:{phone.port}")
             if serve_kwargs.get("dashboard", True):
                 result.dashboard_url = f"http://127.0.0.1:{phone.port}/dashboard"
                 say(f"  dashboard while the call runs: {result.dashboard_url}")
             call = await _connect(net, phone, agent, cfg.phone_number, outbound, answered_by)
             result.call = call
-            loop = asyncio.get_running_loop()
-            # let a greeting start before judging the line quiet
-            await wait_until(lambda: bool(agent_media_times(call)), 3.0)
-            for turn, audio in zip(turns, audios, strict=True):
-                if turn.barge:
-                    await wait_until(
-                        lambda: (
-                            bool(agent_media_times(call))
-                            and not agent_quiet_for(call, 0.2, loop.time())
-                        ),
-                        turn_timeout,
-                    )
-                    await asyncio.sleep(barge_delay)
-                else:
-                    await wait_until(
-                        lambda: agent_quiet_for(call, quiet_s, loop.time()), turn_timeout
-                    )
-                first_frame = _frames_sent(call)
-                await call.send_audio(audio)
-                frames = (len(audio) + 159) // 160
-                voiced_end = _voiced_end(audio)
-                target = first_frame + frames
-                await wait_until(
-                    lambda target=target: _frames_sent(call) >= target,  # type: ignore[misc]
-                    len(audio) / 8000 + 5,
-                )
-                sent = [t for t, e, _ in call.sent if e == "media"]
-                speech_end = sent[min(first_frame, len(sent) - 1)] + voiced_end
-                result.turns.append(TurnResult(turn.text or "<audio>", speech_end, None))
-                # the agent's answer has to start before the caller goes on
-                await wait_until(
-                    lambda end=speech_end: any(t > end for t in agent_media_times(call)),  # type: ignore[misc]
-                    turn_timeout,
-                )
-            await wait_until(lambda: agent_quiet_for(call, quiet_s, loop.time()), turn_timeout)
+            # an agent with a greeting speaks first: give its engine time to come up
+            greeting = 3.0 if not getattr(agent, "first_message", "") else turn_timeout
+            await wait_until(lambda: bool(agent_media_times(call)), greeting)
+            await _play_turns(call, turns, audios, result, barge_delay, quiet_s, turn_timeout)
             if not call.ended:
                 await call.hangup()
             await asyncio.wait_for(ended.wait(), 10)
+            media = agent_media_times(call)
+            for tr in result.turns:
+                tr.first_reply_audio = next((t for t in media if t > tr.speech_end), None)
+            if wav_out:
+                result.wav_path = stereo_recording(call, wav_out)
+            if after_call is not None:
+                await after_call(result)
         finally:
+            if watching is not None:
+                watching.cancel()
             await phone.disconnect()
             await asyncio.gather(serving, return_exceptions=True)
-        media = agent_media_times(call)
-        for tr in result.turns:
-            tr.first_reply_audio = next((t for t in media if t > tr.speech_end), None)
-        if wav_out:
-            result.wav_path = stereo_recording(call, wav_out)
     return result
+
+
+async def _play_turns(
+    call: FakeCall,
+    turns: Sequence[CallerTurn],
+    audios: list[np.ndarray],
+    result: Simulation,
+    barge_delay: float,
+    quiet_s: float,
+    turn_timeout: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    for turn, audio in zip(turns, audios, strict=True):
+        if turn.barge:
+            await wait_until(
+                lambda: (
+                    bool(agent_media_times(call)) and not agent_quiet_for(call, 0.2, loop.time())
+                ),
+                turn_timeout,
+            )
+            await asyncio.sleep(barge_delay)
+        else:
+            await wait_until(lambda: agent_quiet_for(call, quiet_s, loop.time()), turn_timeout)
+        first_frame = _frames_sent(call)
+        await call.send_audio(audio)
+        frames = (len(audio) + 159) // 160
+        voiced_end = _voiced_end(audio)
+        target = first_frame + frames
+        await wait_until(
+            lambda target=target: _frames_sent(call) >= target,  # type: ignore[misc]
+            len(audio) / 8000 + 5,
+        )
+        sent = [t for t, e, _ in call.sent if e == "media"]
+        speech_end = sent[min(first_frame, len(sent) - 1)] + voiced_end
+        result.turns.append(TurnResult(turn.text or "<audio>", speech_end, None))
+        # the agent's answer has to start before the caller goes on
+        await wait_until(
+            lambda end=speech_end: any(t > end for t in agent_media_times(call)),  # type: ignore[misc]
+            turn_timeout,
+        )
+    await wait_until(lambda: agent_quiet_for(call, quiet_s, loop.time()), turn_timeout)
+
+
+# --- what the agent's tools did ------------------------------------------------------------
+
+
+def tool_line(event: dict[str, Any]) -> str:
+    """`[tool]   schedule_appointment(date='tomorrow', time='10:00') → confirmation='ACME-123'`."""
+    args = _loads(event.get("arguments", ""))
+    if isinstance(args, dict):
+        shown_args = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    else:
+        shown_args = "" if args in ("", None) else repr(args)
+    out = _loads(event.get("result", ""))
+    if isinstance(out, dict):
+        shown = ", ".join(f"{k}={v!r}" for k, v in out.items())
+    else:
+        shown = repr(out) if isinstance(out, str) else json.dumps(out)
+    mark = "→" if event.get("ok", True) else "✗"
+    return f"[tool]   {event.get('name', '?')}({shown_args}) {mark} {shown}"
+
+
+def _loads(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _watch_tools(phone: Any, say: Callable[[str], None], stamp: Callable[[], str]) -> None:
+    """Print each tool call of the app's calls as it happens (from the calls' event logs)."""
+    seen: dict[int, int] = {}
+    while True:
+        server = phone.server
+        for session in list(server.sessions.values()) if server is not None else []:
+            events = session.events
+            start = seen.get(id(session), 0)
+            for event in events[start:]:
+                if event.get("kind") == "tool":
+                    say(f"{stamp()}  {tool_line(event)}")
+            seen[id(session)] = len(events)
+        await asyncio.sleep(0.05)
+
+
+# --- the fake model ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _fake_model(agent: Any, turns: Sequence[CallerTurn]) -> AsyncIterator[Any]:
+    """The agent, its `OpenAIRealtime` engine pointed at the offline fake model, which
+    transcribes each caller turn as its script says and answers with a fixed sentence."""
+    from getpatter.testing.openai_realtime import FakeRealtime
+
+    _on_fake_model(agent, None)  # the agent must be a realtime one: fail before starting
+    heard = [t.text or "something" for t in turns]
+    replies = [f"This is the offline stand-in for the model. You said: {text}" for text in heard]
+    async with FakeRealtime(
+        api_key=FAKE_OPENAI_KEY,
+        transcripts=heard,
+        responses=replies,
+        audio_speed=1.0,
+        default_reply="This is the offline stand-in for the model.",
+    ) as fake:
+        yield _on_fake_model(agent, fake)
+
+
+def _on_fake_model(agent: Any, fake: Any) -> Any:
+    """`agent` with its `OpenAIRealtime` engine talking to `fake` (a `FakeRealtime`)."""
+    from getpatter.plugins.openai.realtime import OpenAIRealtime
+
+    engine = getattr(agent, "engine", None)
+    if not isinstance(engine, OpenAIRealtime):
+        raise PatterConfigError(
+            "--fake-realtime runs an OpenAIRealtime agent against a fake model; this app's "
+            f"agent has {'no engine' if engine is None else type(engine).__name__}"
+        )
+    if fake is None:
+        return agent
+    stand_in = dataclasses.replace(
+        engine, api_key=fake.api_key, base_url=fake.base_url, websocket_base_url=fake.ws_url
+    )
+    return agent.replace(engine=stand_in)
 
 
 async def _connect(

@@ -40,6 +40,7 @@ from getpatter.carriers.plivo.wire import (
 from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import InboundAudio, MediaEvent, StreamStarted, StreamStopped
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
+from getpatter.core.throttle import LogThrottle
 from getpatter.errors import CallError, PatterConfigError
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class PlivoSettings(Protocol):
 
 class PlivoAdapter:
     name = "plivo"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        ("Plivo console → Voice → Applications → your app → Answer URL (POST)", ANSWER_PATH),
+        ("Hangup URL on the same application (POST)", HANGUP_PATH),
+    )
 
     def __init__(self, calls: CallTable, config: PlivoSettings) -> None:
         self._table = calls
@@ -102,11 +108,17 @@ class PlivoAdapter:
         # call leaves us by fetching it), so it is bounded rather than dropped at the end
         self._xml: OrderedDict[str, str] = OrderedDict()
         self._t0: OrderedDict[str, float | None] = OrderedDict()  # stream → first timestamp
+        self._warn = LogThrottle(log)  # lines about strangers' requests, rate-limited
 
     def __repr__(self) -> str:
         return f"PlivoAdapter(rest={self.rest!r})"
 
     # --- media ---------------------------------------------------------------------------
+
+    def parse_opening(self, text: str) -> MediaEvent:
+        """A message of a stream not yet authenticated: read, and nothing else (no timestamp
+        state, no log line: it may be anyone's)."""
+        return parse_media_message(text, quiet=True).event
 
     def parse(self, text: str) -> MediaEvent:
         msg = parse_media_message(text)
@@ -139,22 +151,34 @@ class PlivoAdapter:
         ]
 
     async def _verified(self, request: web.Request) -> MultiDictProxy[Any] | web.Response:
-        """The form of a genuine Plivo request (V3 signature), or the refusal to send back."""
-        if not self._auth_token:
-            if self._require_signature:
-                log.error("Plivo webhook refused: no auth token configured to verify it")
-                return web.Response(status=503, text="webhook verification not configured")
-            return await request.post()
+        """The form of a genuine Plivo request (V3 signature), or the refusal to send back.
+        Plivo posts `application/x-www-form-urlencoded`: nothing else (multipart included)
+        is read."""
+        if not self._auth_token and self._require_signature:
+            log.error("Plivo webhook refused: no auth token configured to verify it")
+            return web.Response(status=503, text="webhook verification not configured")
+        if request.content_type != "application/x-www-form-urlencoded":
+            self._warn.warning(
+                "type", "Plivo webhook refused (415): body is %s", request.content_type[:60]
+            )
+            return web.Response(status=415, text="expected application/x-www-form-urlencoded")
         try:
             form = await request.post()
-        except ValueError:
+        except (ValueError, LookupError, UnicodeError) as exc:  # LookupError: unknown charset
+            self._warn.warning("form", "Plivo webhook refused (400): bad form body (%s)", exc)
             return web.Response(status=400, text="bad form body")
+        if not self._auth_token:
+            return form  # require_signature=False, and nothing to check with
         url = self._table.public_url(request.path_qs)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get(SIGNATURE_HEADER, "")
         nonce = request.headers.get(NONCE_HEADER, "")
         if not verify_signature(self._auth_token, request.method, url, params, signature, nonce):
-            log.warning("Plivo webhook %s refused: bad or missing signature", request.path)
+            self._warn.warning(
+                "signature",
+                "Plivo webhook %s refused (403): bad or missing signature",
+                request.path,
+            )
             return web.Response(status=403, text="invalid signature")
         return form
 
@@ -199,16 +223,19 @@ class PlivoAdapter:
                 return self._xml_response(hangup_xml())
             session.event("answered")
             return self._xml_response(stream_xml(self._table.stream_url(session.key), token))
-        existing = self._table.find_call(call_uuid)
-        if existing is not None and existing.state != "pending":
-            return web.Response(status=409, text="call already connected")
         info = CallInfo(
             call_id=call_uuid,
             caller=_e164(str(form.get("From", ""))),
             callee=_e164(str(form.get("To", ""))),
             direction="inbound",
         )
-        session, token = self._table.new_call(info)
+        opened = await self._table.open_call(info)
+        if opened is None:  # a call we already had: a replay gets no session, only a hang-up
+            self._warn.warning(
+                "replay", "Plivo answer webhook for known call %s answered <Hangup/>", call_uuid
+            )
+            return self._xml_response(hangup_xml())
+        session, token = opened
         self._track(session)
         return self._xml_response(stream_xml(self._table.stream_url(session.key), token))
 

@@ -161,8 +161,9 @@ class ParsedMessage:
     timestamp_ms: float | None = None
 
 
-def parse_media_message(text: str | bytes) -> ParsedMessage:
-    """One audio-stream message → one media event. Raises MalformedMessage on bad input."""
+def parse_media_message(text: str | bytes, *, quiet: bool = False) -> ParsedMessage:
+    """One audio-stream message → one media event. Raises MalformedMessage on bad input.
+    `quiet`: log nothing (a stream not yet authenticated may be anyone's)."""
     msg = json_message(text)
     event = msg.get("event")
     stream_id = msg.get("streamId")
@@ -188,7 +189,7 @@ def parse_media_message(text: str | bytes) -> ParsedMessage:
         stream_id = str_field(msg, "start", "streamId")
         media_format = start.get("mediaFormat")
         encoding = media_format.get("encoding") if isinstance(media_format, Mapping) else None
-        if encoding not in (None, "audio/x-mulaw"):
+        if encoding not in (None, "audio/x-mulaw") and not quiet:
             log.warning("Plivo stream %s carries %s, not the μ-law asked for", stream_id, encoding)
         headers = msg.get("extra_headers", start.get("extra_headers"))
         return ParsedMessage(

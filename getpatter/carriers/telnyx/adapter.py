@@ -53,6 +53,7 @@ from getpatter.core.media import (
     StreamStopped,
 )
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
+from getpatter.core.throttle import LogThrottle
 from getpatter.errors import CallError, PatterConnectionError, SignatureError
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,13 @@ class TelnyxSettings(Protocol):
 
 class TelnyxAdapter:
     name = "telnyx"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        (
+            "Telnyx portal → Voice → Call Control application → Webhook URL (API v2)",
+            WEBHOOK_PATH,
+        ),
+    )
 
     def __init__(self, calls: CallTable, config: TelnyxSettings) -> None:
         self._table = calls
@@ -165,11 +173,17 @@ class TelnyxAdapter:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned_unsigned = False
+        self._warn = LogThrottle(log)  # lines about strangers' requests, rate-limited
 
     def __repr__(self) -> str:
         return f"TelnyxAdapter(rest={self.rest!r}, connection_id={self.connection_id!r})"
 
     # --- media ---------------------------------------------------------------------------
+
+    def parse_opening(self, text: str) -> MediaEvent:
+        """A message of a stream not yet authenticated: read, and nothing else (no ordering
+        or DTMF state, no log line: it may be anyone's)."""
+        return parse_media_message(text, quiet=True).event
 
     def parse(self, text: str) -> MediaEvent:
         msg = parse_media_message(text)
@@ -265,7 +279,7 @@ class TelnyxAdapter:
                 request.headers.get(TIMESTAMP_HEADER, ""),
             )
         except SignatureError as exc:
-            log.warning("Telnyx webhook refused: %s", exc)
+            self._warn.warning("signature", "Telnyx webhook refused (403): %s", exc)
             return web.Response(status=403, text="invalid signature")
         return None
 
@@ -276,7 +290,9 @@ class TelnyxAdapter:
             return refusal
         try:
             envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+            self._warn.warning("json", "Telnyx webhook refused (400): body %s", why)
             return web.Response(status=400, text="malformed JSON")
         data = envelope.get("data") if isinstance(envelope, dict) else None
         event_type = data.get("event_type") if isinstance(data, dict) else None
@@ -368,11 +384,23 @@ class TelnyxAdapter:
             callee=str(payload.get("to") or ""),
             direction="inbound",
         )
+        self._spawn(self._open_inbound(info), f"answer:{ccid}")
+
+    async def _open_inbound(self, info: CallInfo) -> None:
         # Our own key, not the call_control_id, names the media socket: it is URL-safe
         # whatever Telnyx's id looks like, and the id never appears in a URL.
-        session, token = self._table.new_call(info, key="in-" + secrets.token_hex(12))
+        opened = await self._table.open_call(info, key="in-" + secrets.token_hex(12))
+        if opened is None:  # known from before (a redelivery across a restart): not ours now
+            self._warn.warning(
+                "known", "Telnyx call %s was handled before; not answered again", info.call_id
+            )
+            return
+        session, token = opened
         self._track(session)
-        self._spawn(self._answer(session, token), f"answer:{ccid}")
+        if info.call_id in self._hung_up:  # gone while its record was being opened
+            session.end_soon("canceled")
+            return
+        await self._answer(session, token)
 
     async def _answer(self, session: CallSession, token: str) -> None:
         try:

@@ -118,10 +118,10 @@ class WebhookVerifier:
 
         if not signature or not timestamp:
             raise SignatureError("missing telnyx-signature-ed25519 or telnyx-timestamp header")
-        try:
-            ts = int(timestamp.strip())
-        except ValueError:
-            raise SignatureError("telnyx-timestamp is not a Unix time") from None
+        stamp = timestamp.strip()
+        if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+            raise SignatureError("telnyx-timestamp is not a Unix time")
+        ts = int(stamp)  # at most 12 digits: no float overflow below
         now = time.time() if now is None else now
         if abs(now - ts) > self.tolerance:
             raise SignatureError("telnyx-timestamp is outside the tolerance window (stale)")
@@ -196,11 +196,12 @@ class ParsedMessage:
     sequence: int | None = None
 
 
-def parse_media_message(text: str | bytes) -> ParsedMessage:
+def parse_media_message(text: str | bytes, *, quiet: bool = False) -> ParsedMessage:
     """One Telnyx media-streaming message → one media event. Raises MalformedMessage.
 
     The per-call token for the generic server travels in `start.custom_parameters["token"]`
-    (we pass it there in the answer/dial command, besides `stream_auth_token`).
+    (we pass it there in the answer/dial command, besides `stream_auth_token`). `quiet`: log
+    nothing (a stream not yet authenticated may be anyone's).
     """
     msg = json_message(text)
     event = msg.get("event")
@@ -230,7 +231,7 @@ def parse_media_message(text: str | bytes) -> ParsedMessage:
             raise MalformedMessage("start has no stream_id")
         media_format = start.get("media_format")
         encoding = media_format.get("encoding") if isinstance(media_format, Mapping) else None
-        if encoding not in (None, "PCMU", "audio/x-mulaw"):
+        if encoding not in (None, "PCMU", "audio/x-mulaw") and not quiet:
             log.warning("Telnyx stream %s carries %s, not the PCMU asked for", stream_id, encoding)
         return ParsedMessage(
             StreamStarted(
@@ -244,8 +245,9 @@ def parse_media_message(text: str | bytes) -> ParsedMessage:
     if event == "stop":
         return ParsedMessage(StreamStopped("stop"), stream_id, seq)
     if event == "error":
-        detail = msg.get("payload")
-        log.warning("Telnyx media stream %s reported an error: %s", stream_id or "?", detail)
+        if not quiet:
+            detail = msg.get("payload")
+            log.warning("Telnyx media stream %s reported an error: %s", stream_id or "?", detail)
         return ParsedMessage(Ignored("error"), stream_id, seq)
     if isinstance(event, str):
         return ParsedMessage(Ignored(event), stream_id, seq)

@@ -15,6 +15,7 @@ from getpatter.carriers.twilio.wire import (
     TwilioMediaEncoder,
     parse_media_message,
     twiml_dial,
+    twiml_hangup,
     twiml_say_hangup,
     twiml_stream,
     verify_signature,
@@ -22,6 +23,7 @@ from getpatter.carriers.twilio.wire import (
 from getpatter.core.carrier import CallTable, Carrier, Dialed, DialRequest, Restore
 from getpatter.core.media import MediaEvent
 from getpatter.core.session import CallInfo, CallSession, MachineDetectionResult, invoke
+from getpatter.core.throttle import LogThrottle
 from getpatter.errors import CallError, PatterConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,15 @@ class TwilioSettings(Protocol):
 
 class TwilioAdapter:
     name = "twilio"
+    #: where each webhook goes in the carrier's console (for the start-up banner)
+    console_webhooks = (
+        (
+            "Twilio console → Phone Numbers → your number → Voice → "
+            "'A call comes in' (Webhook, HTTP POST)",
+            "/webhooks/twilio/voice",
+        ),
+        ("'Call status changes' on the same page (optional)", "/webhooks/twilio/status"),
+    )
 
     def __init__(self, calls: CallTable, config: TwilioSettings) -> None:
         self._table = calls
@@ -55,6 +66,7 @@ class TwilioAdapter:
         self._auth_token = config.twilio_token
         self._require_signature = config.require_signature
         self.rest = TwilioREST(config.twilio_sid, config.twilio_token, config.twilio_base_url)
+        self._warn = LogThrottle(log)  # lines about strangers' requests, rate-limited
 
     def __repr__(self) -> str:
         return f"TwilioAdapter(rest={self.rest!r})"
@@ -78,21 +90,32 @@ class TwilioAdapter:
         ]
 
     async def _verified(self, request: web.Request) -> MultiDictProxy[Any] | web.Response:
-        """The form of a genuine Twilio request, or the refusal to send back."""
-        if not self._auth_token:
-            if self._require_signature:
-                log.error("Twilio webhook refused: no auth token configured to verify it")
-                return web.Response(status=503, text="webhook verification not configured")
-            return await request.post()
+        """The form of a genuine Twilio request, or the refusal to send back. Twilio always
+        posts `application/x-www-form-urlencoded`: nothing else (multipart included) is read."""
+        if not self._auth_token and self._require_signature:
+            log.error("Twilio webhook refused: no auth token configured to verify it")
+            return web.Response(status=503, text="webhook verification not configured")
+        if request.content_type != "application/x-www-form-urlencoded":
+            self._warn.warning(
+                "type", "Twilio webhook refused (415): body is %s", request.content_type[:60]
+            )
+            return web.Response(status=415, text="expected application/x-www-form-urlencoded")
         try:
             form = await request.post()
-        except ValueError:
+        except (ValueError, LookupError, UnicodeError) as exc:  # LookupError: unknown charset
+            self._warn.warning("form", "Twilio webhook refused (400): bad form body (%s)", exc)
             return web.Response(status=400, text="bad form body")
+        if not self._auth_token:
+            return form  # require_signature=False, and nothing to check with
         url = self._table.public_url(request.path_qs)
         params = [(k, str(v)) for k, v in form.items()]
         signature = request.headers.get("X-Twilio-Signature", "")
         if not verify_signature(self._auth_token, url, params, signature):
-            log.warning("Twilio webhook %s refused: bad or missing signature", request.path)
+            self._warn.warning(
+                "signature",
+                "Twilio webhook %s refused (403): bad or missing signature",
+                request.path,
+            )
             return web.Response(status=403, text="invalid signature")
         return form
 
@@ -103,16 +126,22 @@ class TwilioAdapter:
         call_sid = str(form.get("CallSid", ""))
         if not call_sid:
             return web.Response(status=400, text="missing CallSid")
-        existing = self._table.find_call(call_sid)
-        if existing is not None and existing.state != "pending":
-            return web.Response(status=409, text="call already connected")
         info = CallInfo(
             call_id=call_sid,
             caller=str(form.get("From", "")),
             callee=str(form.get("To", "")),
             direction="inbound",
         )
-        session, token = self._table.new_call(info)
+        opened = await self._table.open_call(info)
+        if opened is None:
+            # A voice webhook for a call we already had: Twilio signatures carry no
+            # timestamp, so this is a replay (or a retry whose first answer is streaming
+            # already). It gets no session; whoever sent it is told to hang up.
+            self._warn.warning(
+                "replay", "Twilio voice webhook for known call %s answered <Hangup/>", call_sid
+            )
+            return web.Response(text=twiml_hangup(), content_type="text/xml")
+        session, token = opened
         twiml = twiml_stream(self._table.stream_url(session.key), {"token": token})
         return web.Response(text=twiml, content_type="text/xml")
 

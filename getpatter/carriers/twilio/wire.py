@@ -61,8 +61,9 @@ def verify_signature(
     if not signature or not auth_token:
         return False
     items = list(params)
+    offered = signature.encode("utf-8", "replace")  # bytes: a non-ASCII header is just wrong
     return any(
-        hmac.compare_digest(compute_signature(auth_token, candidate, items), signature)
+        hmac.compare_digest(compute_signature(auth_token, candidate, items).encode(), offered)
         for candidate in _port_variants(url)
     )
 
@@ -81,6 +82,10 @@ def twiml_stream(stream_url: str, parameters: Mapping[str, str]) -> str:
         f"<Stream url={quoteattr(stream_url)}>{params}</Stream>"
         "</Connect></Response>"
     )
+
+
+def twiml_hangup() -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
 
 
 def twiml_say_hangup(text: str) -> str:

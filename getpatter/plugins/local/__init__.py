@@ -6,7 +6,22 @@ Registered as ``stt="local"`` and ``tts="local"``; installed with ``pip install
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from getpatter.core.lazy import lazy_exports
 from getpatter.core.registry import ProviderSpec, hookimpl
+
+# `from getpatter.plugins.local import ...` loads the class on first use (no SDK import)
+_EXPORTS = {
+    "LocalSTT": "getpatter.plugins.local.stt",
+    "LocalTTS": "getpatter.plugins.local.tts",
+}
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from getpatter.plugins.local.stt import LocalSTT as LocalSTT
+    from getpatter.plugins.local.tts import LocalTTS as LocalTTS
 
 
 @hookimpl

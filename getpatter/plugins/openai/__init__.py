@@ -4,7 +4,48 @@ Registering them imports nothing: the SDK loads when one is first used."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from getpatter.core.lazy import lazy_exports
 from getpatter.core.registry import ProviderSpec, hookimpl
+
+# `from getpatter.plugins.openai import ...` loads the class on first use (no SDK import)
+_EXPORTS = {
+    "OpenAIRealtime": "getpatter.plugins.openai.realtime",
+    "OpenAILLM": "getpatter.plugins.openai.llm",
+    "OpenAILLMOptions": "getpatter.plugins.openai.llm",
+    "OpenAITTS": "getpatter.plugins.openai.tts",
+    "OpenAITTSOptions": "getpatter.plugins.openai.tts",
+    "OpenAITranscribeSTT": "getpatter.plugins.openai.stt",
+    "OpenAITranscribeOptions": "getpatter.plugins.openai.stt",
+    "GroqLLM": "getpatter.plugins.openai.compatible",
+    "CerebrasLLM": "getpatter.plugins.openai.compatible",
+}
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from getpatter.plugins.openai.compatible import CerebrasLLM as CerebrasLLM
+    from getpatter.plugins.openai.compatible import GroqLLM as GroqLLM
+    from getpatter.plugins.openai.llm import (
+        OpenAILLM as OpenAILLM,
+    )
+    from getpatter.plugins.openai.llm import (
+        OpenAILLMOptions as OpenAILLMOptions,
+    )
+    from getpatter.plugins.openai.realtime import OpenAIRealtime as OpenAIRealtime
+    from getpatter.plugins.openai.stt import (
+        OpenAITranscribeOptions as OpenAITranscribeOptions,
+    )
+    from getpatter.plugins.openai.stt import (
+        OpenAITranscribeSTT as OpenAITranscribeSTT,
+    )
+    from getpatter.plugins.openai.tts import (
+        OpenAITTS as OpenAITTS,
+    )
+    from getpatter.plugins.openai.tts import (
+        OpenAITTSOptions as OpenAITTSOptions,
+    )
 
 
 @hookimpl

@@ -6,11 +6,26 @@ not the `speechmatics-rt` SDK), so it needs no extra package.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from getpatter.core.lazy import lazy_exports
 from getpatter.core.registry import ProviderSpec, hookimpl
 
-__all__ = ["getpatter_providers"]  # the classes load on first use, via __getattr__
+# `from getpatter.plugins.speechmatics import ...` loads the class on first use (no SDK import)
+_EXPORTS = {
+    "SpeechmaticsSTT": "getpatter.plugins.speechmatics.stt",
+    "SpeechmaticsOptions": "getpatter.plugins.speechmatics.stt",
+}
+__all__ = ["getpatter_providers"]  # the classes load on first use (__getattr__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+if TYPE_CHECKING:
+    from getpatter.plugins.speechmatics.stt import (
+        SpeechmaticsOptions as SpeechmaticsOptions,
+    )
+    from getpatter.plugins.speechmatics.stt import (
+        SpeechmaticsSTT as SpeechmaticsSTT,
+    )
 
 
 @hookimpl
@@ -26,12 +41,3 @@ def getpatter_providers() -> list[ProviderSpec]:
             env=("SPEECHMATICS_API_KEY",),
         ),
     ]
-
-
-def __getattr__(name: str) -> Any:
-    """`from getpatter.plugins.speechmatics import SpeechmaticsSTT` loads the class on use."""
-    if name in ("SpeechmaticsSTT", "SpeechmaticsOptions"):
-        from getpatter.plugins.speechmatics import stt
-
-        return getattr(stt, name)
-    raise AttributeError(name)
