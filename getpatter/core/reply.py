@@ -279,7 +279,7 @@ class Reply:
 
     def _give_up(self, sentence: SentenceAudio, spoken: _Spoken | None) -> None:
         """The TTS stopped mid-sentence: keep the words the caller heard, go on without the
-        rest (the pipeline closes its request)."""
+        rest (its request is closed once this returns)."""
         self.tts_gaps += 1
         self._cut_short = True
         heard = spoken.seconds if spoken is not None else 0.0
