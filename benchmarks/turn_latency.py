@@ -1,10 +1,12 @@
 """Turn and barge-in latency: N concurrent pipeline calls through the fake Twilio network;
-and how a reply's sentences reach the caller (sentence generator, stalled TTS sentence).
+and how a reply's sentences reach the caller (sentence generator, stalled TTS sentence, the
+silence at sentence boundaries, a sentence stalled mid-way).
 
 Run: .venv/bin/python benchmarks/turn_latency.py            all modes (~5 min)
      .venv/bin/python benchmarks/turn_latency.py --quick    a smoke run of each (~2 min)
      .venv/bin/python benchmarks/turn_latency.py --mode turns --calls 100 --profile /tmp/t.prof
      .venv/bin/python benchmarks/turn_latency.py --mode sentences stall --reply-calls 10
+     .venv/bin/python benchmarks/turn_latency.py --mode boundaries midstall --reply-calls 10
 
 Modes (`--mode`, all by default):
   turns      N = 1, 50, 200 concurrent calls (below); _turn_calls.py and _turn_rounds.py.
@@ -13,6 +15,13 @@ Modes (`--mode`, all by default):
              carrier (target p50 <= 30 ms); see _reply_modes.py.
   stall      a reply whose second sentence the TTS accepts and never answers: the longest
              silence inside the reply (target <= 2 s) against the same reply unstalled.
+  boundaries the longest silence the caller hears between the sentences of a 4-sentence
+             reply (ElevenLabs and Cartesia fakes, 200 ms first byte, real-time audio), with
+             the next sentence made ahead (tts_lookahead=1) against one at a time (0, the old
+             behaviour) in the same run; target <= 2 frames (40 ms). See _reply_gaps.py.
+  midstall   the longest silence inside that reply when its first sentence stops mid-way
+             (one context, a dead peer, a Cartesia generation): target <= 1.5 s; against no
+             mid-sentence deadline (audio_gap_timeout=None, the old behaviour), once.
 
 The turns mode. Processes (all on 127.0.0.1), as in load.py:
   this one   the orchestrator: spawns the others, waits (up to `--wait-quiet` s) for the other
@@ -80,12 +89,13 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(HERE))  # _harness, here and in the spawned children
 
+import _reply_gaps  # noqa: E402
 import _reply_modes  # noqa: E402
 from _harness import machine_lines  # noqa: E402
 from _turn_calls import caller_audio, speech_marks  # noqa: E402
 from _turn_rounds import Result, machine_facts, report, run_round, wait_quiet  # noqa: E402
 
-MODES = ("turns", "sentences", "stall")
+MODES = ("turns", "sentences", "stall", "boundaries", "midstall")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,14 +106,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=MODES,
         default=list(MODES),
         help="turns: N concurrent calls (turn and barge-in latency); sentences: a "
-        "sentence-yielding on_message; stall: a reply with a stalled TTS sentence",
+        "sentence-yielding on_message; stall: a reply with a stalled TTS sentence; "
+        "boundaries: silence between sentences; midstall: a sentence stalled mid-way",
     )
     p.add_argument(
         "--reply-calls",
         type=int,
         default=5,
         metavar="K",
-        help="calls per reply mode (sentences, stall), one after another",
+        help="calls per reply mode (sentences, stall, boundaries, midstall), one at a time",
     )
     p.add_argument(
         "--lookup",
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= run_turns(args)
     if {"sentences", "stall"} & set(args.mode):
         ok &= asyncio.run(_reply_modes.run(args))
+    if {"boundaries", "midstall"} & set(args.mode):
+        ok &= asyncio.run(_reply_gaps.run(args))
     print(f"run time  {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
 

@@ -176,13 +176,14 @@ async def test_a_stalled_sentence_is_retried_and_the_caller_hears_it() -> None:
     await h.feed(SPEECH)
     start = now()
     await h.silence(8.0)
+    # the third sentence is asked for while the second waits (one ahead of the one playing)
     assert tts.texts == [
         "Let me see what we have.",
         "We open at nine.",
-        "We open at nine.",
         "We close at six.",
+        "We open at nine.",
     ]
-    assert tts.asked_at[2] - tts.asked_at[1] == pytest.approx(PipelineOptions().first_audio_timeout)
+    assert tts.asked_at[3] - tts.asked_at[1] == pytest.approx(PipelineOptions().first_audio_timeout)
     assert max(silences(h, start)) <= 2.0  # no dead air inside the reply past the deadline
     assert agent_said(h) == [REPLY]
     turn = h.session.metrics.turns[-1]
@@ -195,15 +196,17 @@ async def test_a_stalled_sentence_is_retried_and_the_caller_hears_it() -> None:
 
 @virtual
 async def test_a_sentence_that_never_sounds_is_not_in_the_transcript() -> None:
-    tts = ScriptedTTS(stall=[2, 3])  # the second sentence stalls, and on the retry too
+    # the second sentence stalls, and on the retry (the 4th synthesis: the third sentence,
+    # asked for ahead, is the 3rd) too
+    tts = ScriptedTTS(stall=[2, 4])
     h = await open_call(stt=ScriptedSTT(["hours?"]), tts=tts, on_message=lambda m: REPLY)
     await h.feed(SPEECH)
     start = now()
     await h.silence(8.0)
-    nine = "We open at nine."
-    assert tts.texts == ["Let me see what we have.", nine, nine, APOLOGY]
+    nine, six = "We open at nine.", "We close at six."
+    assert tts.texts == ["Let me see what we have.", nine, six, nine, APOLOGY]
     assert max(silences(h, start)) <= 2 * PipelineOptions().first_audio_timeout + 0.1
-    said = f"Let me see what we have. {APOLOGY}"
+    said = f"Let me see what we have. {APOLOGY}"  # "six", made ahead, was dropped unheard
     assert agent_said(h) == [said]
     assert h.engine_call.history[-1] == {"role": "assistant", "content": said}
     assert h.session.metrics.turns[-1]["agent_text"] == said

@@ -19,7 +19,8 @@ Latency fields (milliseconds; None where a stage does not exist for that turn or
 - `bargein_ms`   the caller starts talking over the agent → agent audio cleared
 
 Counters per turn: `tts_retry`, the sentences of the reply the TTS gave no audio for within
-the first-audio deadline and that were asked for again (see `core.synthesis`);
+the first-audio deadline and that were asked for again (see `core.synthesis`); `tts_gap`, the
+sentences given up mid-way because their audio stopped coming (see `core.reply`);
 `stt_timeout`: the STT sent no final in time and the turn is its last interim.
 
 Engines that do not report their own turns (the realtime engine) are measured by
@@ -102,6 +103,7 @@ class TurnTimes:
     text_done_at: float | None = None
     tts_ttfb: float | None = None  # seconds
     tts_retry: int = 0  # sentences the TTS gave no audio for in time, asked for again
+    tts_gap: int = 0  # sentences given up mid-way: their audio stopped coming
     first_audio_at: float | None = None
     model_done_at: float | None = None  # realtime: response.done
     barge_onset_at: float | None = None
@@ -315,6 +317,7 @@ class CallMetrics:
             "agent_text": times.agent_text,
             "interrupted": times.interrupted,
             "tts_retry": times.tts_retry,
+            "tts_gap": times.tts_gap,
             "stt_timeout": times.stt_timeout,
             "at": round(time.time(), 3),
             "latency": latency,

@@ -58,6 +58,15 @@ class PipelineOptions:
     # Per sentence: with no TTS audio this long after its text, the sentence is asked for once
     # more (the plugin's fallback path), then the reply apologises (see core.synthesis).
     first_audio_timeout: float = 1.5
+    # Sentences synthesized ahead of the one playing, so the next one's audio is there when
+    # this one ends (no first-byte wait at the boundary). Each is billed even when a barge-in
+    # cuts the reply before it: 1 covers any TTS that streams at least at real time. 0: one
+    # sentence at a time.
+    tts_lookahead: int = 1
+    # Mid-sentence: once its audio has started, a sentence whose TTS sends nothing more for
+    # this long (and the caller has heard all it did send) is given up, cut to what was
+    # heard, and the reply goes on with its next sentence (see core.reply). None: no limit.
+    audio_gap_timeout: float | None = 1.0
     max_tool_rounds: int = 5
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     # Said before hanging up when the STT is lost for good (its provider already tried to
@@ -395,6 +404,8 @@ class PipelineCall:
             label=f"reply-{self._replies}",
             chunker=self.options.chunker,
             first_audio_timeout=self.options.first_audio_timeout,
+            lookahead=self.options.tts_lookahead,
+            audio_gap_timeout=self.options.audio_gap_timeout,
             turn=turn,
         )
         self._reply = reply
@@ -471,6 +482,7 @@ class PipelineCall:
                 text_done_at=reply.text_done_at,
                 tts_ttfb=reply.tts_ttfb,
                 tts_retry=reply.tts_retries,
+                tts_gap=reply.tts_gaps,
                 first_audio_at=reply.first_audio_at,
                 barge_onset_at=self._onset_at if cleared_at is not None else None,
                 cleared_at=cleared_at,

@@ -239,6 +239,11 @@ class Playout:
         heard = min(self.heard_position(), end) - utt.start
         return max(0, heard) / BYTES_PER_SECOND
 
+    def drains_at(self) -> float:
+        """Clock time at which the carrier will have played everything queued so far."""
+        now = self._clock()
+        return max(self._carrier_end, now) + len(self._pending) / BYTES_PER_SECOND
+
     @property
     def busy(self) -> bool:
         """True while audio is queued or the carrier is still playing it."""

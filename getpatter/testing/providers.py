@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,20 +151,33 @@ class ScriptedLLM:
 
 @dataclass
 class ScriptedTTS:
-    """Speaks any text as a tone as long as the text would take to say."""
+    """Speaks any text as a tone as long as the text would take to say.
+
+    Each synthesis is independent (several may run at once, as over HTTP) unless `serial`:
+    then one at a time in the order asked, as on one socket, so a sentence asked for while
+    another streams starts its audio once that one's has all gone out (its `first_byte_delay`
+    counted from when it was asked for)."""
 
     sample_rate: int = 8000
     encoding: AudioEncoding = "mulaw"
     first_byte_delay: float = 0.0
     chunk_ms: int = 100
+    audio_speed: float = 0.0  # × real time; 0: every chunk at once
+    serial: bool = False
     fail_with: BaseException | None = None
     fail_first: int = 0  # with fail_with: only the first N syntheses fail
     stall: Sequence[int] = ()  # these syntheses (1-based) take the text and never answer
     empty: Sequence[int] = ()  # these syntheses end at once with no audio
+    #: synthesis (1-based) → chunks it sends before going silent, its stream left open
+    stall_mid: Mapping[int, int] = field(default_factory=dict)
+    #: synthesis (1-based) → (chunks, seconds): after that many chunks it pauses that long
+    pause: Mapping[int, tuple[int, float]] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
     asked_at: list[float] = field(default_factory=list)  # loop time of each synthesize()
+    first_audio_at: dict[int, float] = field(default_factory=dict)  # synthesis → first chunk
     streams: int = 0
     cancelled: int = 0
+    cancelled_texts: list[str] = field(default_factory=list)
 
     async def open(self) -> ScriptedTTSStream:
         self.streams += 1
@@ -175,6 +188,7 @@ class ScriptedTTSStream:
     def __init__(self, tts: ScriptedTTS) -> None:
         self.tts = tts
         self.closed = False
+        self._turn = asyncio.Lock()  # with `serial`: one synthesis at a time
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         tts = self.tts
@@ -182,25 +196,44 @@ class ScriptedTTSStream:
         tts.asked_at.append(asyncio.get_running_loop().time())
         n = len(tts.texts)
         try:
-            if n in tts.stall:
-                await asyncio.Event().wait()  # accepted, then silence: a stalled provider
-            if n in tts.empty:
-                return
-            if tts.first_byte_delay:
-                await asyncio.sleep(tts.first_byte_delay)
-            if tts.fail_with is not None and (
-                not tts.fail_first or len(tts.texts) <= tts.fail_first
-            ):
-                raise tts.fail_with
-            tone = speech_tone(text, tts.sample_rate)
-            step = tts.sample_rate * tts.chunk_ms // 1000
-            for i in range(0, len(tone), step):
-                piece = tone[i : i + step]
-                yield ulaw_encode(piece) if tts.encoding == "mulaw" else piece.tobytes()
-                await asyncio.sleep(0)
+            if tts.serial:
+                await self._turn.acquire()
+            try:
+                async for chunk in self._generate(n, text):
+                    yield chunk
+            finally:
+                if tts.serial:
+                    self._turn.release()
         except (asyncio.CancelledError, GeneratorExit):
             tts.cancelled += 1
+            tts.cancelled_texts.append(text)
             raise
+
+    async def _generate(self, n: int, text: str) -> AsyncIterator[bytes]:
+        tts = self.tts
+        if n in tts.stall:
+            await asyncio.Event().wait()  # accepted, then silence: a stalled provider
+        if n in tts.empty:
+            return
+        if tts.first_byte_delay:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, tts.asked_at[n - 1] + tts.first_byte_delay - loop.time()))
+        if tts.fail_with is not None and (not tts.fail_first or n <= tts.fail_first):
+            raise tts.fail_with
+        tone = speech_tone(text, tts.sample_rate)
+        step = tts.sample_rate * tts.chunk_ms // 1000
+        for k, i in enumerate(range(0, len(tone), step)):
+            if n in tts.stall_mid and k >= tts.stall_mid[n]:
+                await asyncio.Event().wait()  # mid-sentence: no more audio, no end
+            if n in tts.pause and k == tts.pause[n][0]:
+                await asyncio.sleep(tts.pause[n][1])
+            piece = tone[i : i + step]
+            tts.first_audio_at.setdefault(n, asyncio.get_running_loop().time())
+            yield ulaw_encode(piece) if tts.encoding == "mulaw" else piece.tobytes()
+            if tts.audio_speed:
+                await asyncio.sleep(len(piece) / tts.sample_rate / tts.audio_speed)
+            else:
+                await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -10,15 +10,19 @@ first `open()`: it takes about half a second.
 Continuations — the rule. The pipeline calls `synthesize()` once per sentence. Sentences of one
 reply share a Cartesia context, sent with `continue: true`, so the voice's prosody carries from
 one to the next; each sentence ends with a `flush`, and its audio is the chunks with that
-flush's `flush_id`, up to its `flush_done`. A sentence continues the current context when the
-previous sentence finished normally and this one starts within `continue_within` seconds
-(default 1.0) of that: back-to-back sentences of one reply do, while the next reply (which waits
-for the caller to speak) does not. Otherwise the old context is ended (`transcript: ""`,
-`continue: false`) and a new one begins. Cancelling a sentence (closing its iterator: barge-in)
-sends `{"context_id", "cancel": true}`, and the next sentence starts a new context.
+flush's `flush_id`, up to its `flush_done`. A sentence continues the current context while a
+sentence on it is still being synthesized (the pipeline asks for the next sentence while one
+streams; the context speaks its flushes in order, so that one follows with no gap), or when
+the previous one finished normally within `continue_within` seconds (default 1.0): back-to-back
+sentences of one reply do, while the next reply (which waits for the caller to speak) does not.
+Otherwise the old context is ended (`transcript: ""`, `continue: false`) and a new one begins.
+Cancelling a sentence (closing its iterator: barge-in, or a sentence given up mid-way) sends
+`{"context_id", "cancel": true}`, which stops the whole context: a sentence queued behind it on
+that context is asked for again on a new one, and the next sentence starts a new context.
 
 A sentence that gives no audio in time is cancelled by the pipeline's first-audio deadline
-(`core.synthesis`) and asked for once more through `synthesize_fallback()`, on a fresh socket.
+(`core.synthesis`) and asked for once more through `synthesize_fallback()`, on a fresh socket;
+sentences still on the old one move to the new one with it.
 
 Audio is asked for as `pcm_mulaw` at 8000 Hz by default: the carrier's own format, played
 untouched. A socket dropped mid-sentence is reopened once and the sentence re-requested on a new
@@ -187,8 +191,16 @@ class CartesiaTTS:
 @dataclass(slots=True)
 class _Context:
     id: str
-    flushes: int = 0  # flushes sent: the current sentence's flush_id
+    conn: Any  # the socket it lives on
+    flushes: int = 0  # flushes sent: the latest sentence's flush_id
     ended_at: float | None = None  # when its last sentence finished normally
+    #: flush_id → the queue of the sentence it is, for sentences still being synthesized
+    waiting: dict[int, asyncio.Queue[Any]] = field(default_factory=dict)
+    cancelled: bool = False
+
+    def tell_all(self, item: Any) -> None:
+        for queue in self.waiting.values():
+            queue.put_nowait(item)
 
 
 class _Dropped(Exception):
@@ -196,7 +208,8 @@ class _Dropped(Exception):
 
 
 class CartesiaStream:
-    """One call's Cartesia socket: `synthesize()` one sentence at a time, `aclose()`."""
+    """One call's Cartesia socket: `synthesize()` a sentence (the next may be asked for while
+    one streams), `aclose()`."""
 
     def __init__(self, options: CartesiaOptions, key: Secret, client: AsyncCartesia) -> None:
         self.options = options
@@ -204,7 +217,7 @@ class CartesiaStream:
         self._client = client
         self._conn: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → messages for its sentence
+        self._contexts: dict[str, _Context] = {}  # by id: contexts with sentences waiting
         self._current: _Context | None = None
         self._busy = 0  # sentences being synthesized right now
         self._connecting = asyncio.Lock()
@@ -242,9 +255,9 @@ class CartesiaStream:
     async def synthesize_fallback(self, text: str) -> AsyncIterator[bytes]:
         """The sentence on a fresh socket: the pipeline's retry when the first try gave no
         audio in time. The old socket may be dead without knowing it (or the context stuck),
-        so it is let go; nothing else is waiting on it, as sentences go one at a time."""
+        so it is let go; a sentence still on it is asked for again on the new one."""
         conn = self._conn
-        if conn is not None and self._busy == 0:
+        if conn is not None:
             self._conn, self._current = None, None
             closing = asyncio.get_running_loop().create_task(self._close_quietly(conn))
             self._closing.add(closing)
@@ -257,19 +270,24 @@ class CartesiaStream:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 2.0)
 
-    def _context_for_sentence(self) -> tuple[_Context, list[dict[str, Any]]]:
+    def _context_for_sentence(self, conn: Any) -> tuple[_Context, list[dict[str, Any]]]:
         """The context this sentence goes on, and any message ending the previous one."""
         loop_now = asyncio.get_running_loop().time()
         current = self._current
-        if (
-            current is not None
-            and current.ended_at is not None
-            and loop_now - current.ended_at <= self.options.continue_within
-            and self._busy == 1
-        ):
-            return current, []
-        ending = [self._request(current.id, "", more=False)] if current is not None else []
-        self._current = _Context(f"ctx-{uuid.uuid4().hex[:12]}")
+        if current is not None and current.conn is conn and not current.cancelled:
+            if current.waiting:  # the sentence before is still being spoken: follow it
+                return current, []
+            if (
+                current.ended_at is not None
+                and loop_now - current.ended_at <= self.options.continue_within
+                and self._busy == 1
+            ):
+                return current, []
+        ending = []
+        if current is not None and current.conn is conn and not current.cancelled:
+            ending = [self._request(current.id, "", more=False)]
+        self._current = _Context(f"ctx-{uuid.uuid4().hex[:12]}", conn)
+        self._contexts[self._current.id] = self._current
         return self._current, ending
 
     def _request(
@@ -297,12 +315,12 @@ class CartesiaStream:
 
     async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
         conn = await self.connect()
-        context, ending = self._context_for_sentence()
+        context, ending = self._context_for_sentence(conn)
         context.ended_at = None
         context.flushes += 1
         flush_id = context.flushes
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._waiting[context.id] = queue
+        context.waiting[flush_id] = queue
         finished = False
         try:
             for message in (
@@ -332,18 +350,25 @@ class CartesiaStream:
                     return
                 elif kind == "done":
                     finished = True
-                    self._current = None
+                    if self._current is context:
+                        self._current = None
                     return
                 elif kind == "error":
-                    self._current = None
+                    if self._current is context:
+                        self._current = None
                     raise self._error_message(item)
         finally:
-            self._waiting.pop(context.id, None)
+            context.waiting.pop(flush_id, None)
             if finished:
-                context.ended_at = asyncio.get_running_loop().time()
-            else:  # cancelled, failed or dropped: stop it, and never continue it
+                if not context.waiting:
+                    context.ended_at = asyncio.get_running_loop().time()
+            elif not context.cancelled:  # cancelled, failed or dropped: stop it, for good
+                context.cancelled = True
+                self._contexts.pop(context.id, None)
                 if self._current is context:
                     self._current = None
+                # a sentence queued behind on this context is asked for again on a new one
+                context.tell_all(_Dropped("its context was cancelled"))
                 if self._conn is conn:
                     with contextlib.suppress(_Dropped):
                         await self._send(conn, {"context_id": context.id, "cancel": True})
@@ -388,17 +413,34 @@ class CartesiaStream:
                     message = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
-                queue = self._waiting.get(str(message.get("context_id")))
-                if queue is not None:
-                    queue.put_nowait(message)
+                context = self._contexts.get(str(message.get("context_id")))
+                if context is not None:
+                    self._route(context, message)
                 elif message.get("type") == "error" and not message.get("context_id"):
                     log.warning("Cartesia: %s", self._error_message(message))
         except Exception as exc:  # the socket closed: websockets' ConnectionClosed
             reason = type(exc).__name__
-        if self._conn is conn:  # (a socket already replaced has no sentence waiting on it)
+        if self._conn is conn:
             self._conn, self._current = None, None
-            for queue in self._waiting.values():
-                queue.put_nowait(_Dropped(reason))
+        for context in [c for c in self._contexts.values() if c.conn is conn]:
+            self._contexts.pop(context.id, None)
+            context.tell_all(_Dropped(reason))
+
+    def _route(self, context: _Context, message: dict[str, Any]) -> None:
+        """A message of one context to the sentence it belongs to: by `flush_id`, else (no
+        id) the oldest sentence still waiting; a `done` or an error ends them all."""
+        kind = message.get("type")
+        flush_id = message.get("flush_id")
+        if kind in ("chunk", "flush_done", "timestamps"):
+            queue = context.waiting.get(flush_id) if flush_id is not None else None
+            if queue is None and flush_id is None and context.waiting:
+                queue = context.waiting[min(context.waiting)]
+            if queue is not None:
+                queue.put_nowait(message)
+            return
+        if kind == "done":
+            self._contexts.pop(context.id, None)
+        context.tell_all(message)
 
     async def _drop(self, conn: Any) -> None:
         """Forget a connection that went silent and close it (its reader then ends)."""
@@ -438,8 +480,8 @@ class CartesiaStream:
     async def aclose(self) -> None:
         """Close the socket; syntheses still running end with an error."""
         self._closed = True
-        for queue in self._waiting.values():
-            queue.put_nowait(ProviderError("Cartesia stream closed"))
+        for context in self._contexts.values():
+            context.tell_all(ProviderError("Cartesia stream closed"))
         conn, reader = self._conn, self._reader
         self._conn = self._reader = None
         if conn is not None:

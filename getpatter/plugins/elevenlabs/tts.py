@@ -15,8 +15,10 @@ On the multi-context socket each sentence is a context: its text + `flush`, then
 `close_context`, and the server ends that context's audio with `{"isFinal": true, "contextId"}`.
 Cancelling (a barge-in closes the iterator) is instant and costs no reconnect: the sentence's
 context is closed, its remaining audio dropped on arrival, and the next sentence starts at once
-on a new context. The service allows 5 live contexts per socket; when cancelled or stuck
-sentences still hold 4, the socket is replaced.
+on a new context. Contexts are independent, so the pipeline's next sentence, asked for while
+one still streams, is generated alongside it on a context of its own. The service allows 5
+live contexts per socket; when cancelled, stuck and running sentences already hold them all,
+the socket is replaced (a sentence still running on the old one is asked for again).
 
 When to close a context: only once its first audio has arrived. The docs say a close after a
 flush lets the flushed text finish, but services in production lose the whole context when
@@ -28,6 +30,12 @@ whose audio never starts is left to the pipeline's first-audio deadline (`core.s
 which closes this iterator (the context is then closed as a cancel) and asks for the sentence
 again through `synthesize_fallback()`, the HTTP endpoint. An isFinal with no audio ends the
 sentence empty, which that deadline also treats as a failed sentence.
+
+A dead peer (the connection open, nothing more from it) stops every context at once. So a
+socket that has sent nothing at all for `SILENT_SOCKET` seconds while sentences wait on it, or
+when a sentence falls back to HTTP, is replaced before anything more is sent on it, and the
+sentences waiting on it (the pipeline asks for the next one ahead) are asked for again on the
+new one, skipping what they already delivered, instead of each waiting out its deadline.
 
 `voice_settings` go on the first message of each context: the multi-context reference allows
 them "only in the first message for a given context_id", so a context without them would
@@ -67,6 +75,10 @@ MAX_CONTEXTS: Final = 5
 #: A sentence whose socket sends nothing for this long is treated as dropped (a dead peer
 #: that never closed the connection).
 STALL_SECONDS: Final = 10.0
+#: A socket that has sent nothing for this long while sentences wait on it is dead (well
+#: past a first byte; under the pipeline's 1 s mid-sentence gap, so a sentence given up for
+#: it is not followed by one sent on the same dead socket).
+SILENT_SOCKET: Final = 0.75
 _FINAL: Final = object()
 _PCM_RATES: Final = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -216,6 +228,9 @@ class ElevenLabsStream:
         self._connecting = asyncio.Lock()
         self._closed = False
         self._socket_retry_at = 0.0  # after a failed connect, HTTP only until then
+        # loop time of the socket's latest message, or of a sentence sent to it while none
+        # waited: the socket has owed an answer and sent nothing since then
+        self._heard_at = 0.0
 
     # --- synthesis ------------------------------------------------------------------------
 
@@ -256,19 +271,32 @@ class ElevenLabsStream:
         text = " ".join(text.split())
         if not text:
             return
+        await self._replace_if_silent(waiting=False)
         async with contextlib.aclosing(self._over_http(text, 0)) as audio:
             async for chunk in audio:
                 yield chunk
 
+    async def _replace_if_silent(self, *, waiting: bool) -> None:
+        """Drop a socket that has sent nothing for `SILENT_SOCKET` seconds (with `waiting`:
+        while sentences wait on it): the sentences on it are asked for again on a new one."""
+        silent = asyncio.get_running_loop().time() - self._heard_at
+        if self._ws is None or silent < SILENT_SOCKET or (waiting and not self._waiting):
+            return
+        log.warning("ElevenLabs socket silent for %.1f s: replacing it", silent)
+        await self._disconnect()
+
     async def _over_socket(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
+        await self._replace_if_silent(waiting=True)
         ws = await self.connect()
-        if len(self._live - set(self._waiting)) >= MAX_CONTEXTS - 1:
-            log.info("ElevenLabs: %d cancelled contexts still open; new socket", len(self._live))
+        if len(self._live) >= MAX_CONTEXTS:
+            log.info("ElevenLabs: %d contexts still open; new socket", len(self._live))
             await self._disconnect()
             ws = await self.connect()
         self._count += 1
         context = f"s{self._count}"
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        if not self._waiting:
+            self._heard_at = asyncio.get_running_loop().time()
         self._waiting[context] = queue
         self._live.add(context)
         closed = False  # close_context sent
@@ -392,6 +420,7 @@ class ElevenLabsStream:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise _Unreachable(type(exc).__name__) from None
             self._ws = ws
+            self._heard_at = asyncio.get_running_loop().time()
             self._reader = asyncio.get_running_loop().create_task(self._read(ws))
             return ws
 
@@ -399,6 +428,7 @@ class ElevenLabsStream:
         """Route audio to the sentence waiting for it; when the socket ends, tell them all."""
         problem: dict[str, Any] = {}
         async for message in ws:
+            self._heard_at = asyncio.get_running_loop().time()
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             try:

@@ -10,13 +10,16 @@ One session per call, asked for `format="ulaw"` at 8000 Hz by default: the carri
 format. LMNT documents that μ-law comes "with a WAV header" without saying whether once per
 session or per flush, so a RIFF header at the start of any sentence's audio is skipped. Each
 sentence is a `text` message and a `flush`; its audio is the binary frames up to the
-`flush_complete` carrying that flush's nonce.
+`flush_complete` carrying that flush's nonce. A session speaks its flushes in order, so the
+pipeline's next sentence (asked for while one still streams) is simply queued behind it: the
+audio frames, which carry no id, belong to the oldest sentence still waiting.
 
 Barge-in: closing a sentence's iterator early closes the session (a speech already being
 generated cannot be recalled from the socket any other way the docs promise) and opens the
-next one in the background. A session dropped mid-sentence is reopened once and the sentence
-asked for again, skipping the audio already played; a refused key is a
-`PatterConnectionError` naming LMNT_API_KEY, never showing the key.
+next one in the background; a sentence queued behind it is asked for again there. A session
+dropped mid-sentence is reopened once and the sentence asked for again, skipping the audio
+already played; a refused key is a `PatterConnectionError` naming LMNT_API_KEY, never showing
+the key.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import importlib
 import logging
 import struct
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -134,12 +138,13 @@ class _Dropped(Exception):
 
 @dataclass(slots=True)
 class _Waiting:
-    nonce: int
     queue: asyncio.Queue[Any]
+    nonce: int | None = None  # its flush's, once sent
 
 
 class LmntStream:
-    """One call's LMNT session: `synthesize()` one sentence at a time, `aclose()`."""
+    """One call's LMNT session: `synthesize()` a sentence (the next may be asked for while one
+    streams: it queues behind it), `aclose()`."""
 
     def __init__(self, options: LmntOptions, key: Secret, client: Any) -> None:
         self.options = options
@@ -148,7 +153,7 @@ class LmntStream:
         self._session: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._prewarm: asyncio.Task[None] | None = None
-        self._waiting: _Waiting | None = None
+        self._waiting: deque[_Waiting] = deque()  # sentences in flush order: the head speaks
         self._connecting = asyncio.Lock()
         self._closed = False
 
@@ -180,10 +185,12 @@ class LmntStream:
         session = await self.connect()
         finished = False
         header = _WavHeader()
+        waiting = _Waiting(asyncio.Queue())
+        self._waiting.append(waiting)  # before the flush: its audio may follow at once
         try:
             try:
                 await session.send_text(text + " ")
-                waiting = self._waiting = _Waiting(await session.send_flush(), asyncio.Queue())
+                waiting.nonce = await session.send_flush()
             except Exception as exc:  # websockets' ConnectionClosed and friends
                 raise _Dropped(type(exc).__name__) from None
             while (item := await waiting.queue.get()) is not None:
@@ -197,7 +204,8 @@ class LmntStream:
                     yield item
             finished = True
         finally:
-            self._waiting = None
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiting)
             if not finished and self._session is session:
                 # cancelled (a barge-in) or failed: end this session, have the next one ready
                 await self._disconnect()
@@ -273,24 +281,34 @@ class LmntStream:
                 break
         if self._session is session:
             self._session = None
-        if self._waiting is not None:
-            self._waiting.queue.put_nowait(_Dropped(reason))
+            self._tell_all(_Dropped(reason))
 
     def _route(self, message: Any) -> None:
-        waiting = self._waiting
+        waiting = self._waiting[0] if self._waiting else None
         kind = getattr(message, "type", "")
         if kind == "audio":
             if waiting is not None:
                 waiting.queue.put_nowait(bytes(message.audio))
         elif kind == "flush_complete":
-            if waiting is not None and getattr(message, "nonce", None) == waiting.nonce:
+            # flushes complete in order: this ends the oldest sentence, and the audio that
+            # follows is the next one's
+            if waiting is not None:
+                self._waiting.popleft()
                 waiting.queue.put_nowait(None)
+                nonce = getattr(message, "nonce", None)
+                if None not in (nonce, waiting.nonce) and nonce != waiting.nonce:
+                    log.debug("LMNT: flush_complete %r for flush %r", nonce, waiting.nonce)
         elif kind == "error":
             error = self._refused(message)
-            if waiting is not None:
-                waiting.queue.put_nowait(error)
+            if self._waiting:
+                self._tell_all(error)
             else:
                 log.warning("%s", error)
+
+    def _tell_all(self, item: BaseException) -> None:
+        """Every sentence waiting on the session gets `item` (its end, by error)."""
+        for waiting in self._waiting:
+            waiting.queue.put_nowait(item)
 
     def _refused(self, message: Any) -> Exception:
         body = getattr(message, "error", None)  # the SDK leaves it a dict (model_construct)
@@ -318,12 +336,13 @@ class LmntStream:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        if session is not None:  # sentences queued behind: asked for again on the next one
+            self._tell_all(_Dropped("session closed"))
 
     async def aclose(self) -> None:
         """Close the session; a synthesis still running ends with an error."""
         self._closed = True
-        if self._waiting is not None:
-            self._waiting.queue.put_nowait(ProviderError("LMNT stream closed"))
+        self._tell_all(ProviderError("LMNT stream closed"))
         if self._prewarm is not None:
             self._prewarm.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -7,14 +7,19 @@ The socket's synthesis arguments are fixed in its URL: the speaker, the model, a
 `audioFormat=mulaw&samplingRate=8000` — the carrier's own format, played untouched — with
 `segment=never`, so Rime speaks exactly when told to. Each sentence is one text message
 tagged with its own `contextId`, then a `flush`; its audio is the `chunk` events carrying
-that context, up to the `done` for it.
+that context, up to the `done` for it. Rime synthesizes one flush at a time and holds text
+that arrives meanwhile, so the pipeline's next sentence, asked for while one still streams,
+is spoken right after it. But Rime merges flushes that wait together into one synthesis under
+the later context id, so a sentence's text is sent only once the one before it has started
+sounding (or ended): then at most one ever waits.
 
 Barge-in. Rime's `clear` only drops text not yet submitted: a synthesis already running goes
 on, and the docs say to close the connection for a hard stop. So closing a sentence's
 iterator early sends `clear`, closes the socket, and opens the next one in the background,
-ready before the agent's next reply. A socket dropped mid-sentence is reopened once and the
-sentence asked for again, skipping the audio already played; a refused key is a
-`PatterConnectionError` naming RIME_API_KEY, never showing the key.
+ready before the agent's next reply; a sentence held behind the cancelled one is asked for
+again there. A socket dropped mid-sentence is reopened once and the sentence asked for again,
+skipping the audio already played; a refused key is a `PatterConnectionError` naming
+RIME_API_KEY, never showing the key.
 """
 
 from __future__ import annotations
@@ -191,6 +196,7 @@ class RimeStream:
         self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → its audio, then _DONE
         self._count = 0
         self._connecting = asyncio.Lock()
+        self._started: asyncio.Event | None = None  # the latest sentence's audio has begun
         self._closed = False
 
     # --- synthesis ------------------------------------------------------------------------
@@ -216,16 +222,23 @@ class RimeStream:
                 log.warning("Rime socket dropped mid-sentence (%s): reconnecting", exc)
 
     async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
-        ws = await self.connect()
-        self._count += 1
-        context = f"s{self._count}"
+        before, started = self._started, asyncio.Event()
+        self._started = started
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._waiting[context] = queue
+        context = ""
         finished = False
+        ws: aiohttp.ClientWebSocketResponse | None = None
         try:
+            if before is not None:
+                await before.wait()  # the sentence before has started: its text is taken
+            ws = await self.connect()
+            self._count += 1
+            context = f"s{self._count}"
+            self._waiting[context] = queue
             await self._send(ws, {"text": text + " ", "contextId": context})
             await self._send(ws, {"operation": "flush"})
             while (item := await queue.get()) is not _DONE:
+                started.set()
                 if isinstance(item, BaseException):
                     raise item
                 if skip:
@@ -236,7 +249,7 @@ class RimeStream:
             finished = True
         finally:
             self._waiting.pop(context, None)
-            if not finished and self._ws is ws and not ws.closed:
+            if not finished and ws is not None and self._ws is ws and not ws.closed:
                 # cancelled (a barge-in) or failed: Rime cannot stop a running synthesis, so
                 # drop the text it holds and the socket, and have the next one ready
                 with contextlib.suppress(_Dropped):
@@ -244,6 +257,7 @@ class RimeStream:
                 await self._disconnect()
                 if not self._closed:
                     self._prewarm = asyncio.get_running_loop().create_task(self._warm())
+            started.set()
 
     async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
         try:
@@ -344,6 +358,9 @@ class RimeStream:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        if ws is not None:  # a sentence held behind: asked for again on the next socket
+            for queue in self._waiting.values():
+                queue.put_nowait(_Dropped("socket closed"))
 
     async def aclose(self) -> None:
         """Close the socket; syntheses still running end with an error."""

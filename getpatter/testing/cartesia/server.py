@@ -24,10 +24,13 @@ written from those rather than from any client:
   "error_code", "request_id"}`, and they end that context only.
 
 Audio is a tone as long as the text would take to say (`speech_tone`), in exactly the
-requested encoding and rate. Knobs: `first_audio_delay` (per generation), `chunk_ms`,
-`audio_speed` (× real time; 0 = unpaced), `idle_timeout` (the service closes idle sockets after
-5 minutes). Faults: `refuse_with = 429` (or 402) refuses new sockets with that status,
-`stall_next()` makes a generation go silent, `drop_connections()` kills the live sockets.
+requested encoding and rate. Knobs: `first_audio_delay` (per generation, counted from when
+its text was generated on: a flush queued behind another on its context, whose text came
+long before, starts as soon as that one ends), `chunk_ms`, `audio_speed` (× real time; 0 =
+unpaced), `idle_timeout` (the service closes idle sockets after 5 minutes). Faults:
+`refuse_with = 429` (or 402) refuses new sockets with that status, `stall_next(n)` makes the
+next generation go silent after `n` chunks (0: no audio at all; more: mid-sentence), with no
+end and the socket open, `drop_connections()` kills the live sockets.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from aiohttp import WSMsgType, web
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeCartesia", "FakeCartesiaSession"]
 
@@ -138,7 +142,8 @@ class _Context:
     def _generate(self) -> None:
         self.timer = None
         if self.buffer.strip():
-            self.queue.put_nowait(("text", (self.buffer, self.flush_id)))
+            at = asyncio.get_running_loop().time()
+            self.queue.put_nowait(("text", (self.buffer, self.flush_id, at)))
         self.buffer = ""
 
     def cancel(self) -> None:
@@ -166,15 +171,17 @@ class _Context:
     async def _send(self, message: dict[str, Any]) -> None:
         await self.session.ws.send_json({**message, "context_id": self.id, "status_code": 206})
 
-    async def _speak(self, text: str, flush_id: int) -> None:
+    async def _speak(self, text: str, flush_id: int, at: float) -> None:
         fake = self.fake
         fmt = self.fixed["output_format"]
         rate, encoding = int(fmt["sample_rate"]), str(fmt["encoding"])
         tone = speech_tone(text.strip(), rate, fake.tone_hz)
         if fake.first_audio_delay:
-            await asyncio.sleep(fake.first_audio_delay)
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, at + fake.first_audio_delay - loop.time()))
         step = max(1, rate * fake.chunk_ms // 1000)
         stall = fake._stalls.pop(0) if fake._stalls else None
+        pace = Pace(fake.audio_speed)
         for start in range(0, len(tone), step):
             if stall is not None and start >= stall * step:
                 await asyncio.Event().wait()  # silent until the socket is gone
@@ -189,8 +196,7 @@ class _Context:
                     "flush_id": flush_id,
                 }
             )
-            if fake.audio_speed:
-                await asyncio.sleep(step / rate / fake.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if self.fixed.get("add_timestamps"):
             words = text.split()
             seconds = len(tone) / rate
@@ -268,8 +274,9 @@ class FakeCartesia(LoopbackServer):
         return self.live_sessions
 
     def stall_next(self, after_chunks: int) -> None:
-        """The next generation goes silent after `after_chunks` chunks, socket left open: a
-        peer that died without closing the connection."""
+        """The next generation goes silent after `after_chunks` chunks (0: before any audio;
+        more: mid-sentence), with no `flush_done` or `done`, the socket left open: a stalled
+        generation."""
         self._stalls.append(after_chunks)
 
     # --- the socket ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 if TYPE_CHECKING:
     from getpatter.testing.elevenlabs.server import FakeElevenLabs
@@ -119,6 +120,8 @@ class Generation:
             while (text := await self.queue.get()) is not None:
                 await self._speak(text)
                 self.pending -= 1
+            while self.session.stalled:  # the peer died: nothing more, final included
+                await asyncio.Event().wait()
             final: dict[str, Any] = {"isFinal": True}
             if self.multi:
                 final["contextId"] = self.name
@@ -138,9 +141,12 @@ class Generation:
         if self.empty:
             return
         stall = fake._take_stall()
+        pace = Pace(fake.audio_speed)
         for start in range(0, len(tone), step):
             if stall is not None and start >= stall[0] * step:
                 session.stalled = session.stalled or stall[1]  # a dead peer reads nothing more
+                await asyncio.Event().wait()
+            if session.stalled:  # the peer died: no context of it sends anything more
                 await asyncio.Event().wait()
             piece = tone[start : start + step]
             first, last = start / rate * 1000, (start + len(piece)) / rate * 1000
@@ -164,5 +170,4 @@ class Generation:
                 session.first_audio_at[self.name] = asyncio.get_running_loop().time()
             self.sent_audio = True
             await session.ws.send_json(message)
-            if fake.audio_speed:
-                await asyncio.sleep(len(piece) / rate / fake.audio_speed)
+            await pace.sent(len(piece) / rate)

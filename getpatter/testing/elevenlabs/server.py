@@ -47,6 +47,7 @@ from getpatter.testing.elevenlabs.generation import (
 )
 from getpatter.testing.elevenlabs.multi import MAX_CONTEXTS, MultiContexts
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["MAX_CONTEXTS", "FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
 
@@ -128,9 +129,10 @@ class FakeElevenLabs(LoopbackServer):
 
     def stall_next(self, after_chunks: int = 0, *, whole_socket: bool = True) -> None:
         """The next generation (a socket's text or an HTTP request) goes silent after
-        `after_chunks` chunks and stays open. `whole_socket`: a peer that died without closing
-        the connection (its socket reads nothing more); else only that generation is stuck
-        and the socket carries on (accepted text, nothing sent: a stalled context)."""
+        `after_chunks` chunks (0: before any audio; more: mid-sentence) and stays open.
+        `whole_socket`: a peer that died without closing the connection (from then on its
+        socket reads nothing and sends nothing, for any context); else only that generation is
+        stuck and the socket carries on (accepted text, nothing sent: a stalled context)."""
         self._stalls.append((after_chunks, whole_socket))
 
     def empty_next(self) -> None:
@@ -219,14 +221,14 @@ class FakeElevenLabs(LoopbackServer):
         try:
             if self.first_audio_delay:
                 await asyncio.sleep(self.first_audio_delay)
+            pace = Pace(self.audio_speed)
             for n, start in enumerate(range(0, len(audio), step)):
                 while stall is not None and n >= stall[0]:  # headers sent, then nothing
                     if request.transport is None or request.transport.is_closing():
                         raise ConnectionResetError  # until the client gives up on it
                     await asyncio.sleep(0.05)
                 await response.write(audio[start : start + step])
-                if self.audio_speed:
-                    await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
+                await pace.sent(self.chunk_ms / 1000)
             await response.write_eof()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             self.http_cancelled += 1

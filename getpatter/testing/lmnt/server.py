@@ -23,8 +23,11 @@ types of its official SDK are generated from it), not from our client:
   "timestamps": [{"text", "start", "duration"}]}`.
 
 Audio is a tone as long as the text would take to say (`speech_tone`); `mp3` and `webm`
-cannot be made here and get an `error` message. Knobs: `first_audio_delay`, `chunk_ms`,
-`audio_speed` (× real time; 0 = unpaced). Faults: `drop_connections()`.
+cannot be made here and get an `error` message. Knobs: `first_audio_delay` (per flush,
+counted from the flush's arrival: a flush queued behind another starts as soon as that one
+ends if its time has passed), `chunk_ms`, `audio_speed` (× real time; 0 = unpaced). Faults:
+`stall_next(n)` (the next flush goes silent after `n` chunks, with no `flush_complete`, the
+socket open), `drop_connections()`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from getpatter.core.audio import pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeLmnt", "FakeLmntSession", "lmnt_audio", "ulaw_wav_header"]
 
@@ -117,6 +121,12 @@ class FakeLmnt(LoopbackServer):
         self.ulaw_wav_header = ulaw_wav_header
         self.sessions: list[FakeLmntSession] = []
         self.refused: list[str] = []  # error types sent before closing
+        self._stalls: list[int] = []
+
+    def stall_next(self, after_chunks: int = 0) -> None:
+        """The next flush sends `after_chunks` chunks of audio (0: none; more: it stops
+        mid-sentence) and then nothing: no more audio, no `flush_complete`, the socket open."""
+        self._stalls.append(after_chunks)
 
     @property
     def base_url(self) -> str:
@@ -222,7 +232,8 @@ class FakeLmnt(LoopbackServer):
             if kind == "text":
                 buffer += str(message.get("text", ""))
             elif kind == "flush":
-                work.put_nowait(("flush", (buffer, message.get("nonce"))))
+                at = asyncio.get_running_loop().time()
+                work.put_nowait(("flush", (buffer, message.get("nonce"), at)))
                 buffer = ""
             elif kind == "reset":
                 buffer = ""
@@ -242,8 +253,8 @@ class FakeLmnt(LoopbackServer):
             while True:
                 kind, value = await work.get()
                 if kind == "flush":
-                    text, nonce = value
-                    await self._speak(session, text)
+                    text, nonce, at = value
+                    await self._speak(session, text, at)
                     await session.ws.send_json({"type": "flush_complete", "nonce": nonce})
                 else:
                     await self._speak(session, value)
@@ -252,7 +263,7 @@ class FakeLmnt(LoopbackServer):
         except (ConnectionError, RuntimeError):
             pass
 
-    async def _speak(self, session: FakeLmntSession, text: str) -> None:
+    async def _speak(self, session: FakeLmntSession, text: str, at: float | None = None) -> None:
         text = text.strip()
         if not text:
             return
@@ -271,7 +282,11 @@ class FakeLmnt(LoopbackServer):
         rate = int(init.get("sample_rate", 24000))
         tone = speech_tone(text, rate, self.tone_hz)
         if self.first_audio_delay:
-            await asyncio.sleep(self.first_audio_delay)
+            now = asyncio.get_running_loop().time()
+            await asyncio.sleep(
+                max(0.0, (now if at is None else at) + self.first_audio_delay - now)
+            )
+        stall = self._stalls.pop(0) if self._stalls else None
         header = b""
         if audio_format == "ulaw" and (
             self.ulaw_wav_header == "flush"
@@ -279,13 +294,15 @@ class FakeLmnt(LoopbackServer):
         ):
             header, session.header_sent = ulaw_wav_header(rate), True
         step = max(1, rate * self.chunk_ms // 1000)
-        for start in range(0, len(tone), step):
+        pace = Pace(self.audio_speed)
+        for n, start in enumerate(range(0, len(tone), step)):
+            if stall is not None and n >= stall:
+                await asyncio.Event().wait()  # silent until the socket is gone
             await session.ws.send_bytes(
                 header + lmnt_audio(tone[start : start + step], audio_format)
             )
             header = b""
-            if self.audio_speed:
-                await asyncio.sleep(step / rate / self.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if init.get("return_timestamps"):
             words = text.split()
             seconds = len(tone) / rate

@@ -29,7 +29,9 @@ client works against `base_url` (``http://127.0.0.1:P/v1``), the official SDK in
 
 Faults: `drop_connections()` aborts every open connection (in-flight responses and idle
 keep-alive ones) at the TCP level; `stall_speech = n` makes the next n speech requests send
-their headers and then nothing (a stalled generation: no audio, no error, connection open).
+their headers and then nothing (a stalled generation: no audio, no error, connection open);
+`stall_speech_after(n)` makes the next one stop after `n` chunks of audio the same way
+(mid-sentence).
 For assertions: `requests` (every request, with its parsed
 body), `chat_requests`, `speech_requests`, `transcription_requests`, `aborted` (responses the
 client stopped reading before the end), `rejected` (statuses of refused requests).
@@ -53,6 +55,7 @@ import numpy as np
 from aiohttp import web
 
 from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeOpenAI", "ToolCall"]
 
@@ -140,10 +143,16 @@ class FakeOpenAI(LoopbackServer):
     aborted: int = 0
     completed: int = 0
     _runner: web.AppRunner | None = field(default=None, repr=False)
+    _speech_stalls: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.replies, self.transcripts = list(self.replies), list(self.transcripts)
         self.prefix = "/" + self.prefix.strip("/")
+
+    def stall_speech_after(self, chunks: int) -> None:
+        """The next speech request sends `chunks` chunks of audio and then nothing (no more
+        audio, no end of the body, the connection open): a generation stalled mid-sentence."""
+        self._speech_stalls.append(chunks)
 
     # --- addresses, views, lifecycle -------------------------------------------------------
 
@@ -392,6 +401,7 @@ class FakeOpenAI(LoopbackServer):
         step = max(2, SPEECH_RATE * 2 * self.chunk_ms // 1000)
         stalled = self.stall_speech > 0
         self.stall_speech -= stalled
+        stop_after = self._speech_stalls.pop(0) if self._speech_stalls and not stalled else None
         try:
             if stalled:  # silent until the client gives up on it
                 # polling the transport is how a handler learns its client has left
@@ -400,9 +410,14 @@ class FakeOpenAI(LoopbackServer):
                 raise ConnectionResetError
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)
-            for i in range(0, len(pcm), step):
-                if i and self.audio_speed:
-                    await asyncio.sleep(self.chunk_ms / 1000 / self.audio_speed)
+            pace = Pace(self.audio_speed)
+            for n, i in enumerate(range(0, len(pcm), step)):
+                if i:
+                    await pace.sent(self.chunk_ms / 1000)
+                while stop_after is not None and n >= stop_after:  # mid-sentence, then nothing
+                    if request.transport is None or request.transport.is_closing():
+                        raise ConnectionResetError
+                    await asyncio.sleep(0.05)
                 await response.write(pcm[i : i + step])
             await response.write_eof()
         except (ConnectionError, RuntimeError):

@@ -28,9 +28,11 @@ API overview", "Segmentation and behavior settings"), not from any client:
 
 Audio is a tone as long as the text would take to say (`speech_tone`), in the requested
 encoding and rate: `mulaw`, `pcm`, and `wav` are produced; the compressed formats cannot be
-made here and get an `error` message. Knobs: `first_audio_delay`, `chunk_ms`,
-`audio_speed` (× real time; 0 = unpaced). Faults: `refuse_with` (an HTTP status for new
-sockets), `drop_connections()`.
+made here and get an `error` message. Knobs: `first_audio_delay` (per synthesis, counted
+from the flush that asked for it: text held behind a running synthesis starts as soon as that
+one ends if its time has passed), `chunk_ms`, `audio_speed` (× real time; 0 = unpaced).
+Faults: `refuse_with` (an HTTP status for new sockets), `stall_next(n)` (the next synthesis
+goes silent after `n` chunks, with no `done`, the socket open), `drop_connections()`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from aiohttp import WSMsgType, web
 from getpatter.core.audio import pcm16_bytes, ulaw_encode
 from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
+from getpatter.testing.pacing import Pace
 
 __all__ = ["FakeRime", "FakeRimeSession", "rime_audio"]
 
@@ -88,6 +91,7 @@ class FakeRimeSession:
     context: str | None = None
     busy: bool = False
     flush_pending: bool = False
+    flush_at: float = 0.0  # loop time of the latest flush (or sentence end that acts as one)
     eos: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -118,6 +122,12 @@ class FakeRime(LoopbackServer):
         self.refuse_with: int | None = None
         self.sessions: list[FakeRimeSession] = []
         self.rejected: list[int] = []
+        self._stalls: list[int] = []
+
+    def stall_next(self, after_chunks: int = 0) -> None:
+        """The next synthesis sends `after_chunks` chunks (0: none; more: it stops
+        mid-sentence) and then nothing: no more audio, no `done`, the socket open."""
+        self._stalls.append(after_chunks)
 
     @property
     def base_url(self) -> str:
@@ -194,6 +204,7 @@ class FakeRime(LoopbackServer):
                 continue
             session.received.append(message)
             operation = message.get("operation")
+            was_pending = session.flush_pending
             if "text" in message and isinstance(message["text"], str):
                 session.buffer += message["text"]
                 if message.get("contextId") is not None:
@@ -211,6 +222,8 @@ class FakeRime(LoopbackServer):
             else:
                 await self._error(session, f"unexpected message: {sorted(message)}")
                 continue
+            if session.flush_pending and not was_pending:
+                session.flush_at = asyncio.get_running_loop().time()
             session.wake.set()
         # eos: the synthesizer finishes what is left, then the socket is closed
 
@@ -222,7 +235,7 @@ class FakeRime(LoopbackServer):
                 while session.flush_pending and session.buffer.strip():
                     text, context = session.buffer, session.context
                     session.buffer, session.flush_pending, session.busy = "", False, True
-                    await self._speak(session, text.strip(), context)
+                    await self._speak(session, text.strip(), context, session.flush_at)
                     session.busy = False
                     await session.ws.send_json({"type": "done", "contextId": context})
                 session.flush_pending = False
@@ -232,7 +245,9 @@ class FakeRime(LoopbackServer):
         except (ConnectionError, RuntimeError):
             pass
 
-    async def _speak(self, session: FakeRimeSession, text: str, context: str | None) -> None:
+    async def _speak(
+        self, session: FakeRimeSession, text: str, context: str | None, at: float
+    ) -> None:
         query = session.query
         audio_format = _FORMATS.get(query.get("audioFormat", "wav"), "wav")
         if audio_format not in ("mulaw", "pcm", "wav"):
@@ -242,17 +257,21 @@ class FakeRime(LoopbackServer):
         session.synthesized.append((text, context))
         tone = speech_tone(text, rate, self.tone_hz)
         if self.first_audio_delay:
-            await asyncio.sleep(self.first_audio_delay)
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, at + self.first_audio_delay - loop.time()))
+        stall = self._stalls.pop(0) if self._stalls else None
         if audio_format == "wav":  # one header, then the samples
             await self._chunk(session, rime_audio(tone[:0], "wav", rate)[:44], context)
             audio_format = "pcm"
         step = max(1, rate * self.chunk_ms // 1000)
-        for start in range(0, len(tone), step):
+        pace = Pace(self.audio_speed)
+        for n, start in enumerate(range(0, len(tone), step)):
+            if stall is not None and n >= stall:
+                await asyncio.Event().wait()  # silent until the socket is gone
             await self._chunk(
                 session, rime_audio(tone[start : start + step], audio_format, rate), context
             )
-            if self.audio_speed:
-                await asyncio.sleep(step / rate / self.audio_speed)
+            await pace.sent(len(tone[start : start + step]) / rate)
         if query.get("lang", "") in _TIMESTAMP_LANGS:
             words = text.split()
             seconds = len(tone) / rate
