@@ -20,6 +20,7 @@ def getpatter_providers() -> list[ProviderSpec]:
             "getpatter.carriers.plivo.adapter:PlivoAdapter",
             extra="plivo",
             requires=("aiohttp",),
+            env=("PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN"),
             description="Plivo Voice + bidirectional audio streams",
         ),
     ]
