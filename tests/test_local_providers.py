@@ -156,9 +156,11 @@ def envelope(pcm: bytes) -> np.ndarray:
 
 
 def same_speech(a: bytes, b: bytes) -> bool:
+    """Measured over 150 syntheses of three sentences: the same text's envelopes correlate at
+    0.982 and up (so 0.98 failed now and then), different texts' at -0.06 and below."""
     ea, eb = envelope(a), envelope(b)
     n = min(len(ea), len(eb))
-    return abs(len(ea) - len(eb)) <= 2 and np.corrcoef(ea[:n], eb[:n])[0, 1] > 0.98
+    return abs(len(ea) - len(eb)) <= 2 and np.corrcoef(ea[:n], eb[:n])[0, 1] > 0.9
 
 
 async def test_tts_mulaw_is_the_same_speech() -> None:
