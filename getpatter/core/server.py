@@ -27,7 +27,7 @@ from getpatter.core.connections import (
     raise_fd_limit,
 )
 from getpatter.core.engine import Engine, EngineCall
-from getpatter.core.journal import CallJournal
+from getpatter.core.history import History
 from getpatter.core.media_socket import MediaSockets
 from getpatter.core.node import (
     BUSY_MESSAGE,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from getpatter.config import LocalConfig
     from getpatter.core.cluster import Cluster
     from getpatter.core.pricing import PriceTable
-    from getpatter.core.store import Scrubber, Store
+    from getpatter.core.store import Store
     from getpatter.dashboard.routes import Dashboard
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 TOKEN_TTL = 60.0  # seconds between the carrier's webhook and its media socket
 HISTORY_LIMIT = 1000
 SEEN_LIMIT = 100_000  # carrier call ids remembered (beyond history) against replayed webhooks
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class EmbeddedServer:
@@ -103,7 +102,7 @@ class EmbeddedServer:
         self.mask_phone_numbers = mask_phone_numbers
         self.store: Store | None = None  # call history, opened by start()
         self._dashboard_ui: Dashboard | None = None
-        self._history_sink: Callable[[dict[str, Any]], Any] | None = None
+        self._history = History()  # the store, the journal, secrets kept out of the logs
         self.port: int | None = None
         self.sessions: dict[str, CallSession] = {}
         self.gate = Gate(self.node, self.sessions)  # capacity and drain
@@ -112,7 +111,6 @@ class EmbeddedServer:
         self._media = MediaSockets(self)  # the media sockets and their single-use tokens
         self._carrier_ids: dict[str, str] = {}  # carrier call id → session key, while it lives
         self._seen: OrderedDict[str, None] = OrderedDict()  # carrier call ids given a session
-        self._journal: CallJournal | None = None
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
         self._shutting_down: asyncio.Future[None] | None = None
@@ -121,8 +119,6 @@ class EmbeddedServer:
         self._guard: ConnectionGuard | None = None
         self._listener: asyncio.Server | None = None
         self._accept_log = AcceptErrorLog()
-        self._unredact: list[Callable[[], None]] = []  # secrets kept out of the logs, to release
-        self._redacted: set[int] = set()  # agents whose secrets are registered
         self.tracer_provider = tracer_provider  # None: OpenTelemetry's global one
         self.observers: list[CallObserver] = []  # tracing and metrics, set up by start()
         self.metrics_enabled = False  # /metrics is served (prometheus-client is installed)
@@ -208,11 +204,9 @@ class EmbeddedServer:
         """A call the carrier is about to stream: its session and its single-use media token."""
         assert self._scheduler is not None, "server not started"
         key = key or info.call_id
-        if agent is not None and agent is not self.agent and id(agent) not in self._redacted:
-            from getpatter.core.credentials import redact_logs, secrets_in
-
-            self._redacted.add(id(agent))  # another agent's keys (phone.call(agent=...))
-            self._unredact.append(redact_logs(secrets_in(agent)))
+        if agent is not None and agent is not self.agent:
+            self._history.redact_agent(agent)
+        journal = self._history.journal
         session = CallSession(
             info,
             agent or self.agent,
@@ -222,7 +216,7 @@ class EmbeddedServer:
             on_record=lambda record: self._write_record(key, record),
             recording=self.recording,
             pricing=self.pricing,
-            journal=self._journal.changed if self._journal is not None else None,
+            journal=journal.changed if journal is not None else None,
             observers=self.observers,
         )
         session.key = key
@@ -363,8 +357,9 @@ class EmbeddedServer:
         self._media.forget(key)
         for carrier_id in [c for c, k in self._carrier_ids.items() if k == key]:
             del self._carrier_ids[carrier_id]  # a finished call is found by nobody
-        if session is not None and self._journal is not None:
-            self._journal.forget(session)
+        journal = self._history.journal
+        if session is not None and journal is not None:
+            journal.forget(session)
         if self.node.name:
             record["node"] = self.node.name
         self.history.append(record)
@@ -482,9 +477,7 @@ class EmbeddedServer:
                 ui.token,
             )
         if ui is not None and ui.token and not self._dashboard_token:
-            from getpatter.core.credentials import redact_logs
-
-            self._unredact.append(redact_logs([ui.token]))  # from now on, like any secret
+            self._history.redact([ui.token])  # from now on, like any secret
         # Everything alive now (modules, SDKs, the app) lives as long as the process: out of
         # the collector's sight, a full collection no longer walks it — on this scale a 50 ms
         # pause in every call's audio whenever garbage piles up (e.g. under a flood).
@@ -548,81 +541,14 @@ class EmbeddedServer:
             self._guard.close()
         self._accept_log.uninstall()
 
-    # --- history and dashboard -----------------------------------------------------------
+    # --- history and dashboard (core/history.py) -----------------------------------------
 
     async def _open_history(self) -> None:
-        """The call store (SQLite at the persist root, or memory) and, if on, the dashboard."""
-        from getpatter.core.credentials import redact_logs, secret_values, secrets_in
-        from getpatter.core.store import Scrubber
+        self._dashboard_ui = await self._history.open(self, self._dashboard_token)
 
-        token = self._dashboard_token
-        # beyond loopback, or behind a balancer (which makes a loopback node public): a token
-        exposed = self.host not in LOOPBACK_HOSTS or self.node.behind_balancer
-        if self.dashboard and not token and exposed:
-            token = secrets.token_urlsafe(24)
-        known = [*secret_values(self.config), *secrets_in(self.agent), token]
-        # out of every log line of the process (any logger, any level) while we serve; a
-        # generated dashboard token only after start() has shown it, once, to its owner
-        self._unredact.append(
-            redact_logs([s for s in known if s != token or self._dashboard_token])
-        )
-        scrub = Scrubber(known, mask_phone_numbers=self.mask_phone_numbers)
-        store = self.store = await self._open_store(scrub)
-        try:
-            cut_off = await store.interrupt_active()
-        except Exception as exc:
-            cut_off = []
-            log.error("call history: marking interrupted calls failed: %s", exc)
-        if cut_off:
-            log.warning(
-                "%d call(s) were cut off when this server last stopped without hanging up "
-                "(killed?); their records are marked interrupted, with what was said",
-                len(cut_off),
-            )
-        self._journal = CallJournal(store)
-
-        async def keep(record: dict[str, Any]) -> None:
-            try:
-                await store.write(record)
-            except Exception:
-                log.exception("call %s: storing the call record failed", record.get("call_id"))
-            if self._dashboard_ui is not None:
-                self._dashboard_ui.changed()
-
-        self._history_sink = keep
-        self.record_sinks.append(keep)
-        from getpatter.observability import has_prometheus, tracer_for
-
-        self.observers.clear()
-        if self.cluster is not None:  # a call's row among the live calls follows the call
-            self.observers.append(self.cluster)
-        tracer = tracer_for(self.tracer_provider, self.carrier.name)
-        if tracer is not None:
-            self.observers.append(tracer)
-        render = None
-        self.metrics_enabled = self.dashboard and has_prometheus()
-        if self.metrics_enabled:
-            from getpatter.observability.prometheus import CallMetricsExporter
-
-            exporter = CallMetricsExporter(lambda: list(self.sessions.values()))
-            self.observers.append(exporter)
-            render = exporter.render
-        if self.dashboard:
-            from getpatter.dashboard.routes import Dashboard
-
-            self._dashboard_ui = Dashboard(self, store, scrub, token, metrics=render)
-
-    async def _open_store(self, scrub: Scrubber) -> Store:
-        """The history at the persist location; PostgreSQL brings the cluster with it."""
-        from getpatter.core.store import open_store
-        from getpatter.core.store_pg import PostgresStore
-
-        store = await open_store(self.config.persist_root, scrub, node=self.node.ident)
-        if isinstance(store, PostgresStore):
-            from getpatter.core.cluster import join
-
-            self.cluster = await join(self, store, scrub)
-        return store
+    async def _close_history(self) -> None:
+        await self._history.close(self)
+        self._dashboard_ui = None
 
     async def control_call(self, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Hang up or transfer a live call from the API of any node (core/cluster.py)."""
@@ -644,23 +570,3 @@ class EmbeddedServer:
     def remote_calls(self) -> list[dict[str, Any]]:
         """Live calls on the other nodes (empty for a lone node)."""
         return self.cluster.remote_calls() if self.cluster is not None else []
-
-    async def _close_history(self) -> None:
-        while self._unredact:
-            self._unredact.pop()()
-        self._redacted.clear()
-        sink, self._history_sink = self._history_sink, None
-        if sink is not None and sink in self.record_sinks:
-            self.record_sinks.remove(sink)
-        journal, self._journal = self._journal, None
-        if journal is not None:
-            await journal.aclose()
-        cluster, self.cluster = self.cluster, None
-        if cluster is not None:
-            if cluster in self.observers:
-                self.observers.remove(cluster)
-            await cluster.stop()
-        store, self.store = self.store, None
-        if store is not None:
-            await store.close()
-        self._dashboard_ui = None

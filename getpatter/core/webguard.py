@@ -28,6 +28,7 @@ from getpatter.core.throttle import LogThrottle
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 15.0  # Twilio gives a webhook 15 s; nothing of ours needs longer
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})  # names only this machine reaches
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from getpatter.core.webguard import LOOPBACK_HOSTS
+
 if TYPE_CHECKING:
     from getpatter.core.session import CallSession
     from getpatter.core.store import Scrubber, Store
@@ -52,7 +54,6 @@ SSE_INTERVAL = 0.5  # seconds between looks at the live calls
 SSE_PING = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def host_name(host: str) -> str:
@@ -177,7 +178,7 @@ class Dashboard:
             return True
         host = host_name(request.headers.get("Host", ""))
         ours = {host_name(self.server.public_host), host_name(self.server.node_host)} - {""}
-        return host in LOOPBACK_NAMES or host in ours
+        return host in LOOPBACK_HOSTS or host in ours
 
     @staticmethod
     def _misdirected(request: web.Request) -> web.Response:

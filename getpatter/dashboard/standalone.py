@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from getpatter.core.store import Scrubber, Store, open_store, store_path
+from getpatter.core.webguard import LOOPBACK_HOSTS
 from getpatter.dashboard.routes import Dashboard
 from getpatter.errors import PatterConfigError
 
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from getpatter.core.session import CallSession
 
 log = logging.getLogger("getpatter.dashboard")
-
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class _NoLiveCalls:

@@ -103,7 +103,7 @@ class PlivoAdapter:
         self._require_signature = config.require_signature
         self.rest = PlivoREST(config.plivo_auth_id, config.plivo_auth_token, config.plivo_base_url)
         self._tokens: dict[str, str] = {}  # outbound key → media token, until answered
-        self._requests: dict[str, str] = {}  # outbound key → request_uuid
+        self._dialling: dict[str, str] = {}  # outbound key → request_uuid
         # key → the XML Plivo is about to fetch for the call; it outlives the session (the
         # call leaves us by fetching it), so it is bounded rather than dropped at the end
         self._xml: OrderedDict[str, str] = OrderedDict()
@@ -200,7 +200,7 @@ class PlivoAdapter:
         """An outbound call's CallUUID replaces its request_uuid as soon as one is seen."""
         if not call_uuid or session.direction != "outbound" or session.call_id == call_uuid:
             return
-        if session.call_id in (session.key, self._requests.get(session.key)):
+        if session.call_id in (session.key, self._dialling.get(session.key)):
             session.info.call_id = call_uuid
             self._table.bind_carrier_id(call_uuid, session.key)
 
@@ -312,7 +312,7 @@ class PlivoAdapter:
         def forget(_: object) -> None:
             key = session.key
             self._tokens.pop(key, None)
-            self._requests.pop(key, None)
+            self._dialling.pop(key, None)
             if session.stream_id:
                 self._t0.pop(session.stream_id, None)
 
@@ -336,7 +336,7 @@ class PlivoAdapter:
 
     def _request_uuid(self, call: CallSession) -> str | None:
         """The request_uuid of an outbound call not answered yet."""
-        request_uuid = self._requests.get(call.key)
+        request_uuid = self._dialling.get(call.key)
         return request_uuid if request_uuid is not None and call.call_id == request_uuid else None
 
     async def hangup(self, call: CallSession) -> None:
@@ -394,7 +394,7 @@ class PlivoAdapter:
             request_uuid = request_uuid[0] if request_uuid else ""
         if not isinstance(request_uuid, str) or not request_uuid:
             raise CallError("Plivo accepted the call but returned no request_uuid")
-        self._requests[call.key] = request_uuid
+        self._dialling[call.key] = request_uuid
         return Dialed(request_uuid, str(created.get("message", "")))
 
     async def point_at(self, host: str) -> Restore:
