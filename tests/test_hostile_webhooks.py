@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -104,6 +105,47 @@ async def test_a_replayed_twilio_voice_webhook_opens_nothing_and_rewrites_nothin
             await asyncio.sleep(0.2)
             assert not engine.calls and phone.server is not None and not phone.server.sessions
             assert await stored(phone, done.call_sid) == before
+
+
+async def replay_plivo(port: int, hook: Any) -> tuple[int, str]:
+    """Plivo's answer webhook sent again byte for byte: same nonce, same V3 signature (it
+    carries no time, so it still verifies)."""
+    path = urlsplit(hook.url).path
+    headers = {k: v for k, v in hook.headers.items() if k.lower() != "host"}
+    async with aiohttp.ClientSession() as http:
+        if hook.method == "GET":
+            query = urlsplit(hook.url).query
+            async with http.get(f"http://127.0.0.1:{port}{path}?{query}", headers=headers) as r:
+                return r.status, await r.text()
+        async with http.post(
+            f"http://127.0.0.1:{port}{path}", data=hook.params, headers=headers
+        ) as response:
+            return response.status, await response.text()
+
+
+async def test_a_replayed_plivo_answer_webhook_opens_nothing_and_rewrites_nothing(
+    tmp_path: Path,
+) -> None:
+    async with open_network("plivo") as network:
+        async with served(network, tmp_path) as (phone, engine):
+            done = await a_whole_call(network)
+            before = await stored(phone, done.call_uuid)
+            answer = next(
+                h
+                for h in network.fake.webhooks
+                if h.kind == "answer" and h.call_uuid == done.call_uuid
+            )
+            status, xml = await replay_plivo(phone.port or 0, answer)
+            assert status == 200 and "<Hangup" in xml and "<Stream" not in xml
+            await asyncio.sleep(0.2)
+            assert len(engine.calls) == 1
+            assert phone.server is not None and not phone.server.sessions
+            assert await stored(phone, done.call_uuid) == before
+        async with served(network, tmp_path) as (phone, engine):  # history remembers it
+            status, xml = await replay_plivo(phone.port or 0, answer)
+            assert status == 200 and "<Hangup" in xml and "<Stream" not in xml
+            assert not engine.calls
+            assert await stored(phone, done.call_uuid) == before
 
 
 async def test_a_telnyx_call_seen_before_a_restart_is_not_answered_again(tmp_path: Path) -> None:
