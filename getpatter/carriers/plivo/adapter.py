@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from getpatter.carriers.forms import verified_form
 from getpatter.carriers.plivo.rest import PlivoAPIError, PlivoREST
 from getpatter.carriers.plivo.wire import (
     NONCE_HEADER,
@@ -151,36 +152,22 @@ class PlivoAdapter:
         ]
 
     async def _verified(self, request: web.Request) -> MultiDictProxy[Any] | web.Response:
-        """The form of a genuine Plivo request (V3 signature), or the refusal to send back.
-        Plivo posts `application/x-www-form-urlencoded`: nothing else (multipart included)
-        is read."""
-        if not self._auth_token and self._require_signature:
-            log.error("Plivo webhook refused: no auth token configured to verify it")
-            return web.Response(status=503, text="webhook verification not configured")
-        if request.content_type != "application/x-www-form-urlencoded":
-            self._warn.warning(
-                "type", "Plivo webhook refused (415): body is %s", request.content_type[:60]
-            )
-            return web.Response(status=415, text="expected application/x-www-form-urlencoded")
-        try:
-            form = await request.post()
-        except (ValueError, LookupError, UnicodeError) as exc:  # LookupError: unknown charset
-            self._warn.warning("form", "Plivo webhook refused (400): bad form body (%s)", exc)
-            return web.Response(status=400, text="bad form body")
-        if not self._auth_token:
-            return form  # require_signature=False, and nothing to check with
-        url = self._table.request_url(request)
-        params = [(k, str(v)) for k, v in form.items()]
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        nonce = request.headers.get(NONCE_HEADER, "")
-        if not verify_signature(self._auth_token, request.method, url, params, signature, nonce):
-            self._warn.warning(
-                "signature",
-                "Plivo webhook %s refused (403): bad or missing signature",
-                request.path,
-            )
-            return web.Response(status=403, text="invalid signature")
-        return form
+        """The form of a genuine Plivo request (V3 signature), or the refusal to send back."""
+
+        def genuine(params: list[tuple[str, str]]) -> bool:
+            url = self._table.request_url(request)
+            signature = request.headers.get(SIGNATURE_HEADER, "")
+            nonce = request.headers.get(NONCE_HEADER, "")
+            return verify_signature(self._auth_token, request.method, url, params, signature, nonce)
+
+        return await verified_form(
+            request,
+            "Plivo",
+            signed=bool(self._auth_token),
+            require_signature=self._require_signature,
+            genuine=genuine,
+            warn=self._warn,
+        )
 
     def _session_for(self, request: web.Request, form: MultiDictProxy[Any]) -> CallSession | None:
         """The call a webhook is about: by our key in its URL, else by Plivo's ids."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from getpatter.carriers.forms import verified_form
 from getpatter.carriers.twilio.rest import TwilioREST
 from getpatter.carriers.twilio.wire import (
     TwilioMediaEncoder,
@@ -93,34 +94,21 @@ class TwilioAdapter:
         ]
 
     async def _verified(self, request: web.Request) -> MultiDictProxy[Any] | web.Response:
-        """The form of a genuine Twilio request, or the refusal to send back. Twilio always
-        posts `application/x-www-form-urlencoded`: nothing else (multipart included) is read."""
-        if not self._auth_token and self._require_signature:
-            log.error("Twilio webhook refused: no auth token configured to verify it")
-            return web.Response(status=503, text="webhook verification not configured")
-        if request.content_type != "application/x-www-form-urlencoded":
-            self._warn.warning(
-                "type", "Twilio webhook refused (415): body is %s", request.content_type[:60]
-            )
-            return web.Response(status=415, text="expected application/x-www-form-urlencoded")
-        try:
-            form = await request.post()
-        except (ValueError, LookupError, UnicodeError) as exc:  # LookupError: unknown charset
-            self._warn.warning("form", "Twilio webhook refused (400): bad form body (%s)", exc)
-            return web.Response(status=400, text="bad form body")
-        if not self._auth_token:
-            return form  # require_signature=False, and nothing to check with
-        url = self._table.request_url(request)
-        params = [(k, str(v)) for k, v in form.items()]
-        signature = request.headers.get("X-Twilio-Signature", "")
-        if not verify_signature(self._auth_token, url, params, signature):
-            self._warn.warning(
-                "signature",
-                "Twilio webhook %s refused (403): bad or missing signature",
-                request.path,
-            )
-            return web.Response(status=403, text="invalid signature")
-        return form
+        """The form of a genuine Twilio request, or the refusal to send back."""
+
+        def genuine(params: list[tuple[str, str]]) -> bool:
+            url = self._table.request_url(request)
+            signature = request.headers.get("X-Twilio-Signature", "")
+            return verify_signature(self._auth_token, url, params, signature)
+
+        return await verified_form(
+            request,
+            "Twilio",
+            signed=bool(self._auth_token),
+            require_signature=self._require_signature,
+            genuine=genuine,
+            warn=self._warn,
+        )
 
     async def _voice(self, request: web.Request) -> web.Response:
         form = await self._verified(request)
