@@ -13,8 +13,7 @@ They live in the OpenAI plugin because they *are* its client: plugins never impo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from getpatter.plugins.openai.llm import OpenAILLM
 
@@ -33,29 +32,7 @@ class GroqLLM(OpenAILLM):
     key_env = "GROQ_API_KEY"
     provider = "Groq"
     default_base_url = GROQ_BASE_URL
-
-    def __init__(
-        self,
-        model: str = "llama-3.3-70b-versatile",
-        api_key: str | None = None,
-        base_url: str = GROQ_BASE_URL,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        *,
-        include_usage: bool = True,
-        timeout: float = 30.0,
-    ) -> None:
-        super().__init__(
-            model,
-            api_key,
-            base_url,
-            temperature,
-            max_tokens,
-            extra_body,
-            include_usage=include_usage,
-            timeout=timeout,
-        )
+    default_model = "llama-3.3-70b-versatile"
 
 
 class CerebrasLLM(OpenAILLM):
@@ -65,26 +42,4 @@ class CerebrasLLM(OpenAILLM):
     key_env = "CEREBRAS_API_KEY"
     provider = "Cerebras"
     default_base_url = CEREBRAS_BASE_URL
-
-    def __init__(
-        self,
-        model: str = "gpt-oss-120b",
-        api_key: str | None = None,
-        base_url: str = CEREBRAS_BASE_URL,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        *,
-        include_usage: bool = True,
-        timeout: float = 30.0,
-    ) -> None:
-        super().__init__(
-            model,
-            api_key,
-            base_url,
-            temperature,
-            max_tokens,
-            extra_body,
-            include_usage=include_usage,
-            timeout=timeout,
-        )
+    default_model = "gpt-oss-120b"

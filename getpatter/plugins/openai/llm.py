@@ -189,19 +189,21 @@ class OpenAILLM:
     yielded it is an error, so the caller never hears a sentence twice.
 
     A preset for one OpenAI-compatible provider (`GroqLLM`, `CerebrasLLM`) only overrides the
-    class attributes below: where its key comes from, what errors call it, its default URL.
+    class attributes below: where its key comes from, what errors call it, its default URL
+    and model (`model=None`, `base_url=None`: those defaults).
     """
 
     #: Where the key is read from when `api_key` is not given, and what errors name.
     key_env: str = "OPENAI_API_KEY"
     provider: str = "OpenAI"
     default_base_url: str = OPENAI_BASE_URL
+    default_model: str = "gpt-4o-mini"
 
     def __init__(
         self,
-        model: str = "gpt-4o-mini",
+        model: str | None = None,
         api_key: str | None = None,
-        base_url: str = OPENAI_BASE_URL,
+        base_url: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
@@ -226,8 +228,8 @@ class OpenAILLM:
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise PatterConfigError(f"{who} extra_body must be a dict of extra request fields")
         self.options = OpenAILLMOptions(
-            model=check_name(who, "model", model),
-            base_url=validate_http_url(base_url, f"{who} base_url"),
+            model=check_name(who, "model", self.default_model if model is None else model),
+            base_url=validate_http_url(base_url or self.default_base_url, f"{who} base_url"),
             temperature=None if temperature is None else float(temperature),
             max_tokens=max_tokens,
             extra_body=dict(extra_body or {}),
