@@ -32,6 +32,7 @@ class GroqLLM(OpenAILLM):
 
     key_env = "GROQ_API_KEY"
     provider = "Groq"
+    pricing_name = "groq"  # its own prices, not OpenAI's
     default_base_url = GROQ_BASE_URL
 
     def __init__(
@@ -64,6 +65,7 @@ class CerebrasLLM(OpenAILLM):
 
     key_env = "CEREBRAS_API_KEY"
     provider = "Cerebras"
+    pricing_name = "cerebras"
     default_base_url = CEREBRAS_BASE_URL
 
     def __init__(
