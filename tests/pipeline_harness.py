@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 from getpatter.agent import Agent
 from getpatter.core.audio import ulaw_encode
 from getpatter.core.media import InboundAudio
+from getpatter.core.observe import CallObserver
 from getpatter.core.pipeline import PipelineCall, PipelineEngine, PipelineOptions
 from getpatter.core.playout import Playout, PlayoutScheduler
 from getpatter.core.session import CallCallbacks, CallInfo, CallSession
@@ -114,6 +116,7 @@ async def open_call(
     llm: ScriptedLLM | None = None,
     on_message: Any = None,
     options: PipelineOptions | None = None,
+    observers: Sequence[CallObserver] = (),
     **agent_kwargs: Any,
 ) -> Harness:
     stt = stt or ScriptedSTT()
@@ -130,6 +133,7 @@ async def open_call(
         callbacks=CallCallbacks(on_message=on_message, on_transcript=transcripts.append),
         control=control,
         scheduler=scheduler,
+        observers=observers,
     )
     carrier = Carrier()
     engine_call = engine.open(session)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from getpatter import Patter, Twilio
+from getpatter.core.pricing import load_pricing
 from getpatter.testing.engines import ScriptedEngine
 from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeCall, FakeTwilio
@@ -83,7 +84,7 @@ async def test_open_on_loopback_without_a_token(serve: Serve, net: FakeTwilio) -
     assert status == 200 and data["total"] == 1 and data["page"] == 1 and data["pages"] == 1
     [row] = data["calls"]
     assert row["call_id"] == call.call_sid and row["caller"] == CALLER
-    assert row["end_reason"] == "hangup" and row["pricing_version"] == "2025-09-01"
+    assert row["end_reason"] == "hangup" and row["pricing_version"] == load_pricing().version
     status, _, body = await get(base(s) + f"/api/calls/{call.call_sid}")
     detail = json.loads(body)
     assert detail["active"] is False and detail["transcript"][0]["text"] == "Hello!"

@@ -34,7 +34,7 @@ from helpers import CALLER, HOST, NUMBER, speech
 
 def test_the_default_table_is_dated_and_priced() -> None:
     table = load_pricing()
-    assert table.version == "2025-09-01" and table.currency == "USD"
+    assert table.version == "2026-12-07" and table.currency == "USD"
     assert table.rates("stt", "deepgram", "nova-3") == {"per_minute": 0.0077}
     assert table.rates("stt", "deepgram", "nova-99") == {"per_minute": 0.0077}  # its default
     assert table.rates("stt", "nobody") is None
@@ -44,7 +44,7 @@ def test_the_default_table_is_dated_and_priced() -> None:
 
 def test_user_prices_merge_over_the_defaults() -> None:
     table = load_pricing({"deepgram": {"price": 0.005}, "elevenlabs": {"price": 0.2}})
-    assert table.version == "2025-09-01+custom"
+    assert table.version == f"{load_pricing().version}+custom"
     assert table.rates("stt", "deepgram", "nova-2") == {"per_minute": 0.005}  # every model
     assert table.rates("tts", "elevenlabs", "eleven_flash_v2_5") == {"per_1k_chars": 0.2}
     assert table.rates("stt", "assemblyai") == {"per_minute": 0.0025}  # untouched
@@ -202,7 +202,7 @@ def _check_event(event: dict[str, Any], call_id: str) -> None:
     }
     assert set(event["cost"]) >= {"stt", "tts", "llm", "telephony", "total", "currency"}
     assert set(event["call"]) == {"turns", "p50_ms", "p95_ms", "max_ms", "avg_ms"}
-    assert event["pricing_version"].startswith("2025-09-01")
+    assert event["pricing_version"].startswith(load_pricing().version)
 
 
 async def test_a_simulated_pipeline_call_reaches_on_metrics_with_every_field(
@@ -274,7 +274,10 @@ async def test_a_simulated_pipeline_call_reaches_on_metrics_with_every_field(
     assert seen[-1]["cost"]["llm"] > 0 and seen[-1]["cost"]["telephony"] == 0.0085
     # the record: per-call summary, the turns, the cost, the table's version
     metrics = result.record["metrics"]
-    assert metrics["turn_count"] == 4 and metrics["pricing_version"] == "2025-09-01+custom"
+    assert (
+        metrics["turn_count"] == 4
+        and metrics["pricing_version"] == f"{load_pricing().version}+custom"
+    )
     totals_ms = [t["latency"]["total_ms"] for t in metrics["turns"][1:]]
     assert metrics["latency"]["max_ms"] == max(totals_ms)
     assert min(totals_ms) <= metrics["latency"]["p50_ms"] <= metrics["latency"]["p95_ms"]

@@ -185,6 +185,9 @@ async def test_metrics_are_scraped_from_the_running_server(tmp_path: Any) -> Non
     assert after['getpatter_turn_latency_seconds_bucket{le="5.0",stage="total"}'] == 3
     assert after['getpatter_turn_latency_seconds_count{stage="bargein"}'] == 1
     assert after["getpatter_barge_ins_total"] == 1
-    assert after['getpatter_provider_errors_total{component="tts",kind="tts_retry"}'] == 1
+    assert (
+        after['getpatter_provider_errors_total{component="tts",kind="tts_retry",provider="test"}']
+        == 1
+    )
     assert after['getpatter_call_cost_total{component="tts",currency="USD"}'] > 0
     assert after['getpatter_call_cost_total{component="telephony",currency="USD"}'] > 0

@@ -132,7 +132,8 @@ class TurnTimes:
 
 def provider_key(obj: object) -> tuple[str, str]:
     """(provider, model) for the price table: `pricing_name` if the object has one, else the
-    plugin package it comes from (`getpatter.plugins.deepgram` → `deepgram`)."""
+    plugin package it comes from (`getpatter.plugins.deepgram` → `deepgram`); the model is its
+    `model`, else its options' `model` or `model_id` (where the HTTP providers keep it)."""
     name = getattr(obj, "pricing_name", None)
     if not isinstance(name, str) or not name:
         parts = type(obj).__module__.split(".")
@@ -142,7 +143,10 @@ def provider_key(obj: object) -> tuple[str, str]:
             name = "test"
         else:
             name = parts[0]
-    model = getattr(obj, "model", "")
+    model = getattr(obj, "model", None)
+    if not isinstance(model, str):
+        options = getattr(obj, "options", None)
+        model = getattr(options, "model", None) or getattr(options, "model_id", None)
     return name, model if isinstance(model, str) else ""
 
 
@@ -271,7 +275,7 @@ class CallMetrics:
             + cached * r.get("cached_input_per_1m", r.get("input_per_1m", 0.0))
             + u["llm_output_tokens"] * r.get("output_per_1m", 0.0)
         ) / 1e6
-        llm += self._realtime_cost(need)
+        llm += self._realtime_cost(need, call_seconds)
         parts = {"stt": stt, "tts": tts, "llm": llm, "telephony": telephony}
         out: dict[str, Any] = {k: round(v, 6) for k, v in parts.items()}
         out["total"] = round(sum(parts.values()), 6)
@@ -279,13 +283,19 @@ class CallMetrics:
         out["unpriced"] = unpriced
         return out
 
-    def _realtime_cost(self, need: Callable[[str, str, float], dict[str, float]]) -> float:
+    def _realtime_cost(
+        self, need: Callable[[str, str, float], dict[str, float]], call_seconds: float
+    ) -> float:
+        """Tokens at their rates, plus `per_minute` of the call for an engine billed by the
+        minute (Ultravox), which reports no tokens."""
         u = self.usage
         audio_in, text_in = u["realtime_audio_input_tokens"], u["realtime_text_input_tokens"]
         audio_out, text_out = u["realtime_audio_output_tokens"], u["realtime_text_output_tokens"]
-        r = need("realtime", "realtime", audio_in + text_in + audio_out + text_out)
+        tokens = audio_in + text_in + audio_out + text_out
+        r = need("realtime", "realtime", tokens + max(call_seconds, 0.0))
         if not r:
             return 0.0
+        by_minute = max(call_seconds, 0.0) / 60 * r.get("per_minute", 0.0)
         # cached tokens are counted inside the input tokens; split them by the input's mix
         cached = min(u["realtime_cached_tokens"], audio_in + text_in)
         share = audio_in / (audio_in + text_in) if audio_in + text_in else 0.0
@@ -297,7 +307,7 @@ class CallMetrics:
             + cached_text * r.get("cached_text_input_per_1m", 0.0)
             + audio_out * r.get("audio_output_per_1m", 0.0)
             + text_out * r.get("text_output_per_1m", 0.0)
-        ) / 1e6
+        ) / 1e6 + by_minute
 
     # --- turns -----------------------------------------------------------------------------
 

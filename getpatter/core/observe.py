@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CallObserver", "notify"]
+__all__ = ["CallObserver", "notify", "provider_of"]
+
+_ROLES = {"stt": "stt", "tts": "tts", "llm": "llm", "reply": "llm"}
 
 
 class CallObserver(Protocol):
@@ -39,3 +41,14 @@ def notify(observers: tuple[CallObserver, ...], method: str, *args: Any) -> None
             if key not in _failed:  # once per observer and hook, not once per frame
                 _failed.add(key)
                 log.exception("%s.%s failed; the call carries on", type(observer).__name__, method)
+
+
+def provider_of(call: CallSession, component: str) -> str:
+    """The provider behind a failing `component` of `call`, as the price table names it
+    (`deepgram`, `openai`); `none` for a part that is not a provider (a task, the playout)."""
+    role = _ROLES.get(component)
+    if role is None:  # a realtime engine's errors name the engine
+        engine = getattr(getattr(call, "engine", None), "engine", None)
+        role = "realtime" if getattr(engine, "name", None) == component else ""
+    providers = getattr(getattr(call, "metrics", None), "providers", None) or {}
+    return str((providers.get(role) or {}).get("provider") or "none")[:40]

@@ -6,7 +6,8 @@ model. `Patter(pricing=...)` merges the user's prices over the defaults, in eith
 - the table's own shape: ``{"stt": {"deepgram": {"nova-3": {"per_minute": 0.0043}}}}``
   (fields right under a provider apply to every model of it);
 - a shorthand by provider: ``{"deepgram": {"price": 0.005}}`` — `price` is the unit price of
-  that provider's category (per minute for STT and telephony, per 1,000 characters for TTS);
+  that provider's category (per minute for STT, telephony and a realtime engine billed by the
+  minute, per 1,000 characters for TTS);
   other field names set that field wherever the provider has it.
 
 A mistyped field or a negative price fails at construction, not silently at the end of a call.
@@ -36,6 +37,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
         "text_input_per_1m",
         "cached_text_input_per_1m",
         "text_output_per_1m",
+        "per_minute",  # of the call, for an engine billed by time (Ultravox), not by token
     ),
 }
 # what the shorthand `price` means in each category
@@ -43,6 +45,7 @@ _PRICE_FIELDS: dict[str, tuple[str, ...]] = {
     "telephony": ("inbound_per_minute", "outbound_per_minute"),
     "stt": ("per_minute",),
     "tts": ("per_1k_chars",),
+    "realtime": ("per_minute",),
 }
 _TOP_KEYS = frozenset({"version", "currency", "note", *CATEGORIES})
 

@@ -5,7 +5,9 @@ stall every call. Done in a background thread it must not overlap another SDK's 
 another thread: they share dependencies (httpx, pydantic), and two threads importing the same
 package with internal import cycles can see it partially initialised (`AttributeError:
 partially initialized module 'httpx'`). So every plugin imports, and builds its client, through
-the one thread here.
+the one thread here; and, while there, touches what its SDK would otherwise import lazily on
+first use (resource classes, the transport's backend, the WebSocket client), so that does not
+land on the loop either (tests/test_sdk_import.py records who imports what).
 """
 
 from __future__ import annotations

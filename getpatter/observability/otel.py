@@ -28,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from getpatter.core.metrics import LATENCY_FIELDS
+from getpatter.core.observe import provider_of
 
 if TYPE_CHECKING:
     from getpatter.core.metrics import TurnTimes
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["CallTracer"]
 
 _EVENTS = {"tool", "transfer", "hangup", "engine_reconnect", "guardrail", "amd", "dtmf"}
-_ERRORS = {"error", "reply_error", "engine_error", "tts_retry"}
+_ERRORS = {"error", "reply_error", "engine_error", "tts_retry", "tts_gap"}
 _STAGES = (
     ("final_at", "stt.final"),
     ("text_first_at", "llm.first_token"),
@@ -82,6 +83,9 @@ class CallTracer:
             return
         if kind in _ERRORS:
             attributes = {f"getpatter.{k}": _scalar(v) for k, v in data.items() if v is not None}
+            where = str(data.get("where") or data.get("engine") or "")
+            where = where.rsplit(":", 1)[-1] or ("tts" if kind.startswith("tts_") else "reply")
+            attributes["getpatter.provider"] = provider_of(call, where)
             span.add_event(kind, attributes)
         elif kind in _EVENTS:
             keep = {k: v for k, v in data.items() if k not in ("arguments", "result", "digit")}
@@ -123,6 +127,11 @@ class CallTracer:
             "getpatter.turn.index": int(turn.get("turn_index", 0)),
             "getpatter.turn.engine": times.engine,
             "getpatter.turn.interrupted": bool(times.interrupted),
+            # a provider too slow: sentences asked for again / given up mid-way, and a turn
+            # taken from the STT's last interim because no final came in time
+            "getpatter.turn.tts_retry": int(times.tts_retry),
+            "getpatter.turn.tts_gap": int(times.tts_gap),
+            "getpatter.turn.stt_timeout": bool(times.stt_timeout),
         }
         for name in LATENCY_FIELDS:
             value = (turn.get("latency") or {}).get(name)
@@ -147,6 +156,12 @@ class CallTracer:
                 "barge_in",
                 {"getpatter.latency.bargein_ms": float(bargein)} if bargein is not None else {},
                 timestamp=ns(times.cleared_at),
+            )
+        if times.stt_timeout:
+            span.add_event(
+                "stt_timeout",
+                {"getpatter.provider": provider_of(call, "stt")},
+                timestamp=ns(times.final_at) if times.final_at is not None else None,
             )
         span.end(end_time=ns(end))
 

@@ -7,15 +7,20 @@ dashboard and guarded by the same token.
                                                     tts_ttfb, total (caller stops → agent audio),
                                                     bargein (caller starts → agent cut)
     getpatter_barge_ins_total                       the caller interrupted the agent
-    getpatter_provider_errors_total{component,kind} STT/TTS/LLM/engine failures inside calls
-                                                    (a TTS sentence asked for again: tts_retry)
+    getpatter_provider_errors_total{component,provider,kind}
+                                                    STT/TTS/LLM/engine failures inside calls,
+                                                    and a provider too slow: a TTS sentence
+                                                    asked for again (tts_retry) or given up
+                                                    mid-way (tts_gap), a turn taken from the
+                                                    STT's last interim (stt_timeout)
     getpatter_tool_calls_total{tool,ok}             tool calls, by tool and success
     getpatter_call_cost_total{component,currency}   spend of ended calls (stt, tts, llm,
                                                     telephony), from the price table
 
 Each server has its own registry (two `Patter`s in one process do not mix their numbers).
 Label values are bounded: an end reason like `error: ValueError` counts as `error`, a task
-name loses its call id.
+name loses its call id, a provider is the price table's name for it (`deepgram`, `openai`) or
+`none` when the failing part is not a provider.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from getpatter.core.metrics import LATENCY_FIELDS
+from getpatter.core.observe import provider_of
 
 if TYPE_CHECKING:
     from getpatter.core.metrics import TurnTimes
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["CONTENT_TYPE_LATEST", "CallMetricsExporter"]
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-_ERRORS = {"error", "reply_error", "engine_error", "tts_retry"}
+_ERRORS = {"error", "reply_error", "engine_error", "tts_retry", "tts_gap"}
 _COST = ("stt", "tts", "llm", "telephony")
 
 
@@ -48,7 +54,7 @@ def _outcome(reason: str) -> str:
 
 def _component(kind: str, data: dict[str, Any]) -> str:
     """Which part failed, with no call id or per-reply number in it."""
-    implied = {"reply_error": "reply", "tts_retry": "tts"}.get(kind, "")
+    implied = {"reply_error": "reply", "tts_retry": "tts", "tts_gap": "tts"}.get(kind, "")
     where = str(data.get("where") or data.get("engine") or implied)
     where = where.rsplit(":", 1)[-1]  # a task name is "<call id>:<name>"
     return re.sub(r"[-_]?\d+$", "", where)[:40] or "unknown"
@@ -91,7 +97,7 @@ class CallMetricsExporter:
         self.provider_errors = Counter(
             "getpatter_provider_errors",
             "Provider and engine failures inside calls",
-            ["component", "kind"],
+            ["component", "provider", "kind"],
             registry=r,
         )
         self.tool_calls = Counter(
@@ -113,12 +119,15 @@ class CallMetricsExporter:
         if kind == "barge_in":
             self.barge_ins.inc()
         elif kind in _ERRORS:
-            self.provider_errors.labels(_component(kind, data), kind).inc()
+            component = _component(kind, data)
+            self.provider_errors.labels(component, provider_of(call, component), kind).inc()
         elif kind == "tool":
             name = str(data.get("name", ""))[:64]
             self.tool_calls.labels(name, "true" if data.get("ok") else "false").inc()
 
     def turn_completed(self, call: CallSession, times: TurnTimes, turn: dict[str, Any]) -> None:
+        if turn.get("stt_timeout"):  # not an event: the turn itself says it
+            self.provider_errors.labels("stt", provider_of(call, "stt"), "stt_timeout").inc()
         latency = turn.get("latency") or {}
         for name in LATENCY_FIELDS:
             value = latency.get(name)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import LLMEvent, TextDelta, ToolCallRequest, Usage
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
 from ._convert import to_anthropic, tool_to_anthropic
@@ -81,17 +81,8 @@ class AnthropicOptions:
             )
 
 
-def _preload_sdk() -> None:
-    """Import the SDK in a daemon thread now, so the first turn does not wait ~2 s for it."""
-    import sys
-
-    if "anthropic" not in sys.modules:
-        threading.Thread(
-            target=importlib.import_module,
-            args=("anthropic",),
-            name="import-anthropic",
-            daemon=True,
-        ).start()
+#: what the client imports on its first request, if not before (on the loop)
+_LAZY: Final = ("anyio._backends._asyncio", "jiter", "opentelemetry.propagate")
 
 
 class _Dropped(Exception):
@@ -127,7 +118,7 @@ class AnthropicLLM:
         )
         self._client: AsyncAnthropic | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        _preload_sdk()
+        preload("anthropic")  # so the first turn does not wait ~2 s for it
 
     def __repr__(self) -> str:
         o = self.options
@@ -138,15 +129,23 @@ class AnthropicLLM:
         """One client (and connection pool) per event loop: httpx pools are loop-bound."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
-            sdk = await asyncio.to_thread(importlib.import_module, "anthropic")
-            self._client = sdk.AsyncAnthropic(
-                api_key=self._key.reveal(),
-                base_url=self.options.base_url,
-                max_retries=0,
-                timeout=self.options.timeout,
-            )
+            self._client = await in_sdk_thread(self._new_client)
             self._client_loop = loop
         return self._client
+
+    def _new_client(self) -> AsyncAnthropic:
+        """Run in the SDK thread: the import, the TLS context, and the lazily imported parts."""
+        sdk = importlib.import_module("anthropic")
+        client = sdk.AsyncAnthropic(
+            api_key=self._key.reveal(),
+            base_url=self.options.base_url,
+            max_retries=0,
+            timeout=self.options.timeout,
+        )
+        _ = client.messages  # imported on first access: here, not on the loop
+        for module in _LAZY:
+            importlib.import_module(module)
+        return client
 
     async def aclose(self) -> None:
         """Close the connection pool (optional: a finished call holds no request open)."""
@@ -182,7 +181,7 @@ class AnthropicLLM:
         response, which cancels the generation."""
         request = self._request(messages, tools)
         client = await self._sdk_client()
-        sdk = importlib.import_module("anthropic")
+        sdk = importlib.import_module("anthropic")  # loaded by now: a dict lookup
         said = ""  # text already yielded: a re-request must not say it twice
         tool_calls = 0
         for attempt in (1, 2):

@@ -47,12 +47,15 @@ from urllib.parse import urlsplit
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 if TYPE_CHECKING:
     from cartesia import AsyncCartesia
 
 log = logging.getLogger(__name__)
+#: what the SDK's socket imports when it first opens, if not before (on the loop)
+_LAZY: Final = ("websockets.asyncio.client", "anyio._backends._asyncio", "anyio.lowlevel")
 
 __all__ = ["DEFAULT_VOICE_ID", "CartesiaOptions", "CartesiaStream", "CartesiaTTS"]
 
@@ -158,6 +161,7 @@ class CartesiaTTS:
         )
         self.sample_rate: int = sample_rate
         self.encoding: AudioEncoding = encoding
+        preload("cartesia")  # so the first call does not wait for it
 
     def __repr__(self) -> str:
         o = self.options
@@ -168,7 +172,18 @@ class CartesiaTTS:
 
     async def open(self) -> CartesiaStream:
         """The call's stream, connected now so the greeting does not wait for a handshake."""
-        sdk = await asyncio.to_thread(importlib.import_module, "cartesia")
+        client = await in_sdk_thread(self._new_client)
+        stream = CartesiaStream(self.options, self._key, client)
+        try:
+            await stream.connect()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    def _new_client(self) -> AsyncCartesia:
+        """Run in the SDK thread: the import, the client, and what it imports lazily."""
+        sdk = importlib.import_module("cartesia")
         if "websocket_base_url" not in inspect.signature(sdk.AsyncCartesia).parameters:
             raise PatterConfigError(
                 "CartesiaTTS needs the cartesia SDK 4.x: pip install -U cartesia"
@@ -179,13 +194,10 @@ class CartesiaTTS:
             websocket_base_url=self.options.websocket_base_url,
             default_headers={"cartesia-version": self.options.version},
         )
-        stream = CartesiaStream(self.options, self._key, client)
-        try:
-            await stream.connect()
-        except BaseException:
-            await stream.aclose()
-            raise
-        return stream
+        _ = client.tts  # imported on first access: here, not on the loop
+        for module in _LAZY:
+            importlib.import_module(module)
+        return client
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding, Transcript
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.core.stt_stream import Dropped, ReconnectingSTTStream
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
@@ -98,6 +99,7 @@ class DeepgramSTT:
             close_timeout=close_timeout,
         )
         self._client: Any = None  # the SDK's AsyncDeepgramClient, built on first open()
+        preload("deepgram")  # so the first call does not wait for it
 
     def __repr__(self) -> str:
         o = self.options
@@ -111,7 +113,7 @@ class DeepgramSTT:
         quota refused) or ProviderError (Deepgram refused the stream settings)."""
         if self._client is None:
             # Importing the SDK and building its client takes ~0.4 s: not on the event loop.
-            self._client = await asyncio.to_thread(self._build_client)
+            self._client = await in_sdk_thread(self._build_client)
         stream = DeepgramSTTStream(self, self._client, self.options.language or language)
         await stream.start()
         return stream
@@ -136,7 +138,9 @@ class DeepgramSTT:
             agent="wss://agent.deepgram.com",
             agent_rest="https://agent.deepgram.com",
         )
-        return sdk.AsyncDeepgramClient(api_key=self._key.reveal(), environment=environment)
+        client = sdk.AsyncDeepgramClient(api_key=self._key.reveal(), environment=environment)
+        _ = client.listen.v1  # imported on first access: here, not on the loop
+        return client
 
     def _scrub(self, text: str) -> str:
         """Server-provided text, with the key taken out should it ever be echoed."""

@@ -1,7 +1,8 @@
 """GoogleLLM: Gemini through the official `google-genai` SDK, streamed, with function tools.
 
 The SDK takes `HttpOptions(base_url=...)`, so the same client talks to Google or to a loopback
-fake; it is imported in a worker thread on first use (the import takes about a second).
+fake; it is imported in the SDK thread (core/sdk_import.py) when the provider is built, and
+each client is built there too (the import takes about a second).
 `client.aio.models.generate_content_stream` is the REST `streamGenerateContent?alt=sse`.
 
 Conversation shape. The pipeline keeps history in the Chat Completions shape; this module
@@ -34,6 +35,7 @@ from typing import Any, Final
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import LLMEvent, TextDelta, ToolCallRequest, Usage
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
 __all__ = ["GEMINI_BASE_URL", "GoogleLLM", "GoogleLLMOptions"]
@@ -116,6 +118,7 @@ class GoogleLLM:
             weakref.WeakKeyDictionary()
         )
         self._signatures: OrderedDict[str, bytes] = OrderedDict()
+        preload("google.genai")  # so the first turn does not wait ~1 s for it
 
     def __repr__(self) -> str:
         o = self.options
@@ -142,7 +145,7 @@ class GoogleLLM:
                 )
                 return genai.Client(api_key=key.reveal(), vertexai=False, http_options=http)
 
-            client = await asyncio.to_thread(build)
+            client = await in_sdk_thread(build)
             self._clients[loop] = client
         return client
 

@@ -36,11 +36,14 @@ from typing import Any, Final
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 __all__ = ["LMNT_BASE_URL", "LmntOptions", "LmntStream", "LmntTTS"]
 
 log = logging.getLogger(__name__)
+#: what the SDK's socket imports when it first opens, if not before (on the loop)
+_LAZY: Final = ("websockets.asyncio.client", "anyio._backends._asyncio", "anyio.lowlevel")
 
 LMNT_BASE_URL: Final = "https://api.lmnt.com"
 _RATES: Final = (8000, 16000, 24000)
@@ -111,6 +114,7 @@ class LmntTTS:
         )
         self.sample_rate: int = sample_rate
         self.encoding: AudioEncoding = encoding
+        preload("lmnt")  # so the first call does not wait for it
 
     def __repr__(self) -> str:
         o = self.options
@@ -121,8 +125,7 @@ class LmntTTS:
 
     async def open(self) -> LmntStream:
         """The call's stream, connected now so the greeting does not wait for a handshake."""
-        sdk = await asyncio.to_thread(importlib.import_module, "lmnt")
-        client = sdk.AsyncLmnt(api_key=self._key.reveal(), base_url=self.options.base_url)
+        client = await in_sdk_thread(self._new_client)
         stream = LmntStream(self.options, self._key, client)
         try:
             await stream.connect()
@@ -130,6 +133,15 @@ class LmntTTS:
             await stream.aclose()
             raise
         return stream
+
+    def _new_client(self) -> Any:
+        """Run in the SDK thread: the import, the client, and what it imports lazily."""
+        sdk = importlib.import_module("lmnt")
+        client = sdk.AsyncLmnt(api_key=self._key.reveal(), base_url=self.options.base_url)
+        _ = client.speech.sessions  # imported on first access: here, not on the loop
+        for module in _LAZY:
+            importlib.import_module(module)
+        return client
 
 
 class _Dropped(Exception):

@@ -31,6 +31,7 @@ class GroqLLM(OpenAILLM):
 
     key_env = "GROQ_API_KEY"
     provider = "Groq"
+    pricing_name = "groq"  # its own prices, not OpenAI's
     default_base_url = GROQ_BASE_URL
     default_model = "llama-3.3-70b-versatile"
 
@@ -41,5 +42,6 @@ class CerebrasLLM(OpenAILLM):
 
     key_env = "CEREBRAS_API_KEY"
     provider = "Cerebras"
+    pricing_name = "cerebras"
     default_base_url = CEREBRAS_BASE_URL
     default_model = "gpt-oss-120b"

@@ -1,7 +1,7 @@
 """OpenAILLM: streaming Chat Completions with tools, and what the OpenAI HTTP providers share.
 
-The `openai` SDK is imported in a worker thread the first time a client is built (the import
-and the TLS context take about a second, which would stall every call on the event loop).
+The `openai` SDK is imported, and each client built, in the SDK thread (core/sdk_import.py): the
+import and the TLS context take about a second, which would stall every call on the event loop.
 Every client is built with `max_retries=0`: a phone call cannot wait through the SDK's
 backoff, so each provider retries once itself, and only where that cannot repeat what the
 caller already heard.
@@ -14,8 +14,6 @@ import contextlib
 import importlib
 import logging
 import math
-import sys
-import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import LLMEvent, TextDelta, ToolCallRequest, Usage
+from getpatter.core.sdk_import import in_sdk_thread, preload
 from getpatter.errors import PatterConfigError, PatterConnectionError, PatterError, ProviderError
 
 if TYPE_CHECKING:
@@ -59,31 +58,32 @@ def check_name(who: str, what: str, value: object) -> str:
     return value.strip()
 
 
-_preloading: threading.Thread | None = None
-
-
 def preload_sdk() -> None:
-    """Start importing the SDK in the background when a provider is built, so the first call
-    does not wait ~1 s for it (the import lock makes a concurrent import wait, not repeat)."""
-    global _preloading
-    if _preloading is None and "openai" not in sys.modules:
-        _preloading = threading.Thread(
-            target=importlib.import_module, args=("openai",), name="import-openai", daemon=True
-        )
-        _preloading.start()
+    """Start importing the SDK in the SDK thread when a provider is built, so the first call
+    does not wait ~1 s for it."""
+    preload("openai")
+
+
+#: what the client imports on its first request, if not before (the loop's first turn, else)
+_LAZY: Final = ("anyio._backends._asyncio", "jiter")
 
 
 async def build_client(key: Secret, base_url: str, request_timeout: float) -> AsyncOpenAI:
-    """An `AsyncOpenAI` for `base_url`, built off the event loop (see the module docstring)."""
+    """An `AsyncOpenAI` for `base_url`, built in the SDK thread (see the module docstring)."""
 
     def build() -> AsyncOpenAI:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(
+        client = AsyncOpenAI(
             api_key=key.reveal(), base_url=base_url, max_retries=0, timeout=request_timeout
         )
+        # resources are imported on first attribute access: here, not on the loop
+        _ = client.chat.completions, client.audio.speech, client.audio.transcriptions
+        for module in _LAZY:
+            importlib.import_module(module)
+        return client
 
-    return await asyncio.to_thread(build)
+    return await in_sdk_thread(build)
 
 
 def is_transport_error(exc: BaseException) -> bool:

@@ -12,6 +12,7 @@ and building a client takes about a second and would otherwise stall every call 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import warnings
@@ -52,6 +53,8 @@ REALTIME_VOICES: Final = (
 #: Text-to-speech voices the Realtime API refuses, and the closest voice it has.
 TTS_VOICE_MAP: Final = {"nova": "marin", "fable": "ballad", "onyx": "cedar"}
 FALLBACK_VOICE: Final = "marin"
+#: what `client.realtime.connect()` imports when it first runs, if not before (on the loop)
+_LAZY: Final = ("websockets.asyncio.client", "openai.lib._websocket")
 
 DEFAULT_TURN_DETECTION: Final[dict[str, Any]] = {
     "type": "server_vad",
@@ -215,12 +218,16 @@ class OpenAIRealtime(RealtimeOptions):
     def _new_client(self) -> AsyncOpenAI:
         from openai import AsyncOpenAI
 
-        return AsyncOpenAI(
+        client = AsyncOpenAI(
             api_key=self._secret.reveal(),
             base_url=self.base_url,
             websocket_base_url=self.websocket_base_url,
             max_retries=0,
         )
+        _ = client.realtime  # imported on first access: here, not on the loop
+        for module in _LAZY:
+            importlib.import_module(module)
+        return client
 
     async def connect(self) -> AsyncRealtimeConnection:
         """Open a Realtime WebSocket. Raises PatterConnectionError, with a message to act on."""
