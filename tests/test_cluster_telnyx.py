@@ -11,12 +11,14 @@ Node capacities: a 1, b 2, c 2 calls. Every test leaves the three nodes up and n
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 import pytest_asyncio
 
+from getpatter.core.node import BUSY_MESSAGE
 from getpatter.testing import services
 from getpatter.testing.telnyx import FakeCall, FakeTelnyx, Webhook
 
@@ -147,3 +149,24 @@ async def test_hangup_asked_of_a_ends_the_call_c_holds(rig: Rig) -> None:
     status, body = await rig.post("b", f"/api/calls/{victim.call_control_id}/hangup")
     assert status == 404  # no longer live anywhere
     assert not any(c.errors for c in calls)
+
+
+async def test_all_full_hears_busy_in_telnyx_voice_from_one_node(rig: Rig) -> None:
+    """nginx passes the very same signed call.initiated from node to node, and its last try
+    (with the overflow header) reaches a node that already refused it with 503: that is no
+    replay, or the caller hears nothing at all."""
+    calls = [await place(rig) for _ in range(5)]
+    assert Counter(node_of(c) for c in calls) == {"a": 1, "b": 2, "c": 2}
+    busy = await network(rig).place_call(from_=CALLER, to=NUMBER, audio=SILENCE)
+    await busy.wait_ended(10)
+    assert not busy.errors, busy.errors  # was: call.initiated refused 403 "replayed"
+    assert busy.said == [BUSY_MESSAGE]
+    assert busy.hangup_source == "callee"  # we hung up once it was said
+    later = [h for h in hooks(rig, busy) if h.event_type != "call.initiated"]
+    # answered by the node nginx gave the overflow to: the rest of its events went there
+    nodes = {h.url.removeprefix(f"https://{HOST}/n/").split("/", 1)[0] for h in later}
+    assert len(nodes) == 1 and nodes <= {"a", "b", "c"}, [h.url for h in later]
+    assert {"call.answered", "call.speak.ended", "call.hangup"} <= {h.event_type for h in later}
+    assert all(h.ok for h in hooks(rig, busy))
+    assert await rig.call_row(busy.call_control_id) is None  # no session was opened for it
+    assert all(not c.ended for c in calls)
