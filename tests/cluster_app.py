@@ -1,6 +1,7 @@
 """The app every node of the cluster tests runs, as a child process:
 `getpatter serve tests/cluster_app.py:app --port P` with GETPATTER_NODE etc. in
-its environment and the fake Twilio's credentials in TWILIO_*.
+its environment, CLUSTER_TEST_CARRIER ("twilio", the default, or "telnyx") and the fake
+carrier's credentials in TWILIO_* or TELNYX_*.
 
 For the outbound test only, the node also listens on CLUSTER_TEST_DIAL_PORT, where a POST
 places a call with `phone.call()` on this node (what an app's own code would do).
@@ -13,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from getpatter import Patter, Twilio
+from getpatter import Patter, Telnyx, Twilio
 from getpatter.agent import Agent
 from getpatter.testing.engines import ScriptedEngine
 
@@ -45,13 +46,20 @@ class NodeApp(Patter):
                 await runner.cleanup()
 
 
+def carrier() -> Twilio | Telnyx:
+    """The fake network's carrier (its keys from the environment, its API on loopback)."""
+    if os.environ.get("CLUSTER_TEST_CARRIER", "twilio") == "telnyx":
+        return Telnyx(base_url=os.environ["TELNYX_BASE_URL"])  # TELNYX_API_KEY etc.
+    return Twilio(
+        os.environ["TWILIO_ACCOUNT_SID"],
+        os.environ["TWILIO_AUTH_TOKEN"],
+        base_url=os.environ["TWILIO_BASE_URL"],
+    )
+
+
 def app() -> tuple[Patter, Agent, dict[str, Any]]:
     phone = NodeApp(
-        carrier=Twilio(
-            os.environ["TWILIO_ACCOUNT_SID"],
-            os.environ["TWILIO_AUTH_TOKEN"],
-            base_url=os.environ["TWILIO_BASE_URL"],
-        ),
+        carrier=carrier(),
         phone_number=NUMBER,
         webhook_url=HOST,
     )  # history: GETPATTER_DATABASE_URL

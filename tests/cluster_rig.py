@@ -1,10 +1,11 @@
-"""Three getpatter nodes behind real nginx, sharing a real PostgreSQL, called through the fake
-Twilio network: what the cluster tests run against.
+"""Three getpatter nodes behind real nginx, sharing a real PostgreSQL, called through a fake
+phone network (Twilio's or Telnyx's): what the cluster tests run against.
 
 The nodes are child processes (`getpatter serve tests/cluster_app.py:app`, as `getpatter
 serve --workers` starts them), so signals and `kill -9` are real. nginx's config is the
 one `getpatter nginx-config` writes, on a plain port (the fake network stands in for the TLS
-terminating front: it sends https://calls.cluster.test/... to nginx with that Host).
+terminating front: it sends https://calls.cluster.test/... to nginx with that Host). Which
+carrier the nodes speak follows the fake the rig is given (CLUSTER_TEST_CARRIER to the app).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from typing import Any
 import aiohttp
 
 from getpatter.nginx import Node, nginx_config
+from getpatter.testing import telnyx, twilio
 from getpatter.testing.services import LocalNginx, LocalPostgres, free_port
-from getpatter.testing.twilio import FakeTwilio
 from getpatter.workers import node_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +56,9 @@ class NodeProc:
 
 
 class Rig:
-    def __init__(self, pg: LocalPostgres, nginx: LocalNginx, net: FakeTwilio) -> None:
+    def __init__(
+        self, pg: LocalPostgres, nginx: LocalNginx, net: twilio.FakeTwilio | telnyx.FakeTelnyx
+    ) -> None:
         self.pg = pg
         self.nginx = nginx
         self.net = net
@@ -88,11 +92,24 @@ class Rig:
             "GETPATTER_HEARTBEAT": str(HEARTBEAT),
             "GETPATTER_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
             "GETPATTER_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
-            "TWILIO_ACCOUNT_SID": self.net.account_sid,
-            "TWILIO_AUTH_TOKEN": self.net.auth_token,
-            "TWILIO_BASE_URL": self.net.base_url,
             "CLUSTER_TEST_DIAL_PORT": str(node.dial_port),
         }
+        net = self.net
+        if isinstance(net, telnyx.FakeTelnyx):
+            env.update(
+                CLUSTER_TEST_CARRIER="telnyx",
+                TELNYX_API_KEY=net.api_key,
+                TELNYX_CONNECTION_ID=net.connection_id,
+                TELNYX_PUBLIC_KEY=net.public_key,
+                TELNYX_BASE_URL=net.base_url,
+            )
+        else:
+            env.update(
+                CLUSTER_TEST_CARRIER="twilio",
+                TWILIO_ACCOUNT_SID=net.account_sid,
+                TWILIO_AUTH_TOKEN=net.auth_token,
+                TWILIO_BASE_URL=net.base_url,
+            )
         if node.max_calls is not None:
             env["GETPATTER_MAX_CALLS"] = str(node.max_calls)
         return env
@@ -151,6 +168,19 @@ class Rig:
                 await asyncio.wait_for(node.reader, 5)
         return code
 
+    async def settle(self) -> None:
+        """Every node running and no call live (what each test leaves behind)."""
+        for call in list(self.net.calls.values()):
+            if not call.ended:
+                await call.hangup()
+        for name, node in self.nodes.items():
+            if not node.running:
+                await self.start_node(name)
+        deadline = asyncio.get_running_loop().time() + 10
+        while await self.rows("SELECT key FROM live_calls"):
+            assert asyncio.get_running_loop().time() < deadline, "calls still live after the test"
+            await asyncio.sleep(0.1)
+
     async def close(self) -> None:
         for node in self.nodes.values():
             if node.running:
@@ -208,10 +238,39 @@ class Rig:
         raise AssertionError(f"call {call_id}: row {row} never had {want}")
 
 
-def node_of(call: Any) -> str:
-    """The node a call's media went to: the prefix of the stream URL in its TwiML."""
-    for doc in call.twiml:
+@contextlib.asynccontextmanager
+async def open_rig(kind: str) -> AsyncIterator[Rig]:
+    """PostgreSQL, the fake `kind` network ("twilio" | "telnyx") with NUMBER's webhook on the
+    shared host, nginx and the three nodes: up on entry, gone on exit."""
+    pg = LocalPostgres()
+    await asyncio.to_thread(pg.start)
+    try:
+        net: twilio.FakeTwilio | telnyx.FakeTelnyx
+        if kind == "telnyx":
+            net = telnyx.FakeTelnyx()
+        else:
+            net = twilio.FakeTwilio()
+        async with net:
+            if isinstance(net, telnyx.FakeTelnyx):
+                net.add_number(NUMBER, webhook_url=f"https://{HOST}/webhooks/telnyx/voice")
+            else:
+                net.add_number(NUMBER, voice_url=f"https://{HOST}/webhooks/twilio/voice")
+            rig = Rig(pg, LocalNginx(), net)
+            try:
+                await rig.start()
+                yield rig
+            finally:
+                await rig.close()
+    finally:
+        await asyncio.to_thread(pg.close)
+
+
+def node_of(call: twilio.FakeCall | telnyx.FakeCall) -> str:
+    """The node a call's media went to: the prefix of the stream URL in its TwiML (Twilio)
+    or of the `stream_url` it was told to dial (Telnyx)."""
+    texts = call.stream_urls if isinstance(call, telnyx.FakeCall) else call.twiml
+    for doc in texts:
         marker = f"wss://{HOST}/n/"
         if marker in doc:
             return str(doc.split(marker, 1)[1].split("/", 1)[0])
-    raise AssertionError(f"no node stream URL in {call.twiml}")
+    raise AssertionError(f"no node stream URL in {texts}")

@@ -22,9 +22,19 @@ import pytest_asyncio
 
 from getpatter.core.node import BUSY_MESSAGE
 from getpatter.testing import services
-from getpatter.testing.twilio import FakeCall, FakeTwilio
+from getpatter.testing.twilio import FakeCall
 
-from cluster_rig import APP, CALLER, DRAIN_TIMEOUT, HEARTBEAT_TIMEOUT, HOST, NUMBER, Rig, node_of
+from cluster_rig import (
+    APP,
+    CALLER,
+    DRAIN_TIMEOUT,
+    HEARTBEAT_TIMEOUT,
+    HOST,
+    NUMBER,
+    Rig,
+    node_of,
+    open_rig,
+)
 
 MISSING = services.missing()
 pytestmark = [
@@ -41,36 +51,15 @@ SILENCE = np.zeros(8000 * 60, dtype=np.int16)  # callers stay on the line until 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def rig() -> AsyncIterator[Rig]:
-    pg = services.LocalPostgres()
-    nginx = services.LocalNginx()
-    await asyncio.to_thread(pg.start)
-    try:
-        async with FakeTwilio() as net:
-            net.add_number(NUMBER, voice_url=f"https://{HOST}/webhooks/twilio/voice")
-            the_rig = Rig(pg, nginx, net)
-            try:
-                await the_rig.start()
-                yield the_rig
-            finally:
-                await the_rig.close()
-    finally:
-        await asyncio.to_thread(pg.close)
+    async with open_rig("twilio") as the_rig:
+        yield the_rig
 
 
 @pytest_asyncio.fixture(autouse=True, loop_scope="module")
 async def all_up(rig: Rig) -> AsyncIterator[None]:
     """Every node running and no call live, before and after each test."""
     yield
-    for call in rig.net.calls.values():
-        if not call.ended:
-            await call.hangup()
-    for name, node in rig.nodes.items():
-        if not node.running:
-            await rig.start_node(name)
-    deadline = asyncio.get_running_loop().time() + 10
-    while await rig.rows("SELECT key FROM live_calls"):
-        assert asyncio.get_running_loop().time() < deadline, "calls still live after the test"
-        await asyncio.sleep(0.1)
+    await rig.settle()
 
 
 async def place(rig: Rig) -> FakeCall:

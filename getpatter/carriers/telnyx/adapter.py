@@ -306,6 +306,11 @@ class TelnyxAdapter:
             # before deduplication: a refused event comes back (to this node or another)
             admission = self._table.admit(request)
             if admission is Admission.REFUSE:
+                if self._verifier is not None:  # the same request comes back: no replay
+                    self._verifier.forget(
+                        request.headers.get(SIGNATURE_HEADER, ""),
+                        request.headers.get(TIMESTAMP_HEADER, ""),
+                    )
                 return web.Response(status=503, text="this node is full")
         if isinstance(event_id, str) and event_id and not self._events.add(event_id):
             return web.Response(status=200, text="duplicate")

@@ -73,6 +73,10 @@ class ReplayCache:
             self._seen.popitem(last=False)
         return True
 
+    def discard(self, timestamp: int, signature: str) -> None:
+        """Forget a pair: its request was not taken, and may be delivered again."""
+        self._seen.pop((timestamp, signature), None)
+
     def _expire(self, now: float) -> None:
         # Insertion order is roughly timestamp order; a stray old entry behind a newer one
         # just lives until it reaches the front (it is still bounded by max_entries).
@@ -137,6 +141,16 @@ class WebhookVerifier:
             raise SignatureError("bad webhook signature") from None
         if not self.replays.check_and_add(ts, signature.strip(), now):
             raise SignatureError("webhook replayed (timestamp and signature already seen)")
+
+    def forget(self, signature: str, timestamp: str) -> None:
+        """Un-see a verified request that was refused (503: this node is full): the balancer
+        passes that very request on, and its last try (every node full) comes back to a node
+        that refused it — which must not take it for a replay. Nothing new is let through: a
+        node that never saw a request accepts it anyway, and a call already opened elsewhere
+        is known to the shared call store."""
+        stamp = timestamp.strip()
+        if stamp.isascii() and stamp.isdigit() and len(stamp) <= 12:
+            self.replays.discard(int(stamp), signature.strip())
 
 
 # --- client_state --------------------------------------------------------------------------
