@@ -28,12 +28,12 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from getpatter.carriers.telnyx.rest import TelnyxAPIError, TelnyxREST
+from getpatter.carriers.telnyx.state import CallState, Recent, StreamOrder
 from getpatter.carriers.telnyx.wire import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -63,7 +63,6 @@ STREAM_PATH = "/ws/telnyx/stream/"
 GREETING_TIMEOUT = 30.0  # a machine whose greeting end is never reported still gets the message
 SPEAK_SECONDS_PER_CHAR = 0.1  # generous: the hang-up deadline if `call.speak.ended` is lost
 VOICEMAIL_DRAIN = 10.0  # on shutdown, how long voicemail drops in progress may finish
-MAX_TRACKED = 10_000  # event ids and ended call ids remembered for deduplication
 MAX_STREAMS = 4096  # media streams whose order is tracked
 
 # call.hangup `hangup_cause` → the end reason we record (anything else: "failed").
@@ -84,58 +83,6 @@ _PREMIUM_RESULT = {
     "fax_detected": "fax",
     "silence": "not_sure",
 }
-
-
-class _Recent:
-    """A bounded set that remembers the latest `size` items."""
-
-    def __init__(self, size: int = MAX_TRACKED) -> None:
-        self._items: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._items
-
-    def discard(self, item: str) -> None:
-        self._items.pop(item, None)
-
-    def add(self, item: str) -> bool:
-        """False when already present."""
-        if item in self._items:
-            return False
-        self._items[item] = None
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return True
-
-
-@dataclass
-class _CallState:
-    """What the adapter tracks per call beyond the session."""
-
-    dtmf_counts: dict[str, int] = field(default_factory=lambda: {"socket": 0, "webhook": 0})
-    dtmf_delivered: int = 0
-    amd_reported: bool = False
-    human: bool = False  # the AMD verdict was a human
-    last_words: asyncio.Task[None] | None = None  # a voicemail drop or a goodbye being spoken
-    greeting_ended: asyncio.Event = field(default_factory=asyncio.Event)
-    speak_ended: asyncio.Event = field(default_factory=asyncio.Event)
-    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a busy call's answer
-
-    def accept_dtmf(self, source: str) -> bool:
-        """The n-th digit of either source is new only if fewer than n have been delivered."""
-        self.dtmf_counts[source] += 1
-        if self.dtmf_counts[source] > self.dtmf_delivered:
-            self.dtmf_delivered = self.dtmf_counts[source]
-            return True
-        return False
-
-
-@dataclass
-class _Stream:
-    call_id: str
-    last_seq: int = -1
-    late: int = 0
 
 
 class TelnyxSettings(Protocol):
@@ -165,13 +112,13 @@ class TelnyxAdapter:
         self._verifier = WebhookVerifier(key) if key else None
         self.connection_id = config.telnyx_connection_id
         self.rest = TelnyxREST(config.telnyx_key, config.telnyx_base_url)
-        self._events = _Recent()  # data.id of every event handled
-        self._hung_up = _Recent()  # call_control_ids Telnyx reported as hung up
-        self._hangups_sent = _Recent()  # call_control_ids we asked Telnyx to hang up
-        self._initiated = _Recent()  # inbound call_control_ids already given a session
-        self._calls: dict[str, _CallState] = {}  # session key → state, while the call lives
-        self._last_words: dict[str, _CallState] = {}  # call_control_id → state, while speaking
-        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._events = Recent()  # data.id of every event handled
+        self._hung_up = Recent()  # call_control_ids Telnyx reported as hung up
+        self._hangups_sent = Recent()  # call_control_ids we asked Telnyx to hang up
+        self._initiated = Recent()  # inbound call_control_ids already given a session
+        self._calls: dict[str, CallState] = {}  # session key → state, while the call lives
+        self._last_words: dict[str, CallState] = {}  # call_control_id → state, while speaking
+        self._streams: OrderedDict[str, StreamOrder] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned_unsigned = False
         self._warn = LogThrottle(log)  # lines about strangers' requests, rate-limited
@@ -190,7 +137,7 @@ class TelnyxAdapter:
         msg = parse_media_message(text)
         event = msg.event
         if isinstance(event, StreamStarted):
-            self._streams[msg.stream_id] = _Stream(event.call_id)
+            self._streams[msg.stream_id] = StreamOrder(event.call_id)
             while len(self._streams) > MAX_STREAMS:
                 self._streams.popitem(last=False)
         elif isinstance(event, InboundAudio):
@@ -229,10 +176,10 @@ class TelnyxAdapter:
 
     # --- per-call state ------------------------------------------------------------------
 
-    def _state(self, session: CallSession) -> _CallState:
+    def _state(self, session: CallSession) -> CallState:
         state = self._calls.get(session.key)
         if state is None:
-            state = self._calls[session.key] = _CallState()
+            state = self._calls[session.key] = CallState()
         return state
 
     def _track(self, session: CallSession) -> None:
@@ -427,7 +374,7 @@ class TelnyxAdapter:
         self._spawn(self._say_busy(ccid), f"busy:{ccid}")
 
     async def _say_busy(self, ccid: str) -> None:
-        state = _CallState()
+        state = CallState()
         self._last_words[ccid] = state  # so call.speak.ended finds it
         try:
             await self.rest.answer(ccid, webhook_url=self._table.public_url(WEBHOOK_PATH))
@@ -492,7 +439,7 @@ class TelnyxAdapter:
                 self._leave_voicemail(session, state, message), f"voicemail:{session.call_id}"
             )
 
-    async def _leave_voicemail(self, session: CallSession, state: _CallState, text: str) -> None:
+    async def _leave_voicemail(self, session: CallSession, state: CallState, text: str) -> None:
         """After the beep: silence the agent, end the session, speak the message, hang up."""
         ccid = session.call_id
         try:
@@ -509,7 +456,7 @@ class TelnyxAdapter:
         finally:
             self._last_words.pop(ccid, None)
 
-    async def _speak_then_hang_up(self, session: CallSession, state: _CallState, text: str) -> None:
+    async def _speak_then_hang_up(self, session: CallSession, state: CallState, text: str) -> None:
         """Telnyx speaks `text`; we hang up on `call.speak.ended` (or after a deadline)."""
         ccid = session.call_id
         try:
