@@ -2,10 +2,11 @@
 
 Uses the official `cartesia` SDK (4.x): `AsyncCartesia(websocket_base_url=...)` points its
 async WebSocket at any host, a loopback fake included, and `tts.websocket_connect()` gives the
-raw connection, on which this module runs its own reader. (The SDK's context helper is not
-used: it expects a whole transcript per context, while a call speaks sentence by sentence and
-must stop one the moment the caller barges in.) The SDK is imported in a worker thread on the
-first `open()`: it takes about half a second.
+raw connection, which this module wraps as the connection of `core.tts_stream` (the socket
+machinery every socket TTS shares: its reader, the reconnect, the stall). (The SDK's context
+helper is not used: it expects a whole transcript per context, while a call speaks sentence by
+sentence and must stop one the moment the caller barges in.) The SDK is imported in a worker
+thread on the first `open()`: it takes about half a second.
 
 Continuations — the rule. The pipeline calls `synthesize()` once per sentence. Sentences of one
 reply share a Cartesia context, sent with `continue: true`, so the voice's prosody carries from
@@ -40,7 +41,7 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ from urllib.parse import urlsplit
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
 from getpatter.core.sdk_import import in_sdk_thread, preload
+from getpatter.core.tts_stream import END, Closed, Dropped, Sentence, SocketTTSStream
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 if TYPE_CHECKING:
@@ -206,88 +208,86 @@ class _Context:
     conn: Any  # the socket it lives on
     flushes: int = 0  # flushes sent: the latest sentence's flush_id
     ended_at: float | None = None  # when its last sentence finished normally
-    #: flush_id → the queue of the sentence it is, for sentences still being synthesized
-    waiting: dict[int, asyncio.Queue[Any]] = field(default_factory=dict)
     cancelled: bool = False
 
-    def tell_all(self, item: Any) -> None:
-        for queue in self.waiting.values():
-            queue.put_nowait(item)
+
+@dataclass(eq=False, slots=True)
+class _Sentence(Sentence):
+    context: _Context | None = None
+    flush_id: int = 0  # its flush's: its audio is the chunks with it
 
 
-class _Dropped(Exception):
-    """The socket closed while a sentence was still waiting for audio."""
+class _Socket:
+    """The SDK's socket connection as a `TTSConnection`: JSON messages both ways."""
+
+    closed = False  # a socket is forgotten when it ends
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.conn.send(message)
+        except Exception as exc:  # websockets' ConnectionClosed and friends
+            raise Closed(type(exc).__name__) from None
+
+    async def receive(self) -> dict[str, Any]:
+        while True:
+            try:
+                raw = await self.conn.recv_bytes()
+            except Exception as exc:  # the socket closed: websockets' ConnectionClosed
+                raise Closed(type(exc).__name__) from None
+            try:
+                message = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(message, dict):
+                return message
+
+    async def close(self) -> None:
+        await self.conn.close()
 
 
-class CartesiaStream:
+class CartesiaStream(SocketTTSStream[_Sentence]):
     """One call's Cartesia socket: `synthesize()` a sentence (the next may be asked for while
     one streams), `aclose()`."""
 
+    provider = "Cartesia"
+    key_env = "CARTESIA_API_KEY"
+
     def __init__(self, options: CartesiaOptions, key: Secret, client: AsyncCartesia) -> None:
+        super().__init__(key)
         self.options = options
-        self._key = key
         self._client = client
-        self._conn: Any = None
-        self._reader: asyncio.Task[None] | None = None
         self._contexts: dict[str, _Context] = {}  # by id: contexts with sentences waiting
         self._current: _Context | None = None
-        self._busy = 0  # sentences being synthesized right now
-        self._connecting = asyncio.Lock()
-        self._closing: set[asyncio.Task[None]] = set()  # old sockets being closed
-        self._closed = False
 
     # --- synthesis ------------------------------------------------------------------------
-
-    async def synthesize(self, text: str) -> AsyncGenerator[bytes, None]:
-        """Audio for one sentence. Closing this iterator early cancels it at once."""
-        if self._closed:
-            raise ProviderError("Cartesia stream is closed")
-        text = " ".join(text.split())
-        if not text:
-            return
-        delivered = 0
-        self._busy += 1
-        try:
-            for attempt in (1, 2):
-                try:
-                    async with contextlib.aclosing(self._sentence(text, delivered)) as audio:
-                        async for chunk in audio:
-                            delivered += len(chunk)
-                            yield chunk
-                    return
-                except _Dropped as exc:
-                    if attempt == 2:
-                        raise PatterConnectionError(
-                            f"Cartesia: the socket dropped again ({exc})"
-                        ) from None
-                    log.warning("Cartesia socket dropped mid-sentence (%s): reconnecting", exc)
-        finally:
-            self._busy -= 1
 
     async def synthesize_fallback(self, text: str) -> AsyncIterator[bytes]:
         """The sentence on a fresh socket: the pipeline's retry when the first try gave no
         audio in time. The old socket may be dead without knowing it (or the context stuck),
         so it is let go; a sentence still on it is asked for again on the new one."""
-        conn = self._conn
-        if conn is not None:
-            self._conn, self._current = None, None
-            closing = asyncio.get_running_loop().create_task(self._close_quietly(conn))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        if self._conn is not None:
+            self._current = None
+            self._let_go()
         async with contextlib.aclosing(self.synthesize(text)) as audio:
             async for chunk in audio:
                 yield chunk
 
-    async def _close_quietly(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), 2.0)
+    def _stall_s(self) -> float:
+        return STALL_SECONDS
+
+    def _waiting_on(self, context: _Context) -> list[_Sentence]:
+        """The sentences of `context` still being synthesized, in flush order."""
+        return [s for s in self._waiting.values() if s.context is context]
 
     def _context_for_sentence(self, conn: Any) -> tuple[_Context, list[dict[str, Any]]]:
         """The context this sentence goes on, and any message ending the previous one."""
         loop_now = asyncio.get_running_loop().time()
         current = self._current
         if current is not None and current.conn is conn and not current.cancelled:
-            if current.waiting:  # the sentence before is still being spoken: follow it
+            if self._waiting_on(current):  # the sentence before is still being spoken
                 return current, []
             if (
                 current.ended_at is not None
@@ -325,158 +325,102 @@ class CartesiaStream:
             request["flush"] = True
         return request
 
-    async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
-        conn = await self.connect()
-        context, ending = self._context_for_sentence(conn)
+    def _new_sentence(self, text: str) -> _Sentence:
+        return _Sentence(text)
+
+    def _begin(self, sentence: _Sentence) -> list[dict[str, Any]]:
+        context, ending = self._context_for_sentence(sentence.conn)
         context.ended_at = None
         context.flushes += 1
-        flush_id = context.flushes
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        context.waiting[flush_id] = queue
-        finished = False
-        try:
-            for message in (
-                *ending,
-                self._request(context.id, text + " ", more=True),
-                self._request(context.id, "", more=True, flush=True),
-            ):
-                await self._send(conn, message)
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), STALL_SECONDS)
-                except TimeoutError:
-                    await self._drop(conn)  # a silent socket is a dead one: the retry opens anew
-                    raise _Dropped(f"no audio for {STALL_SECONDS:.0f} s") from None
-                if isinstance(item, BaseException):
-                    raise item
-                kind = item.get("type")
-                if kind == "chunk" and item.get("flush_id") in (None, flush_id):
-                    audio = base64.b64decode(item.get("data") or "")
-                    if skip:
-                        cut = min(skip, len(audio))
-                        audio, skip = audio[cut:], skip - cut
-                    if audio:
-                        yield audio
-                elif kind == "flush_done" and item.get("flush_id") == flush_id:
-                    finished = True
-                    return
-                elif kind == "done":
-                    finished = True
-                    if self._current is context:
-                        self._current = None
-                    return
-                elif kind == "error":
-                    if self._current is context:
-                        self._current = None
-                    raise self._error_message(item)
-        finally:
-            context.waiting.pop(flush_id, None)
-            if finished:
-                if not context.waiting:
-                    context.ended_at = asyncio.get_running_loop().time()
-            elif not context.cancelled:  # cancelled, failed or dropped: stop it, for good
-                context.cancelled = True
-                self._contexts.pop(context.id, None)
-                if self._current is context:
-                    self._current = None
-                # a sentence queued behind on this context is asked for again on a new one
-                context.tell_all(_Dropped("its context was cancelled"))
-                if self._conn is conn:
-                    with contextlib.suppress(_Dropped):
-                        await self._send(conn, {"context_id": context.id, "cancel": True})
+        sentence.context, sentence.flush_id = context, context.flushes
+        sentence.key = (context.id, context.flushes)
+        return [
+            *ending,
+            self._request(context.id, sentence.text + " ", more=True),
+            self._request(context.id, "", more=True, flush=True),
+        ]
+
+    async def _end(self, sentence: _Sentence, finished: bool) -> None:
+        context, conn = sentence.context, sentence.conn
+        if context is None:
+            return
+        if finished:
+            if not self._waiting_on(context):
+                context.ended_at = asyncio.get_running_loop().time()
+        elif not context.cancelled:  # cancelled, failed or dropped: stop it, for good
+            context.cancelled = True
+            self._contexts.pop(context.id, None)
+            if self._current is context:
+                self._current = None
+            # a sentence queued behind on this context is asked for again on a new one
+            for other in self._waiting_on(context):
+                other.queue.put_nowait(Dropped("its context was cancelled"))
+            if self._conn is conn:
+                with contextlib.suppress(Dropped):
+                    await self._send(conn, {"context_id": context.id, "cancel": True})
 
     # --- the socket ------------------------------------------------------------------------
 
-    async def _send(self, conn: Any, message: dict[str, Any]) -> None:
+    async def _open(self) -> _Socket:
+        from websockets.exceptions import InvalidStatus
+
+        manager = self._client.tts.websocket_connect(
+            websocket_connection_options={"max_size": 16 * 1024 * 1024}
+        )
         try:
-            await conn.send(message)
-        except Exception as exc:  # websockets' ConnectionClosed and friends
-            raise _Dropped(type(exc).__name__) from None
+            async with asyncio.timeout(self.options.connect_timeout):
+                conn = await manager.enter()
+        except InvalidStatus as exc:
+            raise self._refused_by(exc.response.status_code, exc.response.body) from None
+        except (OSError, TimeoutError, Exception) as exc:
+            raise PatterConnectionError(
+                f"Cartesia: could not connect to {self.options.ws_url} ({type(exc).__name__})"
+            ) from None
+        return _Socket(conn)
 
-    async def connect(self) -> Any:
-        """The open connection, opening it if needed (one opener at a time)."""
-        async with self._connecting:
-            if self._conn is not None:
-                return self._conn
-            from websockets.exceptions import InvalidStatus
-
-            manager = self._client.tts.websocket_connect(
-                websocket_connection_options={"max_size": 16 * 1024 * 1024}
-            )
-            try:
-                async with asyncio.timeout(self.options.connect_timeout):
-                    conn = await manager.enter()
-            except InvalidStatus as exc:
-                raise self._refused(exc.response.status_code, exc.response.body) from None
-            except (OSError, TimeoutError, Exception) as exc:
-                raise PatterConnectionError(
-                    f"Cartesia: could not connect to {self.options.ws_url} ({type(exc).__name__})"
-                ) from None
-            self._conn = conn
-            self._reader = asyncio.get_running_loop().create_task(self._read(conn))
-            return conn
-
-    async def _read(self, conn: Any) -> None:
-        """Route each message to the sentence waiting on its context; on close, tell them all."""
-        try:
-            while True:
-                raw = await conn.recv_bytes()
-                try:
-                    message = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    continue
-                context = self._contexts.get(str(message.get("context_id")))
-                if context is not None:
-                    self._route(context, message)
-                elif message.get("type") == "error" and not message.get("context_id"):
-                    log.warning("Cartesia: %s", self._error_message(message))
-        except Exception as exc:  # the socket closed: websockets' ConnectionClosed
-            reason = type(exc).__name__
-        if self._conn is conn:
-            self._conn, self._current = None, None
-        for context in [c for c in self._contexts.values() if c.conn is conn]:
-            self._contexts.pop(context.id, None)
-            context.tell_all(_Dropped(reason))
-
-    def _route(self, context: _Context, message: dict[str, Any]) -> None:
+    def _parse(self, conn: _Socket, message: dict[str, Any]) -> list[tuple[Hashable, Any]]:
         """A message of one context to the sentence it belongs to: by `flush_id`, else (no
         id) the oldest sentence still waiting; a `done` or an error ends them all."""
+        context = self._contexts.get(str(message.get("context_id")))
         kind = message.get("type")
+        if context is None:
+            if kind == "error" and not message.get("context_id"):
+                log.warning("Cartesia: %s", self._error_message(message))
+            return []
+        waiting = self._waiting_on(context)
         flush_id = message.get("flush_id")
-        if kind in ("chunk", "flush_done", "timestamps"):
-            queue = context.waiting.get(flush_id) if flush_id is not None else None
-            if queue is None and flush_id is None and context.waiting:
-                queue = context.waiting[min(context.waiting)]
-            if queue is not None:
-                queue.put_nowait(message)
-            return
+        if kind in ("chunk", "flush_done"):
+            if flush_id is None and not waiting:
+                return []
+            key = (context.id, flush_id if flush_id is not None else waiting[0].flush_id)
+            if kind == "chunk":
+                return [(key, base64.b64decode(message.get("data") or ""))]
+            return [(key, END)] if flush_id is not None else []
         if kind == "done":
             self._contexts.pop(context.id, None)
-        context.tell_all(message)
+            if waiting and self._current is context:
+                self._current = None
+            return [(s.key, END) for s in waiting]
+        if kind == "error":
+            if waiting and self._current is context:
+                self._current = None
+            error = self._error_message(message)
+            return [(s.key, error) for s in waiting]
+        return []
 
-    async def _drop(self, conn: Any) -> None:
-        """Forget a connection that went silent and close it (its reader then ends)."""
-        if self._conn is conn:
-            self._conn, self._current = None, None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), 1.0)
+    def _conn_lost(self, conn: _Socket) -> None:
+        if self._current is not None and self._current.conn is conn:
+            self._current = None
+        for context in [c for c in self._contexts.values() if c.conn is conn]:
+            self._contexts.pop(context.id, None)
 
-    def _refused(self, status: int, body: bytes | None) -> PatterConnectionError:
+    def _refused_by(self, status: int, body: bytes | None) -> PatterConnectionError:
         try:
             detail = json.loads(body or b"{}")
             message = str(detail.get("message") or detail.get("error") or "")
         except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
             message = ""
-        message = self._scrub(message)[:200]
-        if status in (401, 403):
-            return PatterConnectionError(
-                f"Cartesia rejected the API key (HTTP {status}): check CARTESIA_API_KEY"
-            )
-        if status in (402, 429):
-            return PatterConnectionError(
-                f"Cartesia quota or concurrency limit (HTTP {status}): {message}"
-            )
-        return PatterConnectionError(f"Cartesia refused the connection (HTTP {status}): {message}")
+        return self._refused(status, message)
 
     def _error_message(self, message: dict[str, Any]) -> Exception:
         status = message.get("status_code")
@@ -485,26 +429,6 @@ class CartesiaStream:
             return PatterConnectionError(f"Cartesia refused the request (status {status}): {text}")
         return ProviderError(f"Cartesia error (status {status}): {text}")
 
-    def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "***") if key else text
-
-    async def aclose(self) -> None:
-        """Close the socket; syntheses still running end with an error."""
-        self._closed = True
-        for context in self._contexts.values():
-            context.tell_all(ProviderError("Cartesia stream closed"))
-        conn, reader = self._conn, self._reader
-        self._conn = self._reader = None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2.0)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        for closing in list(self._closing):
-            with contextlib.suppress(Exception):
-                await closing
+    async def _after_close(self) -> None:
         with contextlib.suppress(Exception):
             await self._client.close()

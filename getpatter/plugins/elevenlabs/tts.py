@@ -43,8 +43,10 @@ speak with the voice's defaults. Ask for `ulaw_8000` (the default): it is exactl
 carrier plays, so nothing is decoded or resampled.
 
 Failures: a socket dropped mid-sentence is reopened once and the sentence re-requested, skipping
-the bytes already played (the same text and voice give the same length of audio); if the socket
-cannot be opened, that sentence falls back to the HTTP stream. A refused key or exhausted quota
+the bytes already played (the same text and voice give the same length of audio: the rule of
+`core.tts_stream`, which owns the socket, its reader and its reconnects; this module is the
+wire format and the rules above); if the socket cannot be opened, or drops the sentence again,
+it falls back to the HTTP stream. A refused key or exhausted quota
 is a `PatterConnectionError` naming ElevenLabs, never showing the key.
 """
 
@@ -64,6 +66,16 @@ import aiohttp
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
+from getpatter.core.tts_stream import (
+    END,
+    Dropped,
+    Refused,
+    Sentence,
+    SocketTTSStream,
+    Unreachable,
+    WebSocket,
+    open_websocket,
+)
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 log = logging.getLogger(__name__)
@@ -79,7 +91,6 @@ STALL_SECONDS: Final = 10.0
 #: past a first byte; under the pipeline's 1 s mid-sentence gap, so a sentence given up for
 #: it is not followed by one sent on the same dead socket).
 SILENT_SOCKET: Final = 0.75
-_FINAL: Final = object()
 _PCM_RATES: Final = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -195,7 +206,7 @@ class ElevenLabsTTS:
         if self.options.transport == "websocket":
             try:
                 await stream.connect()
-            except _Unreachable as exc:
+            except Unreachable as exc:
                 log.warning("ElevenLabs socket unavailable (%s); using HTTP for now", exc)
                 loop = asyncio.get_running_loop()
                 stream._socket_retry_at = loop.time() + self.options.socket_retry_after
@@ -205,28 +216,23 @@ class ElevenLabsTTS:
         return stream
 
 
-class _Unreachable(Exception):
-    """The socket could not be opened for a reason other than the key or the quota."""
+@dataclass(eq=False, slots=True)
+class _Sentence(Sentence):
+    closed: bool = False  # close_context sent
 
 
-class _Dropped(Exception):
-    """The socket closed while a sentence was still waiting for audio."""
-
-
-class ElevenLabsStream:
+class ElevenLabsStream(SocketTTSStream[_Sentence]):
     """One call's ElevenLabs connection: `synthesize()` one sentence at a time, `aclose()`."""
 
+    provider = "ElevenLabs"
+    key_env = "ELEVENLABS_API_KEY"
+
     def __init__(self, options: ElevenLabsOptions, key: Secret) -> None:
+        super().__init__(key)
         self.options = options
-        self._key = key
         self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → its audio, then _FINAL
         self._live: set[str] = set()  # contexts the server still holds
         self._count = 0
-        self._connecting = asyncio.Lock()
-        self._closed = False
         self._socket_retry_at = 0.0  # after a failed connect, HTTP only until then
         # loop time of the socket's latest message, or of a sentence sent to it while none
         # waited: the socket has owed an answer and sent nothing since then
@@ -234,32 +240,21 @@ class ElevenLabsStream:
 
     # --- synthesis ------------------------------------------------------------------------
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """Audio for one sentence. Closing this iterator early cancels it at once."""
-        if self._closed:
-            raise ProviderError("ElevenLabs stream is closed")
-        text = " ".join(text.split())
-        if not text:
-            return
-        delivered = 0
-        loop = asyncio.get_running_loop()
-        if self.options.transport == "websocket" and loop.time() >= self._socket_retry_at:
-            for attempt in (1, 2):
-                try:
-                    async with contextlib.aclosing(self._over_socket(text, delivered)) as audio:
-                        async for chunk in audio:
-                            delivered += len(chunk)
-                            yield chunk
-                    return
-                except _Dropped as exc:
-                    log.warning("ElevenLabs socket dropped mid-sentence (%s): reconnecting", exc)
-                    if attempt == 2:
-                        break
-                except _Unreachable as exc:
-                    log.warning("ElevenLabs socket unavailable (%s): using HTTP", exc)
-                    self._socket_retry_at = loop.time() + self.options.socket_retry_after
-                    break
-        async with contextlib.aclosing(self._over_http(text, delivered)) as audio:
+    def _socket_usable(self) -> bool:
+        return (
+            self.options.transport == "websocket"
+            and asyncio.get_running_loop().time() >= self._socket_retry_at
+        )
+
+    async def _fallback(
+        self, text: str, skip: int, why: Exception | None
+    ) -> AsyncGenerator[bytes, None]:
+        """Over HTTP: the socket is off, could not be opened, or dropped the sentence twice."""
+        if isinstance(why, Unreachable):
+            log.warning("ElevenLabs socket unavailable (%s): using HTTP", why)
+            loop = asyncio.get_running_loop()
+            self._socket_retry_at = loop.time() + self.options.socket_retry_after
+        async with contextlib.aclosing(self._over_http(text, skip)) as audio:
             async for chunk in audio:
                 yield chunk
 
@@ -280,62 +275,50 @@ class ElevenLabsStream:
         """Drop a socket that has sent nothing for `SILENT_SOCKET` seconds (with `waiting`:
         while sentences wait on it): the sentences on it are asked for again on a new one."""
         silent = asyncio.get_running_loop().time() - self._heard_at
-        if self._ws is None or silent < SILENT_SOCKET or (waiting and not self._waiting):
+        if self._conn is None or silent < SILENT_SOCKET or (waiting and not self._waiting):
             return
         log.warning("ElevenLabs socket silent for %.1f s: replacing it", silent)
-        await self._disconnect()
+        await self._drop(self._conn)
 
-    async def _over_socket(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
+    def _stall_s(self) -> float:
+        return STALL_SECONDS
+
+    def _new_sentence(self, text: str) -> _Sentence:
+        return _Sentence(text)
+
+    async def _connect_for(self, sentence: _Sentence) -> WebSocket:
         await self._replace_if_silent(waiting=True)
-        ws = await self.connect()
+        ws: WebSocket = await self.connect()
         if len(self._live) >= MAX_CONTEXTS:
             log.info("ElevenLabs: %d contexts still open; new socket", len(self._live))
-            await self._disconnect()
+            await self._drop(ws)
             ws = await self.connect()
+        return ws
+
+    def _begin(self, sentence: _Sentence) -> list[dict[str, Any]]:
         self._count += 1
-        context = f"s{self._count}"
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        sentence.key = context = f"s{self._count}"
         if not self._waiting:
             self._heard_at = asyncio.get_running_loop().time()
-        self._waiting[context] = queue
         self._live.add(context)
-        closed = False  # close_context sent
-        try:
-            opening: dict[str, Any] = {"text": " ", "context_id": context}
-            if self.options.voice_settings:
-                opening["voice_settings"] = dict(self.options.voice_settings)
-            await self._send(ws, opening)
-            await self._send(ws, {"text": text + " ", "context_id": context, "flush": True})
-            while (item := await self._next(queue)) is not _FINAL:
-                if isinstance(item, BaseException):
-                    raise item
-                if not closed:  # its audio has started: now a close cannot lose it
-                    closed = True
-                    await self._send(ws, {"context_id": context, "close_context": True})
-                if skip:
-                    cut = min(skip, len(item))
-                    item, skip = item[cut:], skip - cut
-                if item:
-                    yield item
-            closed = True
-        finally:
-            self._waiting.pop(context, None)
-            if not closed and self._ws is ws and context in self._live:
-                with contextlib.suppress(_Dropped):  # cancelled before its audio: free it
-                    await self._send(ws, {"context_id": context, "close_context": True})
+        opening: dict[str, Any] = {"text": " ", "context_id": context}
+        if self.options.voice_settings:
+            opening["voice_settings"] = dict(self.options.voice_settings)
+        return [opening, {"text": sentence.text + " ", "context_id": context, "flush": True}]
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
-        try:
-            await ws.send_str(json.dumps(message))
-        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            raise _Dropped(type(exc).__name__) from None
+    async def _on_audio(self, sentence: _Sentence, audio: bytes) -> bytes:
+        if not sentence.closed:  # its audio has started: now a close cannot lose it
+            sentence.closed = True
+            await self._send(sentence.conn, {"context_id": sentence.key, "close_context": True})
+        return audio
 
-    async def _next(self, queue: asyncio.Queue[Any]) -> Any:
-        try:
-            return await asyncio.wait_for(queue.get(), STALL_SECONDS)
-        except TimeoutError:
-            await self._disconnect()  # a silent socket is a dead one: the retry opens anew
-            return _Dropped(f"no audio for {STALL_SECONDS:.0f} s")
+    async def _end(self, sentence: _Sentence, finished: bool) -> None:
+        conn = sentence.conn
+        if finished or sentence.closed or conn is None or self._conn is not conn:
+            return
+        if sentence.key in self._live:
+            with contextlib.suppress(Dropped):  # cancelled before its audio: free it
+                await self._send(conn, {"context_id": sentence.key, "close_context": True})
 
     async def _over_http(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
         o = self.options
@@ -382,75 +365,69 @@ class ElevenLabsStream:
             self._http = aiohttp.ClientSession()
         return self._http
 
-    async def connect(self) -> aiohttp.ClientWebSocketResponse:
-        """The open socket, opening it if needed (one opener at a time)."""
-        async with self._connecting:
-            if self._ws is not None and not self._ws.closed:
-                return self._ws
-            o = self.options
-            query = {
-                "model_id": o.model_id,
-                "output_format": o.output_format,
-                "inactivity_timeout": str(o.inactivity_timeout),
-                **({"language_code": o.language_code} if o.language_code else {}),
-                **o.extra_query,
-            }
-            url = (
-                f"{o.ws_base}/v1/text-to-speech/{o.voice_id}/multi-stream-input?{urlencode(query)}"
+    async def _open(self) -> WebSocket:
+        o = self.options
+        query = {
+            "model_id": o.model_id,
+            "output_format": o.output_format,
+            "inactivity_timeout": str(o.inactivity_timeout),
+            **({"language_code": o.language_code} if o.language_code else {}),
+            **o.extra_query,
+        }
+        url = f"{o.ws_base}/v1/text-to-speech/{o.voice_id}/multi-stream-input?{urlencode(query)}"
+        try:
+            ws = await open_websocket(
+                self._session(),
+                url,
+                headers={"xi-api-key": self._key.reveal()},
+                connect_s=o.connect_timeout,
+                max_msg_size=16 * 1024 * 1024,
             )
-            try:
-                async with asyncio.timeout(o.connect_timeout):
-                    ws = await self._session().ws_connect(
-                        url,
-                        headers={"xi-api-key": self._key.reveal()},
-                        max_msg_size=16 * 1024 * 1024,
-                        autoping=True,
-                    )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (401, 403):
-                    raise PatterConnectionError(
-                        f"ElevenLabs refused the connection (HTTP {exc.status}): the API key is "
-                        "invalid or its quota is used up; check ELEVENLABS_API_KEY"
-                    ) from None
-                if exc.status == 429:
-                    raise PatterConnectionError(
-                        "ElevenLabs: too many concurrent requests for this account (HTTP 429)"
-                    ) from None
-                raise _Unreachable(f"HTTP {exc.status}") from None
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _Unreachable(type(exc).__name__) from None
-            self._ws = ws
-            self._heard_at = asyncio.get_running_loop().time()
-            self._reader = asyncio.get_running_loop().create_task(self._read(ws))
-            return ws
+        except Refused as exc:
+            if exc.status in (401, 403):
+                raise PatterConnectionError(
+                    f"ElevenLabs refused the connection (HTTP {exc.status}): the API key is "
+                    "invalid or its quota is used up; check ELEVENLABS_API_KEY"
+                ) from None
+            if exc.status == 429:
+                raise PatterConnectionError(
+                    "ElevenLabs: too many concurrent requests for this account (HTTP 429)"
+                ) from None
+            raise Unreachable(f"HTTP {exc.status}") from None
+        self._heard_at = asyncio.get_running_loop().time()
+        return ws
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Route audio to the sentence waiting for it; when the socket ends, tell them all."""
-        problem: dict[str, Any] = {}
-        async for message in ws:
-            self._heard_at = asyncio.get_running_loop().time()
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue
-            try:
-                data = json.loads(message.data)
-            except json.JSONDecodeError:
-                continue
-            context = data.get("contextId") or data.get("context_id") or ""
-            queue = self._waiting.get(context)
-            if data.get("audio") and queue is not None:
-                queue.put_nowait(base64.b64decode(data["audio"]))
-            if data.get("isFinal") is True or data.get("is_final") is True:
-                self._live.discard(context)
-                if queue is not None:
-                    queue.put_nowait(_FINAL)
-            elif not data.get("audio") and (data.get("error") or data.get("message")):
-                problem = data
-        if self._ws is ws:
-            self._ws = None
+    def _parse(self, conn: WebSocket, message: Any) -> list[tuple[str, Any]]:
+        """Audio and isFinal by context; an error message is kept for the close's error."""
+        self._heard_at = asyncio.get_running_loop().time()
+        if not isinstance(message, str):
+            return []
+        try:
+            data = json.loads(message)
+        except json.JSONDecodeError:
+            return []
+        context = data.get("contextId") or data.get("context_id") or ""
+        routed: list[tuple[str, Any]] = []
+        if data.get("audio"):
+            routed.append((context, base64.b64decode(data["audio"])))
+        if data.get("isFinal") is True or data.get("is_final") is True:
+            self._live.discard(context)
+            routed.append((context, END))
+        elif not data.get("audio") and (data.get("error") or data.get("message")):
+            conn.last_error = data
+        return routed
+
+    def _lost_error(self, conn: WebSocket, reason: str) -> BaseException:
+        return self._socket_error(conn.last_error, conn.ws.close_code)
+
+    def _conn_lost(self, conn: WebSocket) -> None:
         self._live.clear()
-        error = self._socket_error(problem, ws.close_code)
-        for queue in self._waiting.values():
-            queue.put_nowait(error)
+
+    async def _goodbye(self, conn: WebSocket) -> None:
+        """`close_socket` only when no context is live: with one live, the service would
+        finish generating its (unwanted) audio before closing."""
+        if not self._live and not conn.closed:
+            await conn.send({"close_socket": True})
 
     def _socket_error(self, problem: dict[str, Any], code: int | None) -> BaseException:
         kind = str(problem.get("error") or "")
@@ -463,7 +440,7 @@ class ElevenLabsStream:
             return PatterConnectionError(f"ElevenLabs quota or rate limit ({kind}): {message}")
         if kind:
             return ProviderError(f"ElevenLabs closed the socket ({kind}): {message}")
-        return _Dropped(f"close code {code}")
+        return Dropped(f"close code {code}")
 
     def _http_error(self, status: int, body: str) -> Exception:
         try:
@@ -486,37 +463,6 @@ class ElevenLabsStream:
             return PatterConnectionError(f"ElevenLabs is unavailable (HTTP {status})")
         return ProviderError(f"ElevenLabs refused the request (HTTP {status} {kind}): {message}")
 
-    def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "***") if key else text
-
-    async def _disconnect(self) -> None:
-        """Close the socket. `close_socket` only when no context is live: with one live, the
-        service would finish generating its (unwanted) audio before closing."""
-        ws, reader = self._ws, self._reader
-        self._ws = self._reader = None
-        if ws is not None and not ws.closed:
-            quiet = contextlib.suppress(
-                ConnectionError, RuntimeError, aiohttp.ClientError, TimeoutError
-            )
-            if not self._live:
-                with quiet:
-                    await ws.send_str(json.dumps({"close_socket": True}))
-            with quiet:
-                await asyncio.wait_for(ws.close(), 2.0)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        self._live.clear()
-        for queue in self._waiting.values():
-            queue.put_nowait(_Dropped("socket replaced"))
-
-    async def aclose(self) -> None:
-        """Close the socket and the HTTP session; syntheses still running end with an error."""
-        self._closed = True
-        for queue in self._waiting.values():
-            queue.put_nowait(ProviderError("ElevenLabs stream closed"))
-        await self._disconnect()
+    async def _after_close(self) -> None:
         if self._http is not None:
             await self._http.close()

@@ -19,7 +19,8 @@ generated cannot be recalled from the socket any other way the docs promise) and
 next one in the background; a sentence queued behind it is asked for again there. A session
 dropped mid-sentence is reopened once and the sentence asked for again, skipping the audio
 already played; a refused key is a `PatterConnectionError` naming LMNT_API_KEY, never showing
-the key.
+the key. (The session's reader and the reconnect are `core.tts_stream`'s; this module wraps
+the SDK's session as its connection and speaks LMNT's messages.)
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ import contextlib
 import importlib
 import logging
 import struct
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from getpatter.core.credentials import Secret, credential, validate_http_url
 from getpatter.core.providers import AudioEncoding
 from getpatter.core.sdk_import import in_sdk_thread, preload
+from getpatter.core.tts_stream import END, Closed, Sentence, SocketTTSStream
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 __all__ = ["LMNT_BASE_URL", "LmntOptions", "LmntStream", "LmntTTS"]
@@ -144,185 +145,135 @@ class LmntTTS:
         return client
 
 
-class _Dropped(Exception):
-    """The session closed while a sentence was still waiting for audio."""
+class _Session:
+    """The SDK's speech session as a `TTSConnection`: text and flush out, its messages in."""
+
+    closed = False  # a session is forgotten when it ends
+
+    def __init__(self, session: Any, first: Any) -> None:
+        self.session = session
+        # what came instead of `ready`, if anything: read first
+        self._first = None if getattr(first, "type", "") == "ready" else first
+
+    async def send(self, message: dict[str, Any]) -> Any:
+        try:
+            if "text" in message:
+                return await self.session.send_text(message["text"])
+            return await self.session.send_flush()
+        except Exception as exc:  # websockets' ConnectionClosed and friends
+            raise Closed(type(exc).__name__) from None
+
+    async def receive(self) -> Any:
+        from lmnt.resources.sessions import UnexpectedMessageError
+
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        while True:
+            try:
+                return await self.session.__anext__()
+            except StopAsyncIteration:
+                raise Closed("closed") from None
+            except (UnexpectedMessageError, ValueError) as exc:  # a message of a newer protocol
+                log.debug("LMNT: ignored %s", exc)
+            except Exception as exc:
+                raise Closed(type(exc).__name__) from None
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
-@dataclass(slots=True)
-class _Waiting:
-    queue: asyncio.Queue[Any]
-    nonce: int | None = None  # its flush's, once sent
+@dataclass(eq=False, slots=True)
+class _Sentence(Sentence):
+    header: _WavHeader = field(default_factory=lambda: _WavHeader())
 
 
-class LmntStream:
+class LmntStream(SocketTTSStream[_Sentence]):
     """One call's LMNT session: `synthesize()` a sentence (the next may be asked for while one
     streams: it queues behind it), `aclose()`."""
 
+    provider = "LMNT"
+    key_env = "LMNT_API_KEY"
+    socket_word = "session"
+
     def __init__(self, options: LmntOptions, key: Secret, client: Any) -> None:
+        super().__init__(key)
         self.options = options
-        self._key = key
         self._client = client
-        self._session: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._prewarm: asyncio.Task[None] | None = None
-        self._waiting: deque[_Waiting] = deque()  # sentences in flush order: the head speaks
-        self._connecting = asyncio.Lock()
-        self._closed = False
+        self._count = 0
 
-    # --- synthesis ------------------------------------------------------------------------
+    # --- a sentence -----------------------------------------------------------------------
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """Audio for one sentence. Closing this iterator early stops it (and its session)."""
-        if self._closed:
-            raise ProviderError("LMNT stream is closed")
-        text = " ".join(text.split())
-        if not text:
-            return
-        delivered = 0
-        for attempt in (1, 2):
-            try:
-                async with contextlib.aclosing(self._sentence(text, delivered)) as audio:
-                    async for chunk in audio:
-                        delivered += len(chunk)
-                        yield chunk
-                return
-            except _Dropped as exc:
-                if attempt == 2:
-                    raise PatterConnectionError(
-                        f"LMNT: the session dropped again ({exc})"
-                    ) from None
-                log.warning("LMNT session dropped mid-sentence (%s): reconnecting", exc)
+    def _new_sentence(self, text: str) -> _Sentence:
+        return _Sentence(text)
 
-    async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
-        session = await self.connect()
-        finished = False
-        header = _WavHeader()
-        waiting = _Waiting(asyncio.Queue())
-        self._waiting.append(waiting)  # before the flush: its audio may follow at once
-        try:
-            try:
-                await session.send_text(text + " ")
-                waiting.nonce = await session.send_flush()
-            except Exception as exc:  # websockets' ConnectionClosed and friends
-                raise _Dropped(type(exc).__name__) from None
-            while (item := await waiting.queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                item = header.strip(item)
-                if skip:
-                    cut = min(skip, len(item))
-                    item, skip = item[cut:], skip - cut
-                if item:
-                    yield item
-            finished = True
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiting.remove(waiting)
-            if not finished and self._session is session:
-                # cancelled (a barge-in) or failed: end this session, have the next one ready
-                await self._disconnect()
-                if not self._closed:
-                    self._prewarm = asyncio.get_running_loop().create_task(self._warm())
+    def _begin(self, sentence: _Sentence) -> list[dict[str, Any]]:
+        self._count += 1
+        sentence.key = self._count  # audio carries no id: sentences are served in flush order
+        return [{"text": sentence.text + " "}, {"flush": True}]
+
+    async def _on_audio(self, sentence: _Sentence, audio: bytes) -> bytes:
+        return sentence.header.strip(audio)
+
+    async def _end(self, sentence: _Sentence, finished: bool) -> None:
+        session = sentence.conn
+        if not finished and session is not None and self._conn is session:
+            # cancelled (a barge-in) or failed: end this session, have the next one ready
+            await self._drop(session, "session closed")
+            self._prewarm_next()
 
     # --- the session -----------------------------------------------------------------------
 
-    async def _warm(self) -> None:
+    async def _open(self) -> _Session:
+        """A session, once it said `ready`."""
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "voice": o.voice,
+            "format": _WIRE_FORMAT[o.encoding],
+            "sample_rate": o.sample_rate,
+        }
+        if o.language:
+            kwargs["language"] = o.language
+        session: Any = None
         try:
-            await self.connect()
-        except Exception as exc:  # the next sentence will try again and report it
-            log.info("LMNT: reopening the session failed for now (%s)", exc)
-
-    async def connect(self) -> Any:
-        """The open session, opening it (and awaiting `ready`) if needed."""
-        async with self._connecting:
-            if self._session is not None:
-                return self._session
-            if self._closed:
-                raise ProviderError("LMNT stream is closed")
-            o = self.options
-            kwargs: dict[str, Any] = {
-                "voice": o.voice,
-                "format": _WIRE_FORMAT[o.encoding],
-                "sample_rate": o.sample_rate,
-            }
-            if o.language:
-                kwargs["language"] = o.language
-            session: Any = None
-            try:
-                async with asyncio.timeout(o.connect_timeout):
-                    session = await self._client.speech.sessions.create(**kwargs)
-                    first = await session.__anext__()
-            except StopAsyncIteration:
-                raise PatterConnectionError("LMNT closed the session before it was ready") from None
-            except (OSError, TimeoutError, Exception) as exc:
-                if session is not None:
-                    with contextlib.suppress(Exception):
-                        await session.close()
-                raise PatterConnectionError(
-                    f"LMNT: could not open a speech session at {o.base_url} ({type(exc).__name__})"
-                ) from None
-            kind = getattr(first, "type", "")
-            if kind == "error":
+            async with asyncio.timeout(o.connect_timeout):
+                session = await self._client.speech.sessions.create(**kwargs)
+                first = await session.__anext__()
+        except StopAsyncIteration:
+            raise PatterConnectionError("LMNT closed the session before it was ready") from None
+        except (OSError, TimeoutError, Exception) as exc:
+            if session is not None:
                 with contextlib.suppress(Exception):
                     await session.close()
-                raise self._refused(first)
-            if kind != "ready":
-                log.debug("LMNT: session started with %r, not 'ready'", kind)
-            self._session = session
-            self._reader = asyncio.get_running_loop().create_task(self._read(session, first))
-            return session
+            raise PatterConnectionError(
+                f"LMNT: could not open a speech session at {o.base_url} ({type(exc).__name__})"
+            ) from None
+        kind = getattr(first, "type", "")
+        if kind == "error":
+            with contextlib.suppress(Exception):
+                await session.close()
+            raise self._error(first)
+        if kind != "ready":
+            log.debug("LMNT: session started with %r, not 'ready'", kind)
+        return _Session(session, first)
 
-    async def _read(self, session: Any, first: Any) -> None:
-        """Hand audio and each flush's end to the waiting sentence; on close, tell it."""
-        from lmnt.resources.sessions import UnexpectedMessageError
-
-        message = None if getattr(first, "type", "") == "ready" else first
-        reason = "closed"
-        while True:
-            if message is not None:
-                self._route(message)
-            try:
-                message = await session.__anext__()
-            except StopAsyncIteration:
-                break
-            except (UnexpectedMessageError, ValueError) as exc:  # a message of a newer protocol
-                log.debug("LMNT: ignored %s", exc)
-                message = None
-            except Exception as exc:
-                reason = type(exc).__name__
-                break
-        if self._session is session:
-            self._session = None
-            self._tell_all(_Dropped(reason))
-
-    def _route(self, message: Any) -> None:
-        waiting = self._waiting[0] if self._waiting else None
+    def _parse(self, conn: _Session, message: Any) -> list[tuple[Hashable, Any]]:
+        """Audio is the oldest waiting sentence's; `flush_complete` ends it (flushes complete in
+        order: the audio that follows is the next one's)."""
+        waiting = self._keys(conn)
         kind = getattr(message, "type", "")
-        if kind == "audio":
-            if waiting is not None:
-                waiting.queue.put_nowait(bytes(message.audio))
-        elif kind == "flush_complete":
-            # flushes complete in order: this ends the oldest sentence, and the audio that
-            # follows is the next one's
-            if waiting is not None:
-                self._waiting.popleft()
-                waiting.queue.put_nowait(None)
-                nonce = getattr(message, "nonce", None)
-                if None not in (nonce, waiting.nonce) and nonce != waiting.nonce:
-                    log.debug("LMNT: flush_complete %r for flush %r", nonce, waiting.nonce)
-        elif kind == "error":
-            error = self._refused(message)
-            if self._waiting:
-                self._tell_all(error)
-            else:
+        if kind == "audio" and waiting:
+            return [(waiting[0], bytes(message.audio))]
+        if kind == "flush_complete" and waiting:
+            return [(waiting[0], END)]
+        if kind == "error":
+            error = self._error(message)
+            if not waiting:
                 log.warning("%s", error)
+            return [(key, error) for key in waiting]
+        return []
 
-    def _tell_all(self, item: BaseException) -> None:
-        """Every sentence waiting on the session gets `item` (its end, by error)."""
-        for waiting in self._waiting:
-            waiting.queue.put_nowait(item)
-
-    def _refused(self, message: Any) -> Exception:
+    def _error(self, message: Any) -> Exception:
         body = getattr(message, "error", None)  # the SDK leaves it a dict (model_construct)
         if not isinstance(body, dict):
             body = {"type": getattr(body, "type", ""), "message": getattr(body, "message", "")}
@@ -334,32 +285,7 @@ class LmntStream:
             return PatterConnectionError(f"LMNT refused the session ({kind}): {text}")
         return ProviderError(f"LMNT error ({kind or 'unknown'}): {text}")
 
-    def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "***") if key else text
-
-    async def _disconnect(self) -> None:
-        session, reader = self._session, self._reader
-        self._session = self._reader = None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(session.close(), 2.0)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if session is not None:  # sentences queued behind: asked for again on the next one
-            self._tell_all(_Dropped("session closed"))
-
-    async def aclose(self) -> None:
-        """Close the session; a synthesis still running ends with an error."""
-        self._closed = True
-        self._tell_all(ProviderError("LMNT stream closed"))
-        if self._prewarm is not None:
-            self._prewarm.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._prewarm
-        await self._disconnect()
+    async def _after_close(self) -> None:
         with contextlib.suppress(Exception):
             await self._client.close()
 

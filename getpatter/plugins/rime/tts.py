@@ -19,7 +19,8 @@ iterator early sends `clear`, closes the socket, and opens the next one in the b
 ready before the agent's next reply; a sentence held behind the cancelled one is asked for
 again there. A socket dropped mid-sentence is reopened once and the sentence asked for again,
 skipping the audio already played; a refused key is a `PatterConnectionError` naming
-RIME_API_KEY, never showing the key.
+RIME_API_KEY, never showing the key. (The socket, its reader and the reconnect are
+`core.tts_stream`'s; this module is Rime's wire format and the rules above.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
@@ -39,6 +40,16 @@ import aiohttp
 
 from getpatter.core.credentials import Secret, credential
 from getpatter.core.providers import AudioEncoding
+from getpatter.core.tts_stream import (
+    END,
+    Dropped,
+    Refused,
+    Sentence,
+    SocketTTSStream,
+    Unreachable,
+    WebSocket,
+    open_websocket,
+)
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 
 __all__ = ["RIME_WS_BASE", "RimeOptions", "RimeStream", "RimeTTS"]
@@ -176,202 +187,105 @@ class RimeTTS:
         return stream
 
 
-class _Dropped(Exception):
-    """The socket closed while a sentence was still waiting for audio."""
+@dataclass(eq=False, slots=True)
+class _Sentence(Sentence):
+    before: asyncio.Event | None = None  # the sentence before has started sounding
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # this one has
 
 
-_DONE: Final = object()
-
-
-class RimeStream:
+class RimeStream(SocketTTSStream[_Sentence]):
     """One call's Rime socket: `synthesize()` one sentence at a time, `aclose()`."""
 
+    provider = "Rime"
+    key_env = "RIME_API_KEY"
+
     def __init__(self, options: RimeOptions, key: Secret) -> None:
+        super().__init__(key)
         self.options = options
-        self._key = key
         self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._prewarm: asyncio.Task[Any] | None = None
-        self._waiting: dict[str, asyncio.Queue[Any]] = {}  # context → its audio, then _DONE
         self._count = 0
-        self._connecting = asyncio.Lock()
         self._started: asyncio.Event | None = None  # the latest sentence's audio has begun
-        self._closed = False
 
-    # --- synthesis ------------------------------------------------------------------------
+    # --- a sentence -----------------------------------------------------------------------
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """Audio for one sentence. Closing this iterator early stops it (and its socket)."""
-        if self._closed:
-            raise ProviderError("Rime stream is closed")
-        text = " ".join(text.split())
-        if not text:
-            return
-        delivered = 0
-        for attempt in (1, 2):
-            try:
-                async with contextlib.aclosing(self._sentence(text, delivered)) as audio:
-                    async for chunk in audio:
-                        delivered += len(chunk)
-                        yield chunk
-                return
-            except _Dropped as exc:
-                if attempt == 2:
-                    raise PatterConnectionError(f"Rime: the socket dropped again ({exc})") from None
-                log.warning("Rime socket dropped mid-sentence (%s): reconnecting", exc)
+    def _new_sentence(self, text: str) -> _Sentence:
+        sentence = _Sentence(text, before=self._started)
+        self._started = sentence.started
+        return sentence
 
-    async def _sentence(self, text: str, skip: int) -> AsyncGenerator[bytes, None]:
-        before, started = self._started, asyncio.Event()
-        self._started = started
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        context = ""
-        finished = False
-        ws: aiohttp.ClientWebSocketResponse | None = None
-        try:
-            if before is not None:
-                await before.wait()  # the sentence before has started: its text is taken
-            ws = await self.connect()
-            self._count += 1
-            context = f"s{self._count}"
-            self._waiting[context] = queue
-            await self._send(ws, {"text": text + " ", "contextId": context})
-            await self._send(ws, {"operation": "flush"})
-            while (item := await queue.get()) is not _DONE:
-                started.set()
-                if isinstance(item, BaseException):
-                    raise item
-                if skip:
-                    cut = min(skip, len(item))
-                    item, skip = item[cut:], skip - cut
-                if item:
-                    yield item
-            finished = True
-        finally:
-            self._waiting.pop(context, None)
-            if not finished and ws is not None and self._ws is ws and not ws.closed:
-                # cancelled (a barge-in) or failed: Rime cannot stop a running synthesis, so
-                # drop the text it holds and the socket, and have the next one ready
-                with contextlib.suppress(_Dropped):
-                    await self._send(ws, {"operation": "clear"})
-                await self._disconnect()
-                if not self._closed:
-                    self._prewarm = asyncio.get_running_loop().create_task(self._warm())
-            started.set()
+    async def _connect_for(self, sentence: _Sentence) -> WebSocket:
+        if sentence.before is not None:
+            await sentence.before.wait()  # the sentence before has started: its text is taken
+        ws: WebSocket = await self.connect()
+        return ws
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> None:
-        try:
-            await ws.send_str(json.dumps(message))
-        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            raise _Dropped(type(exc).__name__) from None
+    def _begin(self, sentence: _Sentence) -> list[dict[str, Any]]:
+        self._count += 1
+        sentence.key = context = f"s{self._count}"
+        return [{"text": sentence.text + " ", "contextId": context}, {"operation": "flush"}]
+
+    async def _on_audio(self, sentence: _Sentence, audio: bytes) -> bytes:
+        sentence.started.set()
+        return audio
+
+    async def _end(self, sentence: _Sentence, finished: bool) -> None:
+        ws = sentence.conn
+        if not finished and ws is not None and self._conn is ws and not ws.closed:
+            # cancelled (a barge-in) or failed: Rime cannot stop a running synthesis, so
+            # drop the text it holds and the socket, and have the next one ready
+            with contextlib.suppress(Dropped):
+                await self._send(ws, {"operation": "clear"})
+            await self._drop(ws, "socket closed")
+            self._prewarm_next()
+        sentence.started.set()
 
     # --- the socket ------------------------------------------------------------------------
 
-    async def _warm(self) -> None:
+    async def _open(self) -> WebSocket:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        o = self.options
         try:
-            await self.connect()
-        except Exception as exc:  # the next sentence will try again and report it
-            log.info("Rime: reconnecting after a barge-in failed for now (%s)", exc)
-
-    async def connect(self) -> aiohttp.ClientWebSocketResponse:
-        """The open socket, opening it if needed (one opener at a time)."""
-        async with self._connecting:
-            if self._ws is not None and not self._ws.closed:
-                return self._ws
-            if self._closed:
-                raise ProviderError("Rime stream is closed")
-            if self._http is None:
-                self._http = aiohttp.ClientSession()
-            o = self.options
-            try:
-                async with asyncio.timeout(o.connect_timeout):
-                    ws = await self._http.ws_connect(
-                        o.url,
-                        headers={"Authorization": f"Bearer {self._key.reveal()}"},
-                        max_msg_size=4 * 1024 * 1024,
-                        autoping=True,
-                    )
-            except aiohttp.WSServerHandshakeError as exc:
-                raise self._refused(exc.status) from None
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise PatterConnectionError(
-                    f"Rime: could not connect to {o.base_url}{_PATH} ({type(exc).__name__})"
-                ) from None
-            self._ws = ws
-            self._reader = asyncio.get_running_loop().create_task(self._read(ws))
-            return ws
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Route each event to the sentence waiting on its context; on close, tell them all."""
-        reason = "closed"
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                if msg.type == aiohttp.WSMsgType.ERROR:
-                    reason = type(ws.exception()).__name__
-                break
-            try:
-                event = json.loads(msg.data)
-                kind = event.get("type")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            queue = self._waiting.get(str(event.get("contextId")))
-            if kind == "chunk" and queue is not None:
-                try:
-                    queue.put_nowait(base64.b64decode(event.get("data") or ""))
-                except (binascii.Error, ValueError):
-                    queue.put_nowait(ProviderError("Rime sent audio that is not base64"))
-            elif kind == "done" and queue is not None:
-                queue.put_nowait(_DONE)
-            elif kind == "error":  # not tagged with a context: it is the waiting sentence's
-                error = ProviderError(f"Rime error: {self._scrub(str(event.get('message')))[:200]}")
-                for waiting in self._waiting.values():
-                    waiting.put_nowait(error)
-                if not self._waiting:
-                    log.warning("%s", error)
-        if ws.close_code not in (None, 1000):
-            reason = f"close code {ws.close_code}"
-        if self._ws is ws:
-            self._ws = None
-        for queue in self._waiting.values():
-            queue.put_nowait(_Dropped(reason))
-
-    def _refused(self, status: int) -> PatterConnectionError:
-        if status in (401, 403):
-            return PatterConnectionError(
-                f"Rime rejected the API key (HTTP {status}): check RIME_API_KEY"
+            return await open_websocket(
+                self._http,
+                o.url,
+                headers={"Authorization": f"Bearer {self._key.reveal()}"},
+                connect_s=o.connect_timeout,
+                max_msg_size=4 * 1024 * 1024,
             )
-        if status in (402, 429):
-            return PatterConnectionError(f"Rime quota or concurrency limit (HTTP {status})")
-        return PatterConnectionError(f"Rime refused the connection (HTTP {status})")
+        except Refused as exc:
+            raise self._refused(exc.status) from None
+        except Unreachable as exc:
+            raise PatterConnectionError(
+                f"Rime: could not connect to {o.base_url}{_PATH} ({exc})"
+            ) from None
 
-    def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "***") if key else text
+    def _parse(self, conn: WebSocket, message: Any) -> list[tuple[Hashable, Any]]:
+        """`chunk` and `done` by contextId; an `error` (not tagged) is the waiting sentence's."""
+        if not isinstance(message, str):
+            return []
+        try:
+            event = json.loads(message)
+            kind = event.get("type")
+        except (json.JSONDecodeError, AttributeError):
+            return []
+        context = str(event.get("contextId"))
+        if kind == "chunk":
+            try:
+                return [(context, base64.b64decode(event.get("data") or ""))]
+            except (binascii.Error, ValueError):
+                return [(context, ProviderError("Rime sent audio that is not base64"))]
+        if kind == "done":
+            return [(context, END)]
+        if kind == "error":
+            error = ProviderError(f"Rime error: {self._scrub(str(event.get('message')))[:200]}")
+            waiting = self._keys(conn)
+            if not waiting:
+                log.warning("%s", error)
+            return [(key, error) for key in waiting]
+        return []
 
-    async def _disconnect(self) -> None:
-        ws, reader = self._ws, self._reader
-        self._ws = self._reader = None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        if ws is not None:  # a sentence held behind: asked for again on the next socket
-            for queue in self._waiting.values():
-                queue.put_nowait(_Dropped("socket closed"))
-
-    async def aclose(self) -> None:
-        """Close the socket; syntheses still running end with an error."""
-        self._closed = True
-        for queue in self._waiting.values():
-            queue.put_nowait(ProviderError("Rime stream closed"))
-        if self._prewarm is not None:
-            self._prewarm.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._prewarm
-        await self._disconnect()
+    async def _after_close(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
