@@ -11,26 +11,21 @@ import aiohttp
 import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
 from getpatter.core.pipeline import PipelineOptions
 from getpatter.core.providers import Transcript
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.deepgram.stt import DeepgramSTT, DeepgramSTTStream
+from getpatter.plugins.deepgram.stt import DeepgramSTT
 from getpatter.testing.deepgram import NET0001_REASON, FakeDeepgram
 from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
+from stt_kit import collect, feed, said, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # websockets.legacy
 
 QUERY = "encoding=mulaw&sample_rate=8000&channels=1"
-
-
-def said(lead: float = 0.2, tail: float = 0.0) -> bytes:
-    """The committed test sentence as carrier μ-law."""
-    return ulaw_encode(speech(lead=lead, tail=tail))
 
 
 @pytest.fixture
@@ -41,25 +36,6 @@ async def dg() -> AsyncIterator[FakeDeepgram]:
 
 def client(dg: FakeDeepgram, **kwargs: Any) -> DeepgramSTT:
     return DeepgramSTT(api_key=dg.api_key, base_url=dg.ws_url, **kwargs)
-
-
-async def feed(stream: DeepgramSTTStream, audio: bytes, frame: int = 160) -> None:
-    for i in range(0, len(audio), frame):
-        await stream.send(audio[i : i + frame])
-        await asyncio.sleep(0)
-
-
-async def collect(stream: DeepgramSTTStream, into: list[Transcript]) -> None:
-    async for t in stream.transcripts():
-        into.append(t)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within}s")
 
 
 # --- the fake's protocol, spoken by hand ---------------------------------------------------

@@ -11,24 +11,20 @@ import aiohttp
 import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
 from getpatter.core.pipeline import PipelineOptions
 from getpatter.core.providers import STT, Transcript
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.soniox.stt import SonioxSTT, SonioxSTTStream
+from getpatter.plugins.soniox.stt import SonioxSTT
 from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.soniox import FakeSoniox
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
+from stt_kit import collect, feed, finals, said, wait_until
 
 TEXT = "What time do you open?"
 KEY = "sx-secret-key-0123456789"
-
-
-def said(lead: float = 0.2, tail: float = 0.0) -> bytes:
-    return ulaw_encode(speech(lead=lead, tail=tail))
 
 
 @pytest.fixture
@@ -39,29 +35,6 @@ async def sx() -> AsyncIterator[FakeSoniox]:
 
 def client(sx: FakeSoniox, **kwargs: Any) -> SonioxSTT:
     return SonioxSTT(api_key=sx.api_key, base_url=sx.ws_url, **kwargs)
-
-
-async def feed(stream: SonioxSTTStream, audio: bytes, frame: int = 160) -> None:
-    for i in range(0, len(audio), frame):
-        await stream.send(audio[i : i + frame])
-        await asyncio.sleep(0)
-
-
-async def collect(stream: SonioxSTTStream, into: list[Transcript]) -> None:
-    async for t in stream.transcripts():
-        into.append(t)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within}s")
-
-
-def finals(seen: list[Transcript]) -> list[str]:
-    return [t.text for t in seen if t.is_final]
 
 
 START = {
