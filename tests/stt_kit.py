@@ -39,3 +39,9 @@ async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None
 
 def finals(seen: list[Transcript]) -> list[str]:
     return [t.text for t in seen if t.is_final]
+
+
+def hear(stream: STTStream) -> tuple[list[Transcript], asyncio.Task[None]]:
+    """Collect `stream`'s transcripts in a task: (what it has said so far, the task)."""
+    seen: list[Transcript] = []
+    return seen, asyncio.create_task(collect(stream, seen))

@@ -21,7 +21,7 @@ from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
-from stt_kit import collect, feed, said, wait_until
+from stt_kit import feed, hear, said, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # websockets.legacy
 
@@ -146,8 +146,7 @@ async def test_fake_closes_idle_sockets_like_net_0001() -> None:
 
 async def test_streams_interims_then_a_final(dg: FakeDeepgram) -> None:
     stream = await client(dg).open(language="en-US")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=0.5))
     await wait_until(lambda: any(t.is_final for t in seen))
     await stream.aclose()
@@ -177,8 +176,7 @@ async def test_streams_interims_then_a_final(dg: FakeDeepgram) -> None:
 
 async def test_finalize_turns_the_utterance_into_a_final(dg: FakeDeepgram) -> None:
     stream = await client(dg, endpointing_ms=None, language="es").open(language="en")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())
     await stream.finalize()
     await wait_until(lambda: any(t.is_final for t in seen))
@@ -193,8 +191,7 @@ async def test_finalize_turns_the_utterance_into_a_final(dg: FakeDeepgram) -> No
 
 async def test_utterance_end_is_an_empty_speech_final(dg: FakeDeepgram) -> None:
     stream = await client(dg).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=1.5))
     await wait_until(lambda: any(t.is_final and not t.text for t in seen))
     end = seen[-1]
@@ -206,8 +203,7 @@ async def test_utterance_end_is_an_empty_speech_final(dg: FakeDeepgram) -> None:
 async def test_keepalive_holds_an_idle_socket_open() -> None:
     async with FakeDeepgram(idle_timeout=0.5, latency=0.01) as dg:
         stream = await client(dg, keepalive_s=0.15).open()
-        seen: list[Transcript] = []
-        reader = asyncio.create_task(collect(stream, seen))
+        seen, reader = hear(stream)
         await asyncio.sleep(1.2)  # between utterances the pipeline sends nothing
         assert len(dg.live) == 1 and stream.reconnects == 0
         assert dg.connections[0].count("KeepAlive") >= 5
@@ -220,8 +216,7 @@ async def test_keepalive_holds_an_idle_socket_open() -> None:
 
 async def test_aclose_flushes_waits_for_metadata_and_closes(dg: FakeDeepgram) -> None:
     stream = await client(dg, endpointing_ms=None).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())  # mid-utterance: CloseStream still gives its final
     await stream.aclose()
     await asyncio.wait_for(reader, 1)  # the transcript stream ended
@@ -278,8 +273,7 @@ async def test_a_dropped_socket_reconnects_once_and_replays_the_utterance(
     dg: FakeDeepgram,
 ) -> None:
     stream = await client(dg, endpointing_ms=None).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     audio = said()
     half = len(audio) // 2 // 160 * 160
     await feed(stream, audio[:half])
@@ -302,8 +296,7 @@ async def test_a_dropped_socket_reconnects_once_and_replays_the_utterance(
 
 async def test_a_socket_that_drops_again_at_once_fails_the_stream(dg: FakeDeepgram) -> None:
     stream = await client(dg).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    _seen, reader = hear(stream)
     await dg.drop_connections()
     await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
     await dg.drop_connections()
