@@ -12,23 +12,17 @@ import aiohttp
 import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
-from getpatter.core.providers import Transcript
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.assemblyai.stt import AssemblyAISTT, AssemblyAISTTStream
+from getpatter.plugins.assemblyai.stt import AssemblyAISTT
 from getpatter.testing.assemblyai import FakeAssemblyAI
 from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
+from stt_kit import collect, feed, finals, hear, said, wait_until
 
 TEXT = "What time do you open?"
-
-
-def said(lead: float = 0.2, tail: float = 0.0) -> bytes:
-    """The committed test sentence as carrier μ-law."""
-    return ulaw_encode(speech(lead=lead, tail=tail))
 
 
 @pytest.fixture
@@ -40,29 +34,6 @@ async def aai() -> AsyncIterator[FakeAssemblyAI]:
 
 def client(aai: FakeAssemblyAI, **kwargs: Any) -> AssemblyAISTT:
     return AssemblyAISTT(api_key=aai.api_key, base_url=aai.ws_url, **kwargs)
-
-
-async def feed(stream: AssemblyAISTTStream, audio: bytes, frame: int = 160) -> None:
-    for i in range(0, len(audio), frame):
-        await stream.send(audio[i : i + frame])
-        await asyncio.sleep(0)
-
-
-async def collect(stream: AssemblyAISTTStream, into: list[Transcript]) -> None:
-    async for t in stream.transcripts():
-        into.append(t)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within}s")
-
-
-def finals(seen: list[Transcript]) -> list[str]:
-    return [t.text for t in seen if t.is_final]
 
 
 # --- the fake's protocol, spoken by hand ---------------------------------------------------
@@ -216,8 +187,7 @@ async def test_fake_ends_the_session_on_an_unknown_message(raw: Raw) -> None:
 
 async def test_streams_partials_then_the_formatted_turn(aai: FakeAssemblyAI) -> None:
     stream = await client(aai).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=0.6))  # the fake ends the turn after 400 ms of silence
     await wait_until(lambda: bool(finals(seen)))
     assert finals(seen) == [TEXT]
@@ -241,8 +211,7 @@ async def test_streams_partials_then_the_formatted_turn(aai: FakeAssemblyAI) -> 
 
 async def test_finalize_pads_the_tail_and_forces_the_endpoint(aai: FakeAssemblyAI) -> None:
     stream = await client(aai).open(language="fr")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     frames = len(said()) // 160
     frames -= (frames - 1) % 3  # 60 ms chunks, and 20 ms left over
     audio = said()[: frames * 160]
@@ -264,8 +233,7 @@ async def test_without_waiting_for_formatting_the_plain_turn_is_final(
     aai: FakeAssemblyAI, kwargs: dict[str, Any]
 ) -> None:
     stream = await client(aai, **kwargs).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())
     await stream.finalize()
     await wait_until(lambda: bool(finals(seen)))
@@ -279,8 +247,7 @@ async def test_pcm16_at_16khz(aai: FakeAssemblyAI) -> None:
     stt = client(aai, encoding="pcm_s16le", sample_rate=16000, chunk_ms=100)
     assert (stt.encoding, stt.sample_rate) == ("pcm16", 16000)
     stream = await stt.open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     pcm = np.repeat(speech(lead=0.2, tail=0.0), 2).astype("<i2").tobytes()
     await feed(stream, pcm, frame=640)
     await stream.finalize()
@@ -293,8 +260,7 @@ async def test_pcm16_at_16khz(aai: FakeAssemblyAI) -> None:
 
 async def test_aclose_terminates_and_waits_for_termination(aai: FakeAssemblyAI) -> None:
     stream = await client(aai).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())  # a turn in flight: Terminate still gives its end
     await stream.aclose()
     await asyncio.wait_for(reader, 1)
@@ -344,8 +310,7 @@ async def test_refused_settings_are_a_provider_error(aai: FakeAssemblyAI) -> Non
 async def test_a_protocol_violation_mid_call_fails_without_reconnecting() -> None:
     async with FakeAssemblyAI(rate_slack=0.5) as aai:
         stream = await client(aai).open()
-        seen: list[Transcript] = []
-        reader = asyncio.create_task(collect(stream, seen))
+        _seen, reader = hear(stream)
         with contextlib.suppress(ProviderError):  # send() may be the first to hear of it
             await feed(stream, said())  # much faster than real time
         with pytest.raises(ProviderError, match="3007"):
@@ -363,8 +328,7 @@ async def test_unreachable_is_a_connection_error() -> None:
 
 async def test_a_dropped_socket_reconnects_once_and_carries_on(aai: FakeAssemblyAI) -> None:
     stream = await client(aai).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())
     await stream.finalize()
     await wait_until(lambda: finals(seen) == [TEXT])

@@ -11,26 +11,21 @@ import aiohttp
 import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
 from getpatter.core.pipeline import PipelineOptions
 from getpatter.core.providers import Transcript
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.deepgram.stt import DeepgramSTT, DeepgramSTTStream
+from getpatter.plugins.deepgram.stt import DeepgramSTT
 from getpatter.testing.deepgram import NET0001_REASON, FakeDeepgram
 from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
+from stt_kit import feed, hear, said, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # websockets.legacy
 
 QUERY = "encoding=mulaw&sample_rate=8000&channels=1"
-
-
-def said(lead: float = 0.2, tail: float = 0.0) -> bytes:
-    """The committed test sentence as carrier μ-law."""
-    return ulaw_encode(speech(lead=lead, tail=tail))
 
 
 @pytest.fixture
@@ -41,25 +36,6 @@ async def dg() -> AsyncIterator[FakeDeepgram]:
 
 def client(dg: FakeDeepgram, **kwargs: Any) -> DeepgramSTT:
     return DeepgramSTT(api_key=dg.api_key, base_url=dg.ws_url, **kwargs)
-
-
-async def feed(stream: DeepgramSTTStream, audio: bytes, frame: int = 160) -> None:
-    for i in range(0, len(audio), frame):
-        await stream.send(audio[i : i + frame])
-        await asyncio.sleep(0)
-
-
-async def collect(stream: DeepgramSTTStream, into: list[Transcript]) -> None:
-    async for t in stream.transcripts():
-        into.append(t)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within}s")
 
 
 # --- the fake's protocol, spoken by hand ---------------------------------------------------
@@ -170,8 +146,7 @@ async def test_fake_closes_idle_sockets_like_net_0001() -> None:
 
 async def test_streams_interims_then_a_final(dg: FakeDeepgram) -> None:
     stream = await client(dg).open(language="en-US")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=0.5))
     await wait_until(lambda: any(t.is_final for t in seen))
     await stream.aclose()
@@ -201,8 +176,7 @@ async def test_streams_interims_then_a_final(dg: FakeDeepgram) -> None:
 
 async def test_finalize_turns_the_utterance_into_a_final(dg: FakeDeepgram) -> None:
     stream = await client(dg, endpointing_ms=None, language="es").open(language="en")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())
     await stream.finalize()
     await wait_until(lambda: any(t.is_final for t in seen))
@@ -217,8 +191,7 @@ async def test_finalize_turns_the_utterance_into_a_final(dg: FakeDeepgram) -> No
 
 async def test_utterance_end_is_an_empty_speech_final(dg: FakeDeepgram) -> None:
     stream = await client(dg).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=1.5))
     await wait_until(lambda: any(t.is_final and not t.text for t in seen))
     end = seen[-1]
@@ -230,8 +203,7 @@ async def test_utterance_end_is_an_empty_speech_final(dg: FakeDeepgram) -> None:
 async def test_keepalive_holds_an_idle_socket_open() -> None:
     async with FakeDeepgram(idle_timeout=0.5, latency=0.01) as dg:
         stream = await client(dg, keepalive_s=0.15).open()
-        seen: list[Transcript] = []
-        reader = asyncio.create_task(collect(stream, seen))
+        seen, reader = hear(stream)
         await asyncio.sleep(1.2)  # between utterances the pipeline sends nothing
         assert len(dg.live) == 1 and stream.reconnects == 0
         assert dg.connections[0].count("KeepAlive") >= 5
@@ -244,8 +216,7 @@ async def test_keepalive_holds_an_idle_socket_open() -> None:
 
 async def test_aclose_flushes_waits_for_metadata_and_closes(dg: FakeDeepgram) -> None:
     stream = await client(dg, endpointing_ms=None).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())  # mid-utterance: CloseStream still gives its final
     await stream.aclose()
     await asyncio.wait_for(reader, 1)  # the transcript stream ended
@@ -302,8 +273,7 @@ async def test_a_dropped_socket_reconnects_once_and_replays_the_utterance(
     dg: FakeDeepgram,
 ) -> None:
     stream = await client(dg, endpointing_ms=None).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     audio = said()
     half = len(audio) // 2 // 160 * 160
     await feed(stream, audio[:half])
@@ -326,8 +296,7 @@ async def test_a_dropped_socket_reconnects_once_and_replays_the_utterance(
 
 async def test_a_socket_that_drops_again_at_once_fails_the_stream(dg: FakeDeepgram) -> None:
     stream = await client(dg).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    _seen, reader = hear(stream)
     await dg.drop_connections()
     await wait_until(lambda: len(dg.live) == 1 and len(dg.connections) == 2)
     await dg.drop_connections()

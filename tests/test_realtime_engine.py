@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engine_kits import hello
 
 from getpatter import Guardrail, OpenAIRealtime, Patter, Tool, Twilio
 from getpatter.core import realtime as core_realtime
@@ -24,6 +25,8 @@ from getpatter.testing.openai_realtime import FakeRealtime, FunctionCall
 from getpatter.testing.twilio import FakeCall, FakeTwilio
 
 from helpers import CALLER, HOST, NUMBER, speech
+from realtime_kit import ended, kinds, transcripts
+from realtime_kit import saying as has_transcript
 
 KEY = "sk-test-realtime-key"
 Serve = Callable[..., Any]
@@ -35,13 +38,6 @@ async def fake() -> AsyncIterator[FakeRealtime]:
         yield f
 
 
-def hello(lead: float = 0.3, tail: float = 0.8) -> np.ndarray:
-    """The caller says "Hello," (0.8 s) after `lead` s of silence."""
-    z = np.zeros
-    clip = speech(lead=0, tail=0)[:6400]
-    return np.concatenate([z(int(lead * 8000), np.int16), clip, z(int(tail * 8000), np.int16)])
-
-
 def realtime(fake: FakeRealtime, **kwargs: Any) -> OpenAIRealtime:
     return OpenAIRealtime(
         api_key=kwargs.pop("api_key", KEY),
@@ -49,26 +45,6 @@ def realtime(fake: FakeRealtime, **kwargs: Any) -> OpenAIRealtime:
         websocket_base_url=fake.ws_url,
         **kwargs,
     )
-
-
-async def ended(s: Any, call: FakeCall, within: float = 8.0) -> dict[str, Any]:
-    """Wait for our side of the call to be over (and the carrier's, unless transferred)."""
-    await call.wait_for(lambda: call.ended or bool(call.transfers), within)
-    await call.wait_for(lambda: bool(s.events.get("on_call_end")), within)
-    record: dict[str, Any] = s.events["on_call_end"][0]
-    return record
-
-
-def transcripts(s: Any) -> list[tuple[str, str]]:
-    return [(e["role"], e["text"]) for e in s.events.get("on_transcript", [])]
-
-
-def has_transcript(s: Any, role: str, text: str) -> Callable[[], bool]:
-    return lambda: (role, text) in transcripts(s)
-
-
-def kinds(record: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [e for e in record["events"] if e["kind"] == kind]
 
 
 # --- options -------------------------------------------------------------------------------

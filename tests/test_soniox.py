@@ -11,24 +11,20 @@ import aiohttp
 import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
 from getpatter.core.pipeline import PipelineOptions
-from getpatter.core.providers import STT, Transcript
+from getpatter.core.providers import STT
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.soniox.stt import SonioxSTT, SonioxSTTStream
+from getpatter.plugins.soniox.stt import SonioxSTT
 from getpatter.testing.providers import ScriptedTTS
 from getpatter.testing.soniox import FakeSoniox
 from getpatter.testing.twilio import FakeTwilio
 
 from helpers import CALLER, NUMBER, speech
+from stt_kit import collect, feed, finals, hear, said, wait_until
 
 TEXT = "What time do you open?"
 KEY = "sx-secret-key-0123456789"
-
-
-def said(lead: float = 0.2, tail: float = 0.0) -> bytes:
-    return ulaw_encode(speech(lead=lead, tail=tail))
 
 
 @pytest.fixture
@@ -39,29 +35,6 @@ async def sx() -> AsyncIterator[FakeSoniox]:
 
 def client(sx: FakeSoniox, **kwargs: Any) -> SonioxSTT:
     return SonioxSTT(api_key=sx.api_key, base_url=sx.ws_url, **kwargs)
-
-
-async def feed(stream: SonioxSTTStream, audio: bytes, frame: int = 160) -> None:
-    for i in range(0, len(audio), frame):
-        await stream.send(audio[i : i + frame])
-        await asyncio.sleep(0)
-
-
-async def collect(stream: SonioxSTTStream, into: list[Transcript]) -> None:
-    async for t in stream.transcripts():
-        into.append(t)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within}s")
-
-
-def finals(seen: list[Transcript]) -> list[str]:
-    return [t.text for t in seen if t.is_final]
 
 
 START = {
@@ -175,8 +148,7 @@ async def test_fake_tokens_endpoint_finalize_and_end_of_audio(sx: FakeSoniox) ->
 
 async def test_streams_interims_then_the_final_at_the_endpoint(sx: FakeSoniox) -> None:
     stream = await client(sx).open(language="en-US")
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=0.8))
     await wait_until(lambda: bool(finals(seen)))
     assert finals(seen) == [TEXT]
@@ -195,8 +167,7 @@ async def test_streams_interims_then_the_final_at_the_endpoint(sx: FakeSoniox) -
 
 async def test_finalize_ends_the_utterance_at_once(sx: FakeSoniox) -> None:
     stream = await client(sx, enable_endpoint_detection=False, language="es").open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said(tail=1.0))
     await asyncio.sleep(0.2)
     assert not finals(seen)  # no endpoint detection: the words wait for the finalize
@@ -223,8 +194,7 @@ async def test_keepalives_hold_an_idle_connection() -> None:
 
 async def test_aclose_ends_the_audio_and_waits_for_finished(sx: FakeSoniox) -> None:
     stream = await client(sx, enable_endpoint_detection=False).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     await feed(stream, said())  # mid-utterance: the end of audio still makes it final
     await stream.aclose()
     await asyncio.wait_for(reader, 1)
@@ -278,8 +248,7 @@ async def test_unreachable_is_a_connection_error() -> None:
 
 async def test_a_dropped_socket_reconnects_and_replays_the_utterance(sx: FakeSoniox) -> None:
     stream = await client(sx, enable_endpoint_detection=False).open()
-    seen: list[Transcript] = []
-    reader = asyncio.create_task(collect(stream, seen))
+    seen, reader = hear(stream)
     audio = said()
     half = len(audio) // 2 // 160 * 160
     await feed(stream, audio[:half])

@@ -14,7 +14,9 @@ from engine_kits import ULTRAVOX_KEY, Call, Kit, hello, open_kit
 from getpatter import Tool, UltravoxRealtime
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
-from getpatter.testing.twilio import FakeCall, FakeTwilio
+from getpatter.testing.twilio import FakeTwilio
+
+from realtime_kit import ended, kinds, saying, transcripts
 
 Serve = Callable[..., Any]
 CALLER, NUMBER = "+15557654321", "+15550001234"
@@ -24,25 +26,6 @@ CALLER, NUMBER = "+15557654321", "+15550001234"
 async def kit() -> AsyncIterator[Kit]:
     async with open_kit("ultravox") as k:
         yield k
-
-
-async def ended(s: Any, call: FakeCall, within: float = 8.0) -> dict[str, Any]:
-    await call.wait_for(lambda: call.ended or bool(call.transfers), within)
-    await call.wait_for(lambda: bool(s.events.get("on_call_end")), within)
-    record: dict[str, Any] = s.events["on_call_end"][0]
-    return record
-
-
-def transcripts(s: Any) -> list[tuple[str, str]]:
-    return [(e["role"], e["text"]) for e in s.events.get("on_transcript", [])]
-
-
-def saying(s: Any, role: str, text: str) -> Callable[[], bool]:
-    return lambda: (role, text) in transcripts(s)
-
-
-def kinds(record: dict[str, Any], kind: str) -> list[dict[str, Any]]:
-    return [e for e in record["events"] if e["kind"] == kind]
 
 
 def test_options_validate_and_hide_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,3 +87,16 @@ class LoopbackServer:
                 dropped += 1
         await asyncio.sleep(0)
         return dropped
+
+    async def _abort_every_connection(self) -> int:
+        """Abort every open connection, HTTP ones included, at the TCP level (for fakes served
+        over plain HTTP, whose requests are not kept as sockets)."""
+        server = self._runner.server if self._runner is not None else None
+        dropped = 0
+        for handler in server.connections if server is not None else ():
+            transport = handler.transport
+            if transport is not None:
+                transport.abort()
+                dropped += 1
+        await asyncio.sleep(0)
+        return dropped

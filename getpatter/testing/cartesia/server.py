@@ -42,19 +42,19 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
-from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing import speaking
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.pacing import Pace
+from getpatter.testing.speaking import Encoding, SpeakingKnobs, SpeakingServer, word_spans
 
 __all__ = ["FakeCartesia", "FakeCartesiaSession"]
 
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw")
+_KINDS: dict[str, Encoding] = {"pcm_mulaw": "ulaw", "pcm_alaw": "alaw", "pcm_f32le": "f32"}
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 #: Fields a continuation may change; every other one must repeat the context's first request.
 _MAY_CHANGE = frozenset({"transcript", "continue", "flush", "duration"})
@@ -63,13 +63,7 @@ _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def encode(samples: np.ndarray, encoding: str) -> bytes:
     """int16 samples in one of Cartesia's raw encodings."""
-    if encoding == "pcm_mulaw":
-        return ulaw_encode(samples)
-    if encoding == "pcm_alaw":
-        return alaw_encode(samples)
-    if encoding == "pcm_f32le":
-        return (samples.astype("<f4") / 32768.0).astype("<f4").tobytes()
-    return pcm16_bytes(samples)
+    return speaking.encode(samples, _KINDS.get(encoding, "pcm16"))
 
 
 def _voice_ok(voice: Any) -> bool:
@@ -176,17 +170,10 @@ class _Context:
         fmt = self.fixed["output_format"]
         rate, encoding = int(fmt["sample_rate"]), str(fmt["encoding"])
         tone = speech_tone(text.strip(), rate, fake.tone_hz)
-        if fake.first_audio_delay:
-            loop = asyncio.get_running_loop()
-            await asyncio.sleep(max(0.0, at + fake.first_audio_delay - loop.time()))
-        step = max(1, rate * fake.chunk_ms // 1000)
-        stall = fake._stalls.pop(0) if fake._stalls else None
-        pace = Pace(fake.audio_speed)
-        for start in range(0, len(tone), step):
-            if stall is not None and start >= stall * step:
-                await asyncio.Event().wait()  # silent until the socket is gone
+        await fake._first_audio(at)
+        async for piece in fake._pieces(tone, rate, fake._take_stall()):
             began = time.perf_counter()
-            data = encode(tone[start : start + step], encoding)
+            data = encode(piece, encoding)
             await self._send(
                 {
                     "type": "chunk",
@@ -196,12 +183,8 @@ class _Context:
                     "flush_id": flush_id,
                 }
             )
-            await pace.sent(len(tone[start : start + step]) / rate)
         if self.fixed.get("add_timestamps"):
-            words = text.split()
-            seconds = len(tone) / rate
-            starts = [round(i * seconds / max(len(words), 1), 3) for i in range(len(words))]
-            ends = [*starts[1:], round(seconds, 3)] if words else []
+            words, starts, ends = word_spans(text, len(tone) / rate, 3)
             stamps = {"words": words, "start": starts, "end": ends}
             await self._send(
                 {
@@ -213,39 +196,25 @@ class _Context:
             )
 
 
-class FakeCartesia(LoopbackServer):
+class FakeCartesia(SpeakingServer[FakeCartesiaSession]):
     """Cartesia's TTS WebSocket on 127.0.0.1: `ws_url` is the full socket URL and
     `websocket_base_url` what the cartesia SDK takes (it appends `/tts/websocket`).
 
     For assertions: `sessions` (one per socket), `rejected` (HTTP statuses refused).
     """
 
-    _on_stop = "drop"
+    _max_msg = 16 * 1024 * 1024
 
     def __init__(
         self,
         api_key: str = "sk_car_test",
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        first_audio_delay: float = 0.0,
-        chunk_ms: int = 100,
-        audio_speed: float = 0.0,
         idle_timeout: float = 300.0,
-        tone_hz: float = 440.0,
+        **knobs: Unpack[SpeakingKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.first_audio_delay = first_audio_delay
-        self.chunk_ms = chunk_ms
-        self.audio_speed = audio_speed
+        super().__init__(api_key, **knobs)
         self.idle_timeout = idle_timeout
-        self.tone_hz = tone_hz
         self.refuse_with: int | None = None
-        self._stalls: list[int] = []
-        self.sessions: list[FakeCartesiaSession] = []
-        self.rejected: list[int] = []
 
     @property
     def base_url(self) -> str:
@@ -259,25 +228,14 @@ class FakeCartesia(LoopbackServer):
     def ws_url(self) -> str:
         return f"{self.websocket_base_url}/tts/websocket"
 
-    @property
-    def live_sessions(self) -> list[FakeCartesiaSession]:
-        return [s for s in self.sessions if not s.closed]
-
-    @property
-    def received(self) -> list[dict[str, Any]]:
-        return [m for s in self.sessions for m in s.received]
-
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/tts/websocket", self._socket)]
 
-    def _open_sockets(self) -> list[FakeCartesiaSession]:
-        return self.live_sessions
-
-    def stall_next(self, after_chunks: int) -> None:
+    def stall_next(self, after_chunks: int = 0) -> None:
         """The next generation goes silent after `after_chunks` chunks (0: before any audio;
         more: mid-sentence), with no `flush_done` or `done`, the socket left open: a stalled
         generation."""
-        self._stalls.append(after_chunks)
+        super().stall_next(after_chunks)
 
     # --- the socket ----------------------------------------------------------------------
 
@@ -317,25 +275,15 @@ class FakeCartesia(LoopbackServer):
                 "Concurrency limit reached",
                 "concurrency_limited",
             )
-        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
-        await ws.prepare(request)
+        ws = await self._accept(request)
         session = FakeCartesiaSession(dict(request.headers), version, ws, request)
-        self.sessions.append(session)
         contexts: dict[str, _Context] = {}
-        try:
-            await self._converse(session, contexts)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            session.closed = True
+
+        async def cleanup() -> None:
             for context in contexts.values():
                 context.cancel()
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except (ConnectionError, RuntimeError):
-                    pass
-        return ws
+
+        return await self._hold(session, self._converse(session, contexts), cleanup)
 
     async def _error(
         self, session: FakeCartesiaSession, context_id: Any, status: int, message: str

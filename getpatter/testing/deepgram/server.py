@@ -1,62 +1,27 @@
-"""A fake Deepgram live-transcription API (v1 listen) on 127.0.0.1, for STT tests over real sockets.
-
-Written from Deepgram's documented wire protocol (protocols.md §4 and Deepgram's docs), not from
-any client, so it checks a client rather than agreeing with it.
-
-    async with FakeDeepgram(transcripts=["what time do you open"]) as dg:
-        stt = DeepgramSTT(api_key=dg.api_key, base_url=dg.ws_url)
-
-The endpoint is ``GET /v1/listen`` (a WebSocket):
-- Auth: ``Authorization: Token <key>`` (or ``Bearer <token>`` for one of `access_tokens`);
-  anything else is refused with HTTP 401 on the upgrade, as Deepgram does. `refuse_status`
-  (402, 429, …) refuses every upgrade with that status instead: out of credits, too many streams.
-- Query: ``encoding`` must be one Deepgram knows and needs ``sample_rate`` (HTTP 400 otherwise);
-  ``utterance_end_ms`` needs ``interim_results=true``. Containerized audio (no encoding) is
-  accepted but cannot be listened to: only `Finalize` ends its utterances.
-- Speech is found by energy: 20 ms frames whose RMS is above `speech_rms`. The i-th utterance
-  (across all connections) is recognised as ``transcripts[i]`` (then `default_transcript`);
-  an utterance whose socket closes before its final goes back to the script, so audio a
-  client sends again on a new socket is recognised as the same words.
-  While it lasts, interim `Results` come every `interim_every` seconds of audio (with
-  ``interim_results=true``); it ends with a final `Results` when the audio has been silent for
-  ``endpointing`` ms (``speech_final:true``), on `Finalize` (``from_finalize:true``), or on
-  `CloseStream`. Finals tile the audio: each covers from the previous final's end to now.
-  `SpeechStarted` (``vad_events=true``) marks each utterance's start and `UtteranceEnd` comes
-  once ``utterance_end_ms`` of audio has passed since the last final word.
-- `Finalize` with nothing to flush answers an empty final `Results` with ``from_finalize``.
-- `CloseStream` flushes, sends `Metadata`, and closes with 1000. A text message Deepgram does
-  not know gets an `Error` (``variant: SchemaError``); the socket stays open.
-- No audio and no text message for `idle_timeout` seconds: the socket is closed with 1011 and
-  the NET-0001 reason, as Deepgram does after ~10 s.
-- Every message the fake sends goes out `latency` seconds after the audio or message that caused
-  it, in order. Without ``smart_format``/``punctuate`` the text is lowercased and unpunctuated.
-
-Faults: `drop_connections()` kills every live socket at the TCP level (no close frame).
-`stall` (read when a socket opens, so a test can stall the first socket only):
-``"no_final"`` sends interims (and SpeechStarted) as usual but never a final, whatever ends the
-utterance (endpointing, `Finalize`, `CloseStream`), as Deepgram has been seen to do on real
-lines; ``"silent"`` accepts audio and messages and sends nothing at all. Both still close on
-`CloseStream` (after `Metadata` with ``"no_final"``).
-For assertions: `connections` (each with its query, headers, received audio and messages, and
-sent messages), `rejected` (HTTP statuses of refused upgrades), `utterances` (texts given out).
-"""
-
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Unpack
 
-import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from getpatter.core.audio import alaw_decode, ulaw_decode
-from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.listening import (
+    CLOSE,
+    EnergyFrames,
+    Heard,
+    Listener,
+    ListeningKnobs,
+    ListeningServer,
+    Sample,
+    accept,
+    decode,
+    masked,
+)
 
 __all__ = ["NET0001_REASON", "DeepgramConnection", "FakeDeepgram"]
 
@@ -77,34 +42,18 @@ ENCODINGS = {
     "speex",
     "g729",
 }
-_DECODABLE = {"mulaw", "alaw", "linear16"}
+_DECODABLE: dict[str, Sample] = {"mulaw": "ulaw", "alaw": "alaw", "linear16": "pcm16"}
 _MODEL_UUID = "1dbdfb4d-85b2-4659-9e5e-a2ac2a2e5a2b"
-_CLOSE = object()
-Stall = Literal["no_final", "silent"] | None
 
 
 @dataclass
-class DeepgramConnection:
-    """One accepted socket, as the fake saw it."""
+class DeepgramConnection(Heard):
+    """One accepted socket, as the fake saw it (`count`, `sent_of` for assertions)."""
 
-    query: dict[str, str]
-    headers: dict[str, str]
-    request: web.Request
-    ws: web.WebSocketResponse
+    query: dict[str, str] = field(default_factory=dict)
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     audio: bytearray = field(default_factory=bytearray)
     audio_frames: list[int] = field(default_factory=list)  # byte size of each binary frame
-    messages: list[dict[str, Any]] = field(default_factory=list)  # client text messages
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    closed: bool = False
-    close_code: int | None = None
-
-    def count(self, kind: str) -> int:
-        """How many client messages of this type (KeepAlive, Finalize, …) arrived."""
-        return sum(1 for m in self.messages if m.get("type") == kind)
-
-    def sent_of(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.sent if m.get("type") == kind]
 
 
 def _flag(query: dict[str, str], name: str, default: bool = False) -> bool:
@@ -117,61 +66,34 @@ def _plain(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s']", " ", text).lower().split())
 
 
-class FakeDeepgram(LoopbackServer):
+class FakeDeepgram(ListeningServer[DeepgramConnection]):
     """Deepgram's live transcription at `ws_url` + ``/v1/listen``."""
 
     def __init__(
         self,
         api_key: str = "dg-test-key",
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        transcripts: Sequence[str] = (),
-        default_transcript: str = "Hello.",
-        latency: float = 0.05,
         idle_timeout: float = 10.0,
-        speech_rms: float = 300.0,
         interim_every: float = 0.4,
         confidence: float = 0.97,
         access_tokens: Sequence[str] = (),
         refuse_status: int | None = None,
-        stall: Stall = None,
+        **knobs: Unpack[ListeningKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.transcripts = list(transcripts)
-        self.default_transcript = default_transcript
-        self.latency = latency
+        super().__init__(api_key, **knobs)
         self.idle_timeout = idle_timeout
-        self.speech_rms = speech_rms
         self.interim_every = interim_every
         self.confidence = confidence
         self.access_tokens = set(access_tokens)
         self.refuse_status = refuse_status
-        self.stall: Stall = stall
-        self.connections: list[DeepgramConnection] = []
-        self.rejected: list[int] = []
-        self.utterances: list[str] = []
 
     @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def live(self) -> list[DeepgramConnection]:
-        return [c for c in self.connections if not c.closed]
-
-    def next_transcript(self) -> str:
-        text = self.transcripts.pop(0) if self.transcripts else self.default_transcript
-        self.utterances.append(text)
-        return text
+    def utterances(self) -> list[str]:
+        """The texts given out, in order."""
+        return self._given
 
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/listen", self._listen)]
-
-    def _open_sockets(self) -> list[DeepgramConnection]:
-        return self.live
 
     # --- the endpoint --------------------------------------------------------------------
 
@@ -199,29 +121,19 @@ class FakeDeepgram(LoopbackServer):
             return self._refuse(400, "Bad Request", "sample_rate is required with encoding")
         if "utterance_end_ms" in query and not _flag(query, "interim_results"):
             return self._refuse(400, "Bad Request", "utterance_end_ms requires interim_results")
-        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=4 * 1024 * 1024)
-        await ws.prepare(request)
-        headers = {
-            k: ("***" if k.lower() == "authorization" else v) for k, v in request.headers.items()
-        }
-        conn = DeepgramConnection(query, headers, request, ws)
-        self.connections.append(conn)
-        session = _Session(self, conn)
-        try:
-            await session.run()
-        finally:
-            conn.closed = True
-            conn.close_code = ws.close_code
-            await session.stop()
-        return ws
+        ws = await accept(request)
+        conn = DeepgramConnection(request, ws, headers=masked(request.headers), query=query)
+        return await self._serve(_Session(self, conn))
 
 
-class _Session:
+class _Session(Listener):
     """One connection's recogniser: audio → utterances → Results."""
 
+    fake: FakeDeepgram
+    conn: DeepgramConnection
+
     def __init__(self, fake: FakeDeepgram, conn: DeepgramConnection) -> None:
-        self.fake = fake
-        self.conn = conn
+        super().__init__(fake, conn)
         q = conn.query
         self.encoding = q.get("encoding")
         self.rate = int(q.get("sample_rate", "8000") or 8000)
@@ -234,77 +146,19 @@ class _Session:
         utterance_end = q.get("utterance_end_ms")
         self.utterance_end = float(utterance_end) / 1000 if utterance_end else None
         self.model = q.get("model", "base")
-        self.stall: Stall = fake.stall
-        self.loop = asyncio.get_running_loop()
-        self.last_activity = self.loop.time()
-        self.outbox: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
-        self.writer = self.loop.create_task(self._write())
-        self.watchdog = self.loop.create_task(self._watch())
-        self.carry = np.zeros(0, np.int16)
+        self.frames = EnergyFrames(self.rate)
         self.pos = 0.0  # seconds of audio heard
         self.final_to = 0.0  # end of the last final
-        self.utterance: dict[str, Any] | None = None
         self.silence = 0.0
         self.last_word_end: float | None = None
-        self.closing = False
+        self.watch_idle()
 
-    async def run(self) -> None:
-        async for msg in self.conn.ws:
-            self.last_activity = self.loop.time()
-            if self.closing:
-                continue
-            if msg.type == WSMsgType.BINARY:
-                self.conn.audio += msg.data
-                self.conn.audio_frames.append(len(msg.data))
-                self._hear(msg.data)
-            elif msg.type == WSMsgType.TEXT:
-                self._control(msg.data)
-            else:
-                break
-
-    async def stop(self) -> None:
-        if self.utterance is not None:  # never finalized: the words are still to come
-            self.fake.transcripts.insert(0, self.utterance["text"])
-            self.fake.utterances.pop()
-            self.utterance = None
-        for task in (self.writer, self.watchdog):
-            task.cancel()
-        await asyncio.gather(self.writer, self.watchdog, return_exceptions=True)
-
-    # --- sending, in order, `latency` after the cause ------------------------------------
-
-    def emit(self, message: Any) -> None:
-        if self.stall == "silent" and message is not _CLOSE:
-            return
-        self.outbox.put_nowait((self.loop.time() + self.fake.latency, message))
-
-    async def _write(self) -> None:
-        ws = self.conn.ws
-        while True:
-            due, message = await self.outbox.get()
-            await asyncio.sleep(max(0.0, due - self.loop.time()))
-            if ws.closed:
-                continue
-            try:
-                if message is _CLOSE:
-                    await ws.close(code=1000)
-                else:
-                    await ws.send_str(json.dumps(message))
-                    self.conn.sent.append(message)
-            except (ConnectionError, RuntimeError):
-                pass
-
-    async def _watch(self) -> None:
-        while True:
-            left = self.last_activity + self.fake.idle_timeout - self.loop.time()
-            if left <= 0:
-                await self.conn.ws.close(code=1011, message=NET0001_REASON.encode())
-                return
-            await asyncio.sleep(left)
+    async def on_idle(self) -> None:
+        await self.conn.ws.close(code=1011, message=NET0001_REASON.encode())
 
     # --- client text messages ------------------------------------------------------------
 
-    def _control(self, data: str) -> None:
+    async def on_text(self, data: str) -> None:
         try:
             message = json.loads(data)
         except ValueError:
@@ -319,10 +173,10 @@ class _Session:
         if kind == "Finalize":
             self._final(from_finalize=True, speech_final=False, always=True)
         elif kind == "CloseStream":
-            self.closing = True
+            self.ending = True
             self._final(from_finalize=False, speech_final=False)
             self.emit(self._metadata())
-            self.emit(_CLOSE)
+            self.emit(CLOSE)
         elif kind == "Configure":
             self.emit({"type": "ConfigureSuccess"})
         else:
@@ -340,27 +194,20 @@ class _Session:
 
     # --- listening -----------------------------------------------------------------------
 
-    def _hear(self, data: bytes) -> None:
-        if self.encoding not in _DECODABLE:
+    async def on_audio(self, data: bytes) -> None:
+        self.conn.audio += data
+        self.conn.audio_frames.append(len(data))
+        kind = _DECODABLE.get(self.encoding or "")
+        if kind is None:
             # Containerized or compressed audio: not listened to; Finalize ends utterances.
             if self.utterance is None:
                 self._begin()
             return
-        if self.encoding == "mulaw":
-            samples = ulaw_decode(data)
-        elif self.encoding == "alaw":
-            samples = alaw_decode(data)
-        else:
-            samples = np.frombuffer(data[: len(data) // 2 * 2], "<i2")
+        samples = decode(data, kind)
         if self.channels > 1:
             samples = samples[: len(samples) // self.channels * self.channels][:: self.channels]
-        samples = np.concatenate([self.carry, samples])
-        step = max(1, self.rate // 50)
-        whole = len(samples) // step * step
-        self.carry = samples[whole:]
-        for i in range(0, whole, step):
-            frame = samples[i : i + step].astype(np.float64)
-            self._frame(float(np.sqrt(np.mean(frame * frame))) > self.fake.speech_rms, step)
+        for speech in self.frames.feed(samples, self.fake.speech_rms):
+            self._frame(speech, self.frames.step)
 
     def _frame(self, speech: bool, samples: int) -> None:
         self.pos += samples / self.rate

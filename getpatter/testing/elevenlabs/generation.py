@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from getpatter.core.audio import alaw_encode, pcm16_bytes, ulaw_encode
+from getpatter.testing import speaking
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.pacing import Pace
 
 if TYPE_CHECKING:
     from getpatter.testing.elevenlabs.server import FakeElevenLabs
 
 SCHEDULE = (120, 160, 250, 290)  # the default chunk_length_schedule
+_KINDS: dict[str, speaking.Encoding] = {"ulaw": "ulaw", "alaw": "alaw"}
 _PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -34,11 +34,8 @@ def audio_format(output_format: str) -> tuple[int, str] | None:
 
 
 def encode(samples: np.ndarray, kind: str) -> bytes:
-    if kind == "ulaw":
-        return ulaw_encode(samples)
-    if kind == "alaw":
-        return alaw_encode(samples)
-    return pcm16_bytes(samples)
+    """int16 samples as `audio_format`'s kind says."""
+    return speaking.encode(samples, _KINDS.get(kind, "pcm16"))
 
 
 @dataclass(eq=False)
@@ -134,21 +131,18 @@ class Generation:
         session, fake = self.session, self.fake
         rate, kind = audio_format(session.query.get("output_format", "mp3_44100_128")) or (0, "")
         tone = speech_tone(text.strip(), rate, fake.tone_hz)
-        step = max(1, rate * fake.chunk_ms // 1000)
         per_char = len(tone) / rate * 1000 / max(len(text), 1)
-        if fake.first_audio_delay:
-            await asyncio.sleep(fake.first_audio_delay)
+        await fake._first_audio()
         if self.empty:
             return
-        stall = fake._take_stall()
-        pace = Pace(fake.audio_speed)
-        for start in range(0, len(tone), step):
-            if stall is not None and start >= stall[0] * step:
-                session.stalled = session.stalled or stall[1]  # a dead peer reads nothing more
-                await asyncio.Event().wait()
+
+        def stalled(stall: speaking.StallAt) -> None:  # a dead peer reads nothing more
+            session.stalled = session.stalled or stall.whole_socket
+
+        start = 0
+        async for piece in fake._pieces(tone, rate, fake._take_stall(), stalled):
             if session.stalled:  # the peer died: no context of it sends anything more
                 await asyncio.Event().wait()
-            piece = tone[start : start + step]
             first, last = start / rate * 1000, (start + len(piece)) / rate * 1000
             chars = [i for i in range(len(text)) if first <= i * per_char < last]
             alignment = {
@@ -170,4 +164,4 @@ class Generation:
                 session.first_audio_at[self.name] = asyncio.get_running_loop().time()
             self.sent_audio = True
             await session.ws.send_json(message)
-            await pace.sent(len(piece) / rate)
+            start += len(piece)

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from aiohttp import WSMsgType, web
 
-from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.elevenlabs.generation import (
     FakeElevenLabsSession,
     Generation,
@@ -48,6 +47,7 @@ from getpatter.testing.elevenlabs.generation import (
 from getpatter.testing.elevenlabs.multi import MAX_CONTEXTS, MultiContexts
 from getpatter.testing.engines import speech_tone
 from getpatter.testing.pacing import Pace
+from getpatter.testing.speaking import SpeakingKnobs, SpeakingServer, StallAt
 
 __all__ = ["MAX_CONTEXTS", "FakeElevenLabs", "FakeElevenLabsSession", "audio_format"]
 
@@ -66,7 +66,7 @@ def _close_reason(message: str) -> bytes:
     return message.encode()[:123]
 
 
-class FakeElevenLabs(LoopbackServer):
+class FakeElevenLabs(SpeakingServer[FakeElevenLabsSession]):
     """ElevenLabs TTS on 127.0.0.1: `base_url` (http) / `ws_url` (ws), both without a path.
 
     For assertions: `sessions` (one per socket), `http_requests` (`{voice_id, query, body,
@@ -74,35 +74,16 @@ class FakeElevenLabs(LoopbackServer):
     early).
     """
 
-    _on_stop = "drop"
+    _max_msg = 16 * 1024 * 1024
 
-    def __init__(
-        self,
-        api_key: str = "el-test",
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        first_audio_delay: float = 0.0,
-        chunk_ms: int = 100,
-        audio_speed: float = 0.0,
-        tone_hz: float = 440.0,
-    ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.first_audio_delay = first_audio_delay
-        self.chunk_ms = chunk_ms
-        self.audio_speed = audio_speed
-        self.tone_hz = tone_hz
+    def __init__(self, api_key: str = "el-test", **knobs: Unpack[SpeakingKnobs]) -> None:
+        super().__init__(api_key, **knobs)
         self.quota_exceeded = False
         self.refuse_sockets: int | None = None
         #: multi-stream-input: what a context closed before its audio started gets, when set
         self.close_race: Literal["silent", "empty_final"] | None = None
-        self._stalls: list[tuple[int, bool]] = []
         self._empties = 0
-        self.sessions: list[FakeElevenLabsSession] = []
         self.http_requests: list[dict[str, Any]] = []
-        self.rejected: list[int] = []
         self.http_cancelled = 0
         self._http_live: dict[int, web.Request] = {}
 
@@ -113,10 +94,6 @@ class FakeElevenLabs(LoopbackServer):
     @property
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
-
-    @property
-    def live_sessions(self) -> list[FakeElevenLabsSession]:
-        return [s for s in self.sessions if not s.closed]
 
     def _routes(self) -> list[web.RouteDef]:
         base = "/v1/text-to-speech/{voice_id}"
@@ -133,15 +110,12 @@ class FakeElevenLabs(LoopbackServer):
         `whole_socket`: a peer that died without closing the connection (from then on its
         socket reads nothing and sends nothing, for any context); else only that generation is
         stuck and the socket carries on (accepted text, nothing sent: a stalled context)."""
-        self._stalls.append((after_chunks, whole_socket))
+        self._stalls.append(StallAt(after_chunks, whole_socket))
 
     def empty_next(self) -> None:
         """The next generation makes no audio: a socket context ends with its final message
         only, an HTTP stream with an empty body."""
         self._empties += 1
-
-    def _take_stall(self) -> tuple[int, bool] | None:
-        return self._stalls.pop(0) if self._stalls else None
 
     def _take_empty(self) -> bool:
         if self._empties:
@@ -219,11 +193,10 @@ class FakeElevenLabs(LoopbackServer):
         step = max(1, rate * self.chunk_ms // 1000) * (1 if kind != "pcm" else 2)
         stall = self._take_stall()
         try:
-            if self.first_audio_delay:
-                await asyncio.sleep(self.first_audio_delay)
+            await self._first_audio()
             pace = Pace(self.audio_speed)
             for n, start in enumerate(range(0, len(audio), step)):
-                while stall is not None and n >= stall[0]:  # headers sent, then nothing
+                while stall is not None and n >= stall.after_chunks:  # headers sent, then nothing
                     if request.transport is None or request.transport.is_closing():
                         raise ConnectionResetError  # until the client gives up on it
                     await asyncio.sleep(0.05)
@@ -244,8 +217,7 @@ class FakeElevenLabs(LoopbackServer):
         if self.refuse_sockets is not None:
             detail = {"status": "service_unavailable", "message": "Try again later."}
             return self._refuse(self.refuse_sockets, detail)
-        ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
-        await ws.prepare(request)
+        ws = await self._accept(request)
         session = FakeElevenLabsSession(
             endpoint=request.path.rsplit("/", 1)[-1],
             voice_id=request.match_info["voice_id"],
@@ -254,23 +226,17 @@ class FakeElevenLabs(LoopbackServer):
             ws=ws,
             request=request,
         )
-        self.sessions.append(session)
         streams: list[Generation | MultiContexts] = []
-        try:
-            await self._converse(session, streams, "xi-api-key" in request.headers)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            session.closed = True
+
+        async def cleanup() -> None:
             for stream in streams:
                 stream.stop()
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except (ConnectionError, RuntimeError):
-                    pass
+
+        authed = "xi-api-key" in request.headers
+        try:
+            return await self._hold(session, self._converse(session, streams, authed), cleanup)
+        finally:
             session.close_code = ws.close_code
-        return ws
 
     async def _fail(self, session: FakeElevenLabsSession, message: str, error: str) -> None:
         await session.ws.send_json({"message": message, "error": error, "code": 1008})

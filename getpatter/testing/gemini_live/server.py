@@ -30,13 +30,13 @@ Written from Google's Live API reference (ai.google.dev/api/live), not from our 
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Sequence
+from typing import Unpack
 
 from aiohttp import web
 
-from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.conversing import ConversingKnobs, ConversingServer
 from getpatter.testing.model_script import FunctionCall, Reply
 
 from .session import FakeLiveSession
@@ -47,7 +47,7 @@ VERSIONS = ("v1beta", "v1alpha")
 PATH = "/ws/google.ai.generativelanguage.{}.GenerativeService.BidiGenerateContent"
 
 
-class FakeGeminiLive(LoopbackServer):
+class FakeGeminiLive(ConversingServer[FakeLiveSession]):
     """The Gemini Live API on 127.0.0.1 (TLS). Point the SDK at `base_url` with `client_ssl()`.
 
     Script: `responses` (text or `FunctionCall`, consumed in order across sessions),
@@ -62,36 +62,18 @@ class FakeGeminiLive(LoopbackServer):
         api_key: str = "test-gemini-key",
         *,
         models: Sequence[str] = ("gemini-2.5-flash-native-audio-preview-12-2025",),
-        responses: Sequence[Reply] = (),
-        transcripts: Sequence[str] = (),
-        default_reply: str = "Okay.",
-        default_transcript: str = "Hello.",
-        audio_speed: float = 4.0,
         chunk_ms: int = 100,
-        seconds_per_char: float = 0.06,
         first_audio_delay: float = 0.05,
-        vad_start_ms: int = 100,
         silence_ms: int = 500,
         vad_rms: float = 500.0,
+        **knobs: Unpack[ConversingKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = "127.0.0.1"
-        self.port = 0
+        super().__init__(api_key, **knobs)
         self.models = set(models)
-        self.responses: list[Reply] = list(responses)
-        self.transcripts: list[str] = list(transcripts)
-        self.default_reply = default_reply
-        self.default_transcript = default_transcript
-        self.audio_speed = audio_speed
         self.chunk_ms = chunk_ms
-        self.seconds_per_char = seconds_per_char
         self.first_audio_delay = first_audio_delay
-        self.vad_start_ms = vad_start_ms
         self.silence_ms = silence_ms
         self.vad_rms = vad_rms
-        self.accepting = True
-        self.sessions: list[FakeLiveSession] = []
-        self.rejected: list[int] = []
         self.closes: list[tuple[int, str]] = []
         import trustme  # a test-only dependency, like the fake itself
 
@@ -114,21 +96,8 @@ class FakeGeminiLive(LoopbackServer):
     def base_url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
-    @property
-    def live_sessions(self) -> list[FakeLiveSession]:
-        return [s for s in self.sessions if not s.closed]
-
-    def next_reply(self) -> Reply:
-        return self.responses.pop(0) if self.responses else self.default_reply
-
-    def next_transcript(self) -> str:
-        return self.transcripts.pop(0) if self.transcripts else self.default_transcript
-
     def _routes(self) -> list[web.RouteDef]:
         return [web.get(PATH.format(v), self._live) for v in VERSIONS]
-
-    def _open_sockets(self) -> list[FakeLiveSession]:
-        return self.live_sessions
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         if not self.accepting:
@@ -146,21 +115,7 @@ class FakeGeminiLive(LoopbackServer):
         ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
         key = request.query.get("key") or request.headers.get("x-goog-api-key", "")
-        session = FakeLiveSession(self, ws, request, authorized=key == self.api_key)
-        self.sessions.append(session)
-        try:
-            await session.run()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            session.closed = True
-            session.stop_turn()
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except (ConnectionError, RuntimeError):
-                    pass
-        return ws
+        return await self._hold(FakeLiveSession(self, ws, request, authorized=key == self.api_key))
 
     def recorded_close(self, code: int, reason: str) -> None:
         self.closes.append((code, reason))

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import binascii
 import json
-import math
 import re
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from getpatter.testing.conversing import EnergyVad, ModelTurn, said_by
 from getpatter.testing.model_script import FunctionCall, Reply, spoken_text, tone
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ VOICES = frozenset(
     "Umbriel Algieba Despina Erinome Algenib Rasalgethi Laomedeia Achernar Alnilam Schedar "
     "Gacrux Pulcherrima Achird Zubenelgenubi Vindemiatrix Sadachbia Sadaltager Sulafat".split()
 )
-FRAME_MS = 20
 OUT_RATE = 24000
 TOKENS_PER_SECOND = 32  # audio tokens per second of audio, as the docs count them
 _OPAQUE = frozenset({"args", "response", "parameters", "parametersJsonSchema", "properties"})
@@ -62,7 +61,7 @@ def camel(value: Any) -> Any:
     return out
 
 
-class FakeLiveSession:
+class FakeLiveSession(ModelTurn):
     """One WebSocket, i.e. one Live session. For assertions: `setup` (as sent, camelCased),
     `received` (every client message), `sent`, `tool_responses`, `client_turns` (the text
     of every clientContent turn), `audio_ms` (caller audio received)."""
@@ -85,13 +84,9 @@ class FakeLiveSession:
         self.tool_responses: list[dict[str, Any]] = []
         self.client_turns: list[str] = []
         self.audio_ms = 0.0
-        self._turn: asyncio.Task[None] | None = None
         self._waiting_tools: set[str] = set()
-        self._pending = np.zeros(0, np.int16)
+        self._vad = EnergyVad()
         self._rate = 16000
-        self._speaking = False
-        self._loud_ms = 0
-        self._quiet_ms = 0
         self._out_ms = 0.0
 
     # --- config views --------------------------------------------------------------------
@@ -230,31 +225,20 @@ class FakeLiveSession:
         self.audio_ms += len(samples) * 1000 / self._rate
         if not self.automatic_vad:
             return
-        frame = self._rate * FRAME_MS // 1000
-        pending = np.concatenate((self._pending, samples))
-        count = len(pending) // frame
-        for i in range(count):
-            await self._vad(pending[i * frame : (i + 1) * frame])
-        self._pending = pending[count * frame :]
-
-    async def _vad(self, samples: np.ndarray[Any, Any]) -> None:
-        f = samples.astype(np.float64)
-        loud = math.sqrt(float(np.dot(f, f)) / len(f)) >= self.fake.vad_rms
-        if not self._speaking:
-            self._loud_ms = self._loud_ms + FRAME_MS if loud else 0
-            if self._loud_ms >= self.fake.vad_start_ms:
+        vad, fake = self._vad, self.fake
+        for frame in vad.frames(samples, self._rate):
+            turn = vad.step(vad.loud(frame, fake.vad_rms), fake.vad_start_ms, fake.silence_ms)
+            if turn == "started":
                 await self._speech_started()
-            return
-        self._quiet_ms = 0 if loud else self._quiet_ms + FRAME_MS
-        if self._quiet_ms >= self.fake.silence_ms:
-            await self._speech_ended()
+            elif turn == "stopped":
+                await self._speech_ended()
 
     async def _speech_started(self) -> None:
-        self._speaking, self._quiet_ms = True, 0
+        self._vad.started()
         await self._interrupt()
 
     async def _speech_ended(self) -> None:
-        self._speaking, self._loud_ms = False, 0
+        self._vad.stopped()
         if self.setup.get("inputAudioTranscription") is not None:
             text = self.fake.next_transcript()
             await self.send({"serverContent": {"inputTranscription": {"text": text}}})
@@ -262,7 +246,7 @@ class FakeLiveSession:
 
     async def _interrupt(self) -> None:
         """Whatever the model is saying stops: `interrupted`, then `turnComplete`."""
-        if self._turn is not None and not self._turn.done():
+        if self.turn_in_flight:
             self.stop_turn()
             await self.send({"serverContent": {"interrupted": True}})
             await self.send({"serverContent": {"turnComplete": True}})
@@ -301,14 +285,6 @@ class FakeLiveSession:
 
     # --- the model's turns ---------------------------------------------------------------
 
-    def stop_turn(self) -> None:
-        if self._turn is not None and not self._turn.done():
-            self._turn.cancel()
-
-    def _start_turn(self, reply: Reply) -> None:
-        self.stop_turn()
-        self._turn = asyncio.get_running_loop().create_task(self._speak(reply))
-
     async def _speak(self, reply: Reply) -> None:
         if self.fake.first_audio_delay:
             await asyncio.sleep(self.fake.first_audio_delay)
@@ -329,7 +305,7 @@ class FakeLiveSession:
             b64 = base64.b64encode(piece).decode()
             part = {"inlineData": {"mimeType": f"audio/pcm;rate={OUT_RATE}", "data": b64}}
             await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
-            target = min(len(words), math.ceil(len(words) * n / len(pieces)))
+            target = said_by(words, n, len(pieces))
             if transcribe and target > said:
                 text = "".join(words[said:target])
                 said = target

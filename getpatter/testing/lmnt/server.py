@@ -38,20 +38,19 @@ import json
 import struct
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from getpatter.core.audio import pcm16_bytes, ulaw_encode
-from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.pacing import Pace
+from getpatter.testing.speaking import Encoding, SpeakingKnobs, SpeakingServer, encode
 
 __all__ = ["FakeLmnt", "FakeLmntSession", "lmnt_audio", "ulaw_wav_header"]
 
 FORMATS = ("mp3", "pcm_s16le", "raw", "pcm_f32le", "ulaw", "webm")
 SAMPLE_RATES = (8000, 16000, 24000)
+_ENCODINGS: dict[str, Encoding] = {"ulaw": "ulaw", "pcm_f32le": "f32"}
 
 
 def ulaw_wav_header(rate: int = 8000) -> bytes:
@@ -71,11 +70,7 @@ def ulaw_wav_header(rate: int = 8000) -> bytes:
 
 def lmnt_audio(samples: np.ndarray, audio_format: str) -> bytes:
     """int16 samples in one of the raw formats (no header)."""
-    if audio_format == "ulaw":
-        return ulaw_encode(samples)
-    if audio_format == "pcm_f32le":
-        return (samples.astype("<f4") / 32768.0).astype("<f4").tobytes()
-    return pcm16_bytes(samples)
+    return encode(samples, _ENCODINGS.get(audio_format, "pcm16"))
 
 
 @dataclass(eq=False)
@@ -94,39 +89,21 @@ class FakeLmntSession:
     header_sent: bool = False
 
 
-class FakeLmnt(LoopbackServer):
+class FakeLmnt(SpeakingServer[FakeLmntSession]):
     """LMNT's speech session socket on 127.0.0.1: `base_url` is what the SDK takes."""
 
-    _on_stop = "drop"
+    _max_msg = 1024 * 1024
 
     def __init__(
         self,
         api_key: str = "lmnt_test",
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        first_audio_delay: float = 0.0,
-        chunk_ms: int = 100,
-        audio_speed: float = 0.0,
-        tone_hz: float = 440.0,
         ulaw_wav_header: Literal["session", "flush"] | None = "session",
+        **knobs: Unpack[SpeakingKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.first_audio_delay = first_audio_delay
-        self.chunk_ms = chunk_ms
-        self.audio_speed = audio_speed
-        self.tone_hz = tone_hz
+        super().__init__(api_key, **knobs)
         self.ulaw_wav_header = ulaw_wav_header
-        self.sessions: list[FakeLmntSession] = []
         self.refused: list[str] = []  # error types sent before closing
-        self._stalls: list[int] = []
-
-    def stall_next(self, after_chunks: int = 0) -> None:
-        """The next flush sends `after_chunks` chunks of audio (0: none; more: it stops
-        mid-sentence) and then nothing: no more audio, no `flush_complete`, the socket open."""
-        self._stalls.append(after_chunks)
 
     @property
     def base_url(self) -> str:
@@ -136,44 +113,27 @@ class FakeLmnt(LoopbackServer):
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}/v1/ai/speech/stream"
 
-    @property
-    def live_sessions(self) -> list[FakeLmntSession]:
-        return [s for s in self.sessions if not s.closed]
-
-    @property
-    def received(self) -> list[dict[str, Any]]:
-        return [m for s in self.sessions for m in s.received]
-
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/ai/speech/stream", self._socket)]
-
-    def _open_sockets(self) -> list[FakeLmntSession]:
-        return self.live_sessions
 
     # --- the socket ------------------------------------------------------------------------
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=1024 * 1024)
-        await ws.prepare(request)
-        session = FakeLmntSession(ws, request)
-        self.sessions.append(session)
+        session = FakeLmntSession(await self._accept(request), request)
         work: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         worker = asyncio.get_running_loop().create_task(self._speaker(session, work))
-        try:
+
+        async def converse() -> None:
             if await self._start(session):
                 await self._converse(session, work)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
+
+        async def cleanup() -> None:
             if not session.finishing:
                 worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
-            session.closed = True
-            if not ws.closed:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.close()
-        return ws
+
+        return await self._hold(session, converse(), cleanup)
 
     async def _refuse(self, session: FakeLmntSession, kind: str, message: str) -> bool:
         self.refused.append(kind)
@@ -281,28 +241,17 @@ class FakeLmnt(LoopbackServer):
             return
         rate = int(init.get("sample_rate", 24000))
         tone = speech_tone(text, rate, self.tone_hz)
-        if self.first_audio_delay:
-            now = asyncio.get_running_loop().time()
-            await asyncio.sleep(
-                max(0.0, (now if at is None else at) + self.first_audio_delay - now)
-            )
-        stall = self._stalls.pop(0) if self._stalls else None
+        await self._first_audio(at)
+        stall = self._take_stall()
         header = b""
         if audio_format == "ulaw" and (
             self.ulaw_wav_header == "flush"
             or (self.ulaw_wav_header == "session" and not session.header_sent)
         ):
             header, session.header_sent = ulaw_wav_header(rate), True
-        step = max(1, rate * self.chunk_ms // 1000)
-        pace = Pace(self.audio_speed)
-        for n, start in enumerate(range(0, len(tone), step)):
-            if stall is not None and n >= stall:
-                await asyncio.Event().wait()  # silent until the socket is gone
-            await session.ws.send_bytes(
-                header + lmnt_audio(tone[start : start + step], audio_format)
-            )
+        async for piece in self._pieces(tone, rate, stall):
+            await session.ws.send_bytes(header + lmnt_audio(piece, audio_format))
             header = b""
-            await pace.sent(len(tone[start : start + step]) / rate)
         if init.get("return_timestamps"):
             words = text.split()
             seconds = len(tone) / rate

@@ -184,15 +184,7 @@ class FakeOpenAI(LoopbackServer):
 
     async def drop_connections(self) -> int:
         """Abort every open connection without a response end: a network failure."""
-        server = self._runner.server if self._runner is not None else None
-        dropped = 0
-        for handler in server.connections if server is not None else ():
-            transport = handler.transport
-            if transport is not None:
-                transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
+        return await self._abort_every_connection()
 
     # --- auth and errors -------------------------------------------------------------------
 

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from aiohttp import web
 
+from getpatter.testing.conversing import ConversingKnobs, ConversingServer
 from getpatter.testing.model_script import FunctionCall, Reply
 
-from .._loopback import LoopbackServer
 from .session import FakeRealtimeSession
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FakeRealtime", "FakeRealtimeSession", "FunctionCall", "Reply"]
 
 
-class FakeRealtime(LoopbackServer):
+class FakeRealtime(ConversingServer[FakeRealtimeSession]):
     """The OpenAI Realtime API on 127.0.0.1: `ws_url` + `/realtime?model=...`.
 
     Script: `responses` (consumed in order, across sessions), `transcripts` (what the caller
@@ -70,48 +69,22 @@ class FakeRealtime(LoopbackServer):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        responses: Sequence[Reply] = (),
-        transcripts: Sequence[str] = (),
-        default_reply: str = "Okay.",
-        default_transcript: str = "Hello.",
-        audio_speed: float = 4.0,
         chunk_ms: int = 100,
         first_audio_delay: float = 0.05,
         session_delay: float = 0.0,
-        seconds_per_char: float = 0.06,
         tone_hz: float = 440.0,
-        vad_start_ms: int = 100,
         vad_rms_scale: float = 1000.0,
+        **knobs: Unpack[ConversingKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.responses: list[Reply] = list(responses)
-        self.transcripts: list[str] = list(transcripts)
-        self.default_reply = default_reply
-        self.default_transcript = default_transcript
-        self.audio_speed = audio_speed
+        super().__init__(api_key, host=host, port=port, **knobs)
         self.chunk_ms = chunk_ms
         self.first_audio_delay = first_audio_delay
         self.session_delay = session_delay
-        self.seconds_per_char = seconds_per_char
         self.tone_hz = tone_hz
-        self.vad_start_ms = vad_start_ms
         self.vad_rms_scale = vad_rms_scale
-        self.accepting = True
-        self.sessions: list[FakeRealtimeSession] = []
         self.received: list[dict[str, Any]] = []
         self.truncates: list[dict[str, Any]] = []
-        self.rejected: list[int] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    # --- script ----------------------------------------------------------------------------
-
-    def next_reply(self) -> Reply:
-        return self.responses.pop(0) if self.responses else self.default_reply
-
-    def next_transcript(self) -> str:
-        return self.transcripts.pop(0) if self.transcripts else self.default_transcript
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -123,17 +96,10 @@ class FakeRealtime(LoopbackServer):
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}/v1"
 
-    @property
-    def live_sessions(self) -> list[FakeRealtimeSession]:
-        return [s for s in self.sessions if not s.closed]
-
     # --- lifecycle -------------------------------------------------------------------------
 
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/realtime", self._realtime)]
-
-    def _open_sockets(self) -> list[FakeRealtimeSession]:
-        return self.live_sessions
 
     async def _close_sockets(self) -> None:
         """Goes by each WebSocket's own state, not `closed`: a session cut by
@@ -192,17 +158,4 @@ class FakeRealtime(LoopbackServer):
             return self._refuse(503, "The service is temporarily unavailable.", "unavailable")
         ws = web.WebSocketResponse(max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
-        session = FakeRealtimeSession(self, ws, request, model)
-        self.sessions.append(session)
-        try:
-            await session.run()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            session.closed = True
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except (ConnectionError, RuntimeError):
-                    pass
-        return ws
+        return await self._hold(FakeRealtimeSession(self, ws, request, model))

@@ -8,14 +8,13 @@ import base64
 import binascii
 import itertools
 import json
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from aiohttp import WSMsgType, web
 
 from getpatter.core.audio import Int16Array, alaw_decode, pcm16_array, ulaw_decode
+from getpatter.testing.conversing import EnergyVad
 
 from .responses import Responder
 from .wire import FRAME_MS, Item, Rejected, new_id, validate_session_update
@@ -81,11 +80,7 @@ class FakeRealtimeSession:
         # input audio and VAD
         self._input_ms = 0.0  # audio appended so far, in ms of input time
         self._buffer_start_ms = 0.0  # start of the uncommitted input buffer
-        self._pending = np.zeros(0, np.int16)
-        self._speaking = False
-        self._loud_ms = 0.0
-        self._quiet_ms = 0.0
-        self._loud_since = 0.0
+        self._vad = EnergyVad()
         self._speech_item: str | None = None
         self.last_item: str | None = None
         self.input_audio_ms_total = 0.0
@@ -161,8 +156,12 @@ class FakeRealtimeSession:
                     break
         finally:
             self.closed = True
-            if self.responses.active is not None and self.responses.active.task is not None:
-                self.responses.active.task.cancel()
+            self.stop_turn()
+
+    def stop_turn(self) -> None:
+        """The response in flight stops with the socket."""
+        if self.responses.active is not None and self.responses.active.task is not None:
+            self.responses.active.task.cancel()
 
     async def _on_text(self, text: str) -> None:
         try:
@@ -215,12 +214,8 @@ class FakeRealtimeSession:
         except (ValueError, binascii.Error):
             raise Rejected("invalid_value", "audio must be base64 text", "audio") from None
         samples, rate = self._decode(payload)
-        frame = rate * FRAME_MS // 1000
-        pending = np.concatenate((self._pending, samples))
-        count = len(pending) // frame
-        for i in range(count):
-            await self._vad_frame(pending[i * frame : (i + 1) * frame])
-        self._pending = pending[count * frame :]
+        for frame in self._vad.frames(samples, rate):
+            await self._vad_frame(frame)
         self.input_audio_ms_total += len(samples) * 1000 / rate
 
     async def _vad_frame(self, samples: Int16Array) -> None:
@@ -230,31 +225,18 @@ class FakeRealtimeSession:
         if td is None or td.get("type") not in ("server_vad", "semantic_vad"):
             return
         threshold = float(td.get("threshold", 0.5)) * self.fake.vad_rms_scale
-        as_float = samples.astype(np.float64)
-        loud = math.sqrt(float(np.dot(as_float, as_float)) / len(samples)) >= threshold
-        if not self._speaking:
-            if loud:
-                if self._loud_ms == 0:
-                    self._loud_since = start
-                self._loud_ms += FRAME_MS
-                if self._loud_ms >= self.fake.vad_start_ms:
-                    await self._speech_started(td)
-            else:
-                self._loud_ms = 0
-            return
-        if loud:
-            self._quiet_ms = 0
-            return
-        self._quiet_ms += FRAME_MS
-        if self._quiet_ms >= int(td.get("silence_duration_ms", 500)):
+        loud = self._vad.loud(samples, threshold)
+        silence_ms = int(td.get("silence_duration_ms", 500))
+        turn = self._vad.step(loud, self.fake.vad_start_ms, silence_ms, at=start)
+        if turn == "started":
+            await self._speech_started(td)
+        elif turn == "stopped":
             await self._speech_stopped(td)
 
     async def _speech_started(self, td: dict[str, Any]) -> None:
-        self._speaking = True
-        self._quiet_ms = 0
         self._speech_item = new_id("item")
         padding = int(td.get("prefix_padding_ms", 300))
-        audio_start = max(self._buffer_start_ms, self._loud_since - padding)
+        audio_start = max(self._buffer_start_ms, self._vad.loud_since - padding)
         await self.send(
             "input_audio_buffer.speech_started",
             audio_start_ms=int(audio_start),
@@ -264,8 +246,6 @@ class FakeRealtimeSession:
             await self.responses.cancel("turn_detected")
 
     async def _speech_stopped(self, td: dict[str, Any]) -> None:
-        self._speaking = False
-        self._loud_ms = 0
         item_id = self._speech_item or new_id("item")
         self._speech_item = None
         await self.send(
@@ -303,15 +283,13 @@ class FakeRealtimeSession:
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 "100ms of audio.",
             )
-        self._speaking = False
-        self._loud_ms = 0
+        self._vad.stopped()
         await self._commit(self._speech_item or new_id("item"))
         self._speech_item = None
 
     async def _buffer_clear(self, event: dict[str, Any]) -> None:
         self._buffer_start_ms = self._input_ms
-        self._speaking = False
-        self._loud_ms = 0
+        self._vad.stopped()
         await self.send("input_audio_buffer.cleared")
 
     # --- conversation items --------------------------------------------------------------

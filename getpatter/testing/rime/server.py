@@ -44,15 +44,13 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.core.audio import pcm16_bytes, ulaw_encode
-from getpatter.testing._loopback import LoopbackServer
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.pacing import Pace
+from getpatter.testing.speaking import SpeakingKnobs, SpeakingServer, encode, word_spans
 
 __all__ = ["FakeRime", "FakeRimeSession", "rime_audio"]
 
@@ -65,8 +63,8 @@ _TIMESTAMP_LANGS = frozenset({"", "en", "eng", "es", "spa"})
 def rime_audio(samples: np.ndarray, audio_format: str, rate: int) -> bytes:
     """int16 samples in one of the raw formats the fake produces (`wav` with its header)."""
     if audio_format == "mulaw":
-        return ulaw_encode(samples)
-    pcm = pcm16_bytes(samples)
+        return encode(samples, "ulaw")
+    pcm = encode(samples, "pcm16")
     if audio_format == "wav":
         header = b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
         header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
@@ -96,38 +94,12 @@ class FakeRimeSession:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class FakeRime(LoopbackServer):
+class FakeRime(SpeakingServer[FakeRimeSession]):
     """Rime's JSON WebSocket on 127.0.0.1: `base_url` is `ws://host:port` (append `/ws3`)."""
 
-    _on_stop = "drop"
-
-    def __init__(
-        self,
-        api_key: str = "rime_test",
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        first_audio_delay: float = 0.0,
-        chunk_ms: int = 100,
-        audio_speed: float = 0.0,
-        tone_hz: float = 440.0,
-    ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.first_audio_delay = first_audio_delay
-        self.chunk_ms = chunk_ms
-        self.audio_speed = audio_speed
-        self.tone_hz = tone_hz
+    def __init__(self, api_key: str = "rime_test", **knobs: Unpack[SpeakingKnobs]) -> None:
+        super().__init__(api_key, **knobs)
         self.refuse_with: int | None = None
-        self.sessions: list[FakeRimeSession] = []
-        self.rejected: list[int] = []
-        self._stalls: list[int] = []
-
-    def stall_next(self, after_chunks: int = 0) -> None:
-        """The next synthesis sends `after_chunks` chunks (0: none; more: it stops
-        mid-sentence) and then nothing: no more audio, no `done`, the socket open."""
-        self._stalls.append(after_chunks)
 
     @property
     def base_url(self) -> str:
@@ -137,19 +109,8 @@ class FakeRime(LoopbackServer):
     def ws_url(self) -> str:
         return f"{self.base_url}/ws3"
 
-    @property
-    def live_sessions(self) -> list[FakeRimeSession]:
-        return [s for s in self.sessions if not s.closed]
-
-    @property
-    def received(self) -> list[dict[str, Any]]:
-        return [m for s in self.sessions for m in s.received]
-
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/ws3", self._socket), web.get("/ws2", self._socket)]
-
-    def _open_sockets(self) -> list[FakeRimeSession]:
-        return self.live_sessions
 
     # --- the socket ------------------------------------------------------------------------
 
@@ -165,25 +126,17 @@ class FakeRime(LoopbackServer):
             return self._refuse(400, "speaker is required")
         if self.refuse_with is not None:
             return self._refuse(self.refuse_with, "Too many concurrent connections")
-        ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
-        await ws.prepare(request)
+        ws = await self._accept(request)
         session = FakeRimeSession(dict(request.query), dict(request.headers), ws, request)
-        self.sessions.append(session)
         worker = asyncio.get_running_loop().create_task(self._synthesizer(session))
-        try:
-            await self._converse(session)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
+
+        async def cleanup() -> None:
             if not session.eos:
                 worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
-            session.closed = True
-            if not ws.closed:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await ws.close()
-        return ws
+
+        return await self._hold(session, self._converse(session), cleanup)
 
     async def _error(self, session: FakeRimeSession, message: str) -> None:
         session.errors.append(message)
@@ -256,27 +209,15 @@ class FakeRime(LoopbackServer):
         rate = int(query.get("samplingRate") or 24000)
         session.synthesized.append((text, context))
         tone = speech_tone(text, rate, self.tone_hz)
-        if self.first_audio_delay:
-            loop = asyncio.get_running_loop()
-            await asyncio.sleep(max(0.0, at + self.first_audio_delay - loop.time()))
-        stall = self._stalls.pop(0) if self._stalls else None
+        await self._first_audio(at)
+        stall = self._take_stall()
         if audio_format == "wav":  # one header, then the samples
             await self._chunk(session, rime_audio(tone[:0], "wav", rate)[:44], context)
             audio_format = "pcm"
-        step = max(1, rate * self.chunk_ms // 1000)
-        pace = Pace(self.audio_speed)
-        for n, start in enumerate(range(0, len(tone), step)):
-            if stall is not None and n >= stall:
-                await asyncio.Event().wait()  # silent until the socket is gone
-            await self._chunk(
-                session, rime_audio(tone[start : start + step], audio_format, rate), context
-            )
-            await pace.sent(len(tone[start : start + step]) / rate)
+        async for piece in self._pieces(tone, rate, stall):
+            await self._chunk(session, rime_audio(piece, audio_format, rate), context)
         if query.get("lang", "") in _TIMESTAMP_LANGS:
-            words = text.split()
-            seconds = len(tone) / rate
-            starts = [round(i * seconds / max(len(words), 1), 5) for i in range(len(words))]
-            ends = [*starts[1:], round(seconds, 5)] if words else []
+            words, starts, ends = word_spans(text, len(tone) / rate, 5)
             await session.ws.send_json(
                 {
                     "type": "timestamps",

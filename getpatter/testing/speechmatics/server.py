@@ -33,23 +33,27 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Unpack
 
-import numpy as np
 from aiohttp import WSMsgType, web
 
-from getpatter.core.audio import ulaw_decode
-from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.listening import (
+    CLOSE,
+    EnergyFrames,
+    ListeningKnobs,
+    ListeningServer,
+    Sample,
+    Stall,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FakeSpeechmatics", "SpeechmaticsSession"]
 
 _ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
-_CLOSE = object()  # on a session's outbox: close the socket (code 1000) after what precedes
-Stall = Literal["no_final", "silent"] | None
+_SAMPLES: dict[str, Sample] = {"pcm_s16le": "pcm16", "pcm_f32le": "f32", "mulaw": "ulaw"}
 
 
 @dataclass
@@ -58,6 +62,8 @@ class SpeechmaticsSession:
 
     request_headers: dict[str, str]
     query: dict[str, str]
+    request: web.Request
+    ws: web.WebSocketResponse
     start: dict[str, Any] | None = None
     started: bool = False
     audio: bytearray = field(default_factory=bytearray)
@@ -75,7 +81,7 @@ class SpeechmaticsSession:
     encoding: str = "pcm_s16le"
     eou_trigger: float = 0.0
     samples_seen: int = 0
-    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    energy: EnergyFrames = field(default_factory=lambda: EnergyFrames(16000, inclusive=True))
     speech_start: float | None = None
     speech_end: float = 0.0
     silence: float = 0.0
@@ -87,67 +93,39 @@ class SpeechmaticsSession:
         return self.samples_seen / self.rate if self.rate else 0.0
 
 
-class FakeSpeechmatics(LoopbackServer):
+class FakeSpeechmatics(ListeningServer[SpeechmaticsSession]):
     """The Speechmatics RT API on 127.0.0.1: connect to `ws_url` (``ws://127.0.0.1:P/v2``)."""
 
     _on_stop = "leave"
+    _path = "/v2"
 
     def __init__(
         self,
         api_key: str = "sm-test",
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        transcripts: Sequence[str] = (),
-        default_transcript: str = "Hello.",
-        latency: float = 0.05,
         session_delay: float = 0.02,
         partial_every: float = 0.4,
-        speech_rms: float = 300.0,
         split_finals: bool = False,
-        stall: Stall = None,
+        **knobs: Unpack[ListeningKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = host
-        self.port = port
-        self.transcripts = list(transcripts)
-        self.default_transcript = default_transcript
-        self.latency = latency
+        super().__init__(api_key, **knobs)
         self.session_delay = session_delay
         self.partial_every = partial_every
-        self.speech_rms = speech_rms
         self.split_finals = split_finals
-        self.stall: Stall = stall
         self.quota_exceeded = False
-        self.sessions: list[SpeechmaticsSession] = []
-        self.rejected: list[int] = []
-        self.utterances = 0
-        self._live: dict[int, tuple[SpeechmaticsSession, web.Request]] = {}
 
     @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/v2"
+    def sessions(self) -> list[SpeechmaticsSession]:
+        """One per connection, with everything it received."""
+        return self.connections
 
-    # --- lifecycle -------------------------------------------------------------------------
+    @property
+    def utterances(self) -> int:
+        """How many utterances were given out."""
+        return len(self._given)
 
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/v2", self._handle), web.get("/v2/{lang}", self._handle)]
-
-    async def drop_connections(self) -> int:
-        """Kill every live socket without a close frame: a network failure mid-call."""
-        dropped = 0
-        for session, request in list(self._live.values()):
-            session.closed = True
-            if request.transport is not None:
-                request.transport.abort()
-                dropped += 1
-        await asyncio.sleep(0)
-        return dropped
-
-    def _next_transcript(self) -> str:
-        text = self.transcripts.pop(0) if self.transcripts else self.default_transcript
-        self.utterances += 1
-        return text
 
     # --- the endpoint ----------------------------------------------------------------------
 
@@ -164,9 +142,10 @@ class FakeSpeechmatics(LoopbackServer):
             return web.Response(status=401, text="401 Authorization Required")
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024, heartbeat=None)
         await ws.prepare(request)
-        session = SpeechmaticsSession(dict(request.headers), dict(request.query), stall=self.stall)
-        self.sessions.append(session)
-        self._live[id(session)] = (session, request)
+        session = SpeechmaticsSession(
+            dict(request.headers), dict(request.query), request, ws, stall=self.stall
+        )
+        self.connections.append(session)
         outbox: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         sender = asyncio.create_task(self._sender(ws, session, outbox))
         try:
@@ -181,7 +160,6 @@ class FakeSpeechmatics(LoopbackServer):
             pass
         finally:
             session.closed = True
-            self._live.pop(id(session), None)
             if not ws.closed:  # an error and its close are still queued: let them go out
                 with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
                     await asyncio.wait_for(asyncio.shield(sender), 2.0)
@@ -205,7 +183,7 @@ class FakeSpeechmatics(LoopbackServer):
                 await asyncio.sleep(wait)
             if ws.closed:
                 return
-            if message is _CLOSE:
+            if message is CLOSE:
                 await ws.close(code=1000)
                 return
             if isinstance(message, tuple):  # (error message, close code)
@@ -274,7 +252,7 @@ class FakeSpeechmatics(LoopbackServer):
                 self._end_utterance(session, outbox, forced=False)
             if session.stall != "silent":
                 self._queue(outbox, {"message": "EndOfTranscript"}, self.latency)
-            self._queue(outbox, _CLOSE, self.latency)
+            self._queue(outbox, CLOSE, self.latency)
             return True
         if kind in ("SetRecognitionConfig", "GetSpeakers"):
             return True
@@ -308,6 +286,7 @@ class FakeSpeechmatics(LoopbackServer):
         session.start = msg
         session.rate, session.encoding = rate, fmt["encoding"]
         session.width = _ENCODINGS[session.encoding]
+        session.energy = EnergyFrames(rate, inclusive=True)
         conversation = config.get("conversation_config") or {}
         session.eou_trigger = float(conversation.get("end_of_utterance_silence_trigger") or 0.0)
         if self.quota_exceeded:
@@ -354,34 +333,21 @@ class FakeSpeechmatics(LoopbackServer):
         session.audio.extend(data)
         if session.stall != "silent":
             self._queue(outbox, {"message": "AudioAdded", "seq_no": session.frames})
-        samples = self._decode(session, data)
-        session.pending = np.concatenate([session.pending, samples])
-        step = session.rate // 50  # 20 ms
-        while len(session.pending) >= step:
-            frame, session.pending = session.pending[:step], session.pending[step:]
-            self._on_frame(session, outbox, frame)
+        samples = decode(data, _SAMPLES[session.encoding])
+        for speech in session.energy.feed(samples, self.speech_rms):
+            self._on_frame(session, outbox, speech)
         return True
-
-    def _decode(self, session: SpeechmaticsSession, data: bytes) -> np.ndarray:
-        usable = len(data) - len(data) % session.width
-        if session.encoding == "mulaw":
-            return np.asarray(ulaw_decode(data), dtype=np.int16)
-        if session.encoding == "pcm_f32le":
-            f = np.frombuffer(data[:usable], dtype="<f4")
-            return (np.clip(f, -1, 1) * 32767).astype(np.int16)
-        return np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
 
     def _on_frame(
         self,
         session: SpeechmaticsSession,
         outbox: asyncio.Queue[tuple[float, Any]],
-        frame: np.ndarray,
+        speech: bool,
     ) -> None:
         start = session.audio_seconds
-        session.samples_seen += len(frame)
+        session.samples_seen += session.energy.step
         end = session.audio_seconds
-        rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) if len(frame) else 0.0
-        if rms >= self.speech_rms:
+        if speech:
             if session.speech_start is None:
                 session.speech_start, session.partials, session.utterance_speech = start, 0, 0.0
             session.speech_end, session.silence = end, 0.0
@@ -419,7 +385,7 @@ class FakeSpeechmatics(LoopbackServer):
                 self._queue(outbox, _transcript_msg("AddTranscript", "", at, at), self.latency)
                 self._queue(outbox, _eou(at), self.latency)
             return
-        text = self._next_transcript()
+        text = self.next_transcript()
         start, end = session.speech_start, session.speech_end
         session.speech_start, session.silence = None, 0.0
         words = text.split()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 import secrets
 import time
@@ -14,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from getpatter.testing.conversing import EnergyVad, ModelTurn, said_by
 from getpatter.testing.model_script import FunctionCall, Reply, tone
 
 if TYPE_CHECKING:
     from .server import FakeUltravox
 
-FRAME_MS = 20
 CHUNK_MS = 60
 
 
-class FakeUltravoxCall:
+class FakeUltravoxCall(ModelTurn):
     """One call's socket. For assertions: `definition` (the call as created), `received`
     (data messages), `tool_results`, `forced` (forced agent messages), `user_texts`,
     `audio_ms` (caller audio received), `sent` (data messages sent)."""
@@ -53,12 +52,8 @@ class FakeUltravoxCall:
         self.user_texts: list[str] = []
         self.audio_ms = 0.0
         self._ordinal = 0
-        self._turn: asyncio.Task[None] | None = None
         self._waiting_tool: str | None = None
-        self._pending = np.zeros(0, np.int16)
-        self._speaking_user = False
-        self._loud_ms = 0
-        self._quiet_ms = 0
+        self._vad = EnergyVad()
         self._send_lock = asyncio.Lock()
 
     @property
@@ -142,26 +137,14 @@ class FakeUltravoxCall:
     async def _audio(self, data: bytes) -> None:
         samples = np.frombuffer(data[: len(data) // 2 * 2], "<i2")
         self.audio_ms += len(samples) * 1000 / self.in_rate
-        frame = self.in_rate * FRAME_MS // 1000
-        pending = np.concatenate((self._pending, samples))
-        count = len(pending) // frame
-        for i in range(count):
-            f = pending[i * frame : (i + 1) * frame].astype(np.float64)
-            await self._vad(math.sqrt(float(np.dot(f, f)) / len(f)) >= self.fake.vad_rms)
-        self._pending = pending[count * frame :]
-
-    async def _vad(self, loud: bool) -> None:
-        if not self._speaking_user:
-            self._loud_ms = self._loud_ms + FRAME_MS if loud else 0
-            if self._loud_ms >= self.fake.vad_start_ms:
-                self._speaking_user, self._quiet_ms = True, 0
+        vad, fake = self._vad, self.fake
+        for frame in vad.frames(samples, self.in_rate):
+            turn = vad.step(vad.loud(frame, fake.vad_rms), fake.vad_start_ms, fake.silence_ms)
+            if turn == "started":
                 await self._interrupt(clear=True)
-            return
-        self._quiet_ms = 0 if loud else self._quiet_ms + FRAME_MS
-        if self._quiet_ms >= self.fake.silence_ms:
-            self._speaking_user, self._loud_ms = False, 0
-            await self._transcript("user", self.fake.next_transcript(), final=True)
-            self._start_turn(self.fake.next_reply())
+            elif turn == "stopped":
+                await self._transcript("user", self.fake.next_transcript(), final=True)
+                self._start_turn(self.fake.next_reply())
 
     async def _transcript(
         self,
@@ -185,19 +168,11 @@ class FakeUltravoxCall:
     # --- the agent -----------------------------------------------------------------------
 
     async def _interrupt(self, *, clear: bool) -> None:
-        if self._turn is not None and not self._turn.done():
+        if self.turn_in_flight:
             self.stop_turn()
             if clear:
                 await self.send({"type": "playback_clear_buffer"})
             await self.send({"type": "state", "state": "listening"})
-
-    def stop_turn(self) -> None:
-        if self._turn is not None and not self._turn.done():
-            self._turn.cancel()
-
-    def _start_turn(self, reply: Reply) -> None:
-        self.stop_turn()
-        self._turn = asyncio.get_running_loop().create_task(self._speak(reply))
 
     async def _speak(self, reply: Reply) -> None:
         await self.send({"type": "state", "state": "thinking"})
@@ -223,7 +198,7 @@ class FakeUltravoxCall:
         said, t0, sent_ms = 0, time.monotonic(), 0.0
         try:
             for n, piece in enumerate(pieces, 1):
-                target = min(len(words), math.ceil(len(words) * n / len(pieces)))
+                target = said_by(words, n, len(pieces))
                 if target > said:
                     await self._transcript(
                         "agent",

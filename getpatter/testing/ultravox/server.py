@@ -22,14 +22,12 @@ Data Messages", the Create Call reference), not from our client:
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from aiohttp import web
 
-from getpatter.testing._loopback import LoopbackServer
+from getpatter.testing.conversing import ConversingKnobs, ConversingServer
 from getpatter.testing.model_script import FunctionCall, Reply
 
 from .call import FakeUltravoxCall
@@ -37,7 +35,7 @@ from .call import FakeUltravoxCall
 __all__ = ["FakeUltravox", "FakeUltravoxCall", "FunctionCall", "Reply"]
 
 
-class FakeUltravox(LoopbackServer):
+class FakeUltravox(ConversingServer[FakeUltravoxCall]):
     """Ultravox on 127.0.0.1: point a client's base URL at `base_url`.
 
     Script: `responses` (text or `FunctionCall`), `transcripts` (what the caller said, per
@@ -50,34 +48,16 @@ class FakeUltravox(LoopbackServer):
         self,
         api_key: str = "test-ultravox-key",
         *,
-        responses: Sequence[Reply] = (),
-        transcripts: Sequence[str] = (),
-        default_reply: str = "Okay.",
-        default_transcript: str = "Hello.",
         greeting: str = "Hello, how can I help?",
-        audio_speed: float = 4.0,
-        seconds_per_char: float = 0.06,
-        vad_start_ms: int = 100,
         silence_ms: int = 500,
         vad_rms: float = 500.0,
+        **knobs: Unpack[ConversingKnobs],
     ) -> None:
-        self.api_key = api_key
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.responses: list[Reply] = list(responses)
-        self.transcripts: list[str] = list(transcripts)
-        self.default_reply = default_reply
-        self.default_transcript = default_transcript
+        super().__init__(api_key, **knobs)
         self.greeting = greeting
-        self.audio_speed = audio_speed
-        self.seconds_per_char = seconds_per_char
-        self.vad_start_ms = vad_start_ms
         self.silence_ms = silence_ms
         self.vad_rms = vad_rms
-        self.accepting = True
         self.created: list[dict[str, Any]] = []
-        self.calls: list[FakeUltravoxCall] = []
-        self.rejected: list[int] = []
         self._pending: dict[str, tuple[str, dict[str, Any]]] = {}  # call id → (token, def)
 
     @property
@@ -85,23 +65,19 @@ class FakeUltravox(LoopbackServer):
         return f"http://{self.host}:{self.port}"
 
     @property
+    def calls(self) -> list[FakeUltravoxCall]:
+        """One per joined socket, in order."""
+        return self.sessions
+
+    @property
     def live_calls(self) -> list[FakeUltravoxCall]:
-        return [c for c in self.calls if not c.closed]
-
-    def next_reply(self) -> Reply:
-        return self.responses.pop(0) if self.responses else self.default_reply
-
-    def next_transcript(self) -> str:
-        return self.transcripts.pop(0) if self.transcripts else self.default_transcript
+        return self.live_sessions
 
     def _routes(self) -> list[web.RouteDef]:
         return [
             web.post("/api/calls", self._create),
             web.get("/calls/{call_id}/join", self._join),
         ]
-
-    def _open_sockets(self) -> list[FakeUltravoxCall]:
-        return self.live_calls
 
     def _refuse(self, status: int, detail: str) -> web.Response:
         self.rejected.append(status)
@@ -151,18 +127,4 @@ class FakeUltravox(LoopbackServer):
             return self._refuse(404, "Not found.")
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
-        call = FakeUltravoxCall(self, ws, request, call_id, pending[1])
-        self.calls.append(call)
-        try:
-            await call.run()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            call.closed = True
-            call.stop_turn()
-            if not ws.closed:
-                try:
-                    await ws.close()
-                except (ConnectionError, RuntimeError):
-                    pass
-        return ws
+        return await self._hold(FakeUltravoxCall(self, ws, request, call_id, pending[1]))
