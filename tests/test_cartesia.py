@@ -5,35 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import cartesia
-import numpy as np
 import pytest
 
-from getpatter.core.audio import pcm16_bytes, ulaw_encode
+from getpatter.core.audio import pcm16_bytes
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError
-from getpatter.plugins.cartesia.tts import CartesiaStream, CartesiaTTS
+from getpatter.plugins.cartesia.tts import CartesiaTTS
 from getpatter.testing.cartesia import FakeCartesia
 from getpatter.testing.cartesia.server import encode
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.providers import ScriptedSTT
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import loaded_on_import, peak, said
+from tts_kit import (
+    CUT,
+    DIALOGUE,
+    SENTENCES,
+    call_spoken_by,
+    interrupt,
+    mulaw,
+    mulaw_len,
+    say,
+    say_cut,
+)
 
 KEY = "sk_car_SECRET-do-not-print-99"
 VERSION = {"Cartesia-Version": "2026-08-14"}
 MULAW = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
-
-
-def mulaw(text: str) -> bytes:
-    return ulaw_encode(speech_tone(text, 8000))
 
 
 @pytest.fixture
@@ -44,10 +47,6 @@ async def fake() -> AsyncIterator[FakeCartesia]:
 
 def tts_for(fake: FakeCartesia, **kwargs: Any) -> CartesiaTTS:
     return CartesiaTTS(api_key=KEY, base_url=fake.base_url, ws_url=fake.ws_url, **kwargs)
-
-
-async def say(stream: CartesiaStream, text: str) -> bytes:
-    return b"".join([chunk async for chunk in stream.synthesize(text)])
 
 
 def request(context: str, transcript: str, **extra: Any) -> dict[str, Any]:
@@ -230,12 +229,7 @@ async def test_sentences_of_a_reply_continue_one_context(fake: FakeCartesia) -> 
 async def test_closing_the_iterator_cancels_at_once() -> None:
     async with FakeCartesia(KEY, audio_speed=1.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        sentence = stream.synthesize("A long sentence that the caller is about to interrupt.")
-        await anext(sentence)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await sentence.aclose()
-        assert loop.time() - started < 0.1
+        assert await interrupt(stream) < 0.1
         assert await say(stream, "Sure.") == mulaw("Sure.")  # nothing of the cancelled one
         session = fake.sessions[0]
         cancelled = session.received[2]
@@ -257,20 +251,12 @@ async def test_bad_key_or_quota_is_a_connection_error_without_the_key(fake: Fake
 async def test_a_socket_dropped_mid_sentence_reconnects_once_and_carries_on() -> None:
     async with FakeCartesia(KEY, audio_speed=4.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        text = "This sentence is cut by the network halfway through."
-        got = b""
-        async for chunk in stream.synthesize(text):
-            got += chunk
-            if len(got) == 800:
-                assert await fake.drop_connections() == 1
-        assert got == mulaw(text)  # whole, and nothing twice
+        got, drops = await say_cut(stream, fake, at=(800,))
+        assert drops == [1]
+        assert got == mulaw(CUT)  # whole, and nothing twice
         assert len(fake.sessions) == 2
-        got = b""
         with pytest.raises(PatterConnectionError, match="dropped again"):
-            async for chunk in stream.synthesize(text):
-                got += chunk
-                if len(got) in (800, 1600):
-                    await fake.drop_connections()
+            await say_cut(stream, fake, at=(800, 1600))
         await stream.aclose()
 
 
@@ -297,12 +283,7 @@ async def test_pcm_output(fake: FakeCartesia) -> None:
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("tts", "cartesia") is CartesiaTTS
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.cartesia import *\n"
-        "print([m for m in sys.modules if m.startswith(('cartesia', 'websockets'))])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("cartesia", ("cartesia", "websockets")) == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -310,27 +291,9 @@ def test_registered_and_lazy() -> None:
 
 async def test_a_call_spoken_by_cartesia(serve: Callable[..., Any], net: FakeTwilio) -> None:
     async with FakeCartesia(KEY, audio_speed=4.0) as fake:
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["what time do you open"]),
-                "tts": tts_for(fake),
-                "first_message": "Acme, hello!",
-            },
-            on_message=lambda msg: "We open at nine. See you then!",
+        record, call = await call_spoken_by(
+            serve, net, fake, tts_for(fake), lambda m: m.get("flush")
         )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
-
-        def flushes() -> int:
-            return sum(1 for m in fake.received if m.get("flush"))
-
-        await call.wait_for(lambda: flushes() >= 3, 15)
-        await asyncio.sleep(2.5)
-        await call.hangup()
-        await call.wait_ended()
-        for _ in range(50):
-            if s.events.get("on_call_end") and not fake.live_sessions:
-                break
-            await asyncio.sleep(0.05)
         assert len(fake.sessions) == 1 and not fake.live_sessions  # one socket, closed at the end
         spoken = [m for m in fake.received if m.get("transcript")]
         assert [m["transcript"] for m in spoken] == [
@@ -340,17 +303,10 @@ async def test_a_call_spoken_by_cartesia(serve: Callable[..., Any], net: FakeTwi
         ]
         greeting, *reply = [m["context_id"] for m in spoken]
         assert reply[0] == reply[1] != greeting  # the reply's sentences continue one context
-        said = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-        assert said[:3] == [
-            ("assistant", "Acme, hello!"),
-            ("user", "what time do you open"),
-            ("assistant", "We open at nine. See you then!"),
-        ]
+        assert said(record)[:3] == DIALOGUE
         heard = call.heard_audio()
-        assert np.abs(heard.astype(np.int32)).max() > 2000
-        assert len(heard) >= 0.9 * sum(
-            len(mulaw(t)) for t in ["Acme, hello!", "We open at nine.", "See you then!"]
-        )
+        assert peak(heard) > 2000
+        assert len(heard) >= 0.9 * mulaw_len(SENTENCES)
 
 
 async def test_a_silent_socket_counts_as_dropped(

@@ -6,28 +6,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 
-from getpatter.core.audio import ulaw_encode
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError
-from getpatter.plugins.elevenlabs.tts import ElevenLabsStream, ElevenLabsTTS
+from getpatter.plugins.elevenlabs.tts import ElevenLabsTTS
 from getpatter.testing.elevenlabs import FakeElevenLabs
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.providers import ScriptedSTT
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import hang_up, loaded_on_import, peak, poll, said
+from tts_kit import (
+    ANSWER,
+    CUT,
+    QUESTION,
+    SENTENCES,
+    mulaw,
+    mulaw_len,
+    say,
+    say_cut,
+    spoken_call,
+    whole_call,
+)
 
 KEY = "xi-SECRET-key-do-not-print-42"
 VOICE = "voice123"
+HELP = "Acme, how can I help?"
+HELPED = [HELP, *SENTENCES[1:]]
 
 
 def ulaw_len(text: str) -> int:
@@ -42,10 +51,6 @@ async def fake() -> AsyncIterator[FakeElevenLabs]:
 
 def tts_for(fake: FakeElevenLabs, **kwargs: Any) -> ElevenLabsTTS:
     return ElevenLabsTTS(VOICE, api_key=KEY, base_url=fake.base_url, **kwargs)
-
-
-async def say(stream: ElevenLabsStream, text: str) -> bytes:
-    return b"".join([chunk async for chunk in stream.synthesize(text)])
 
 
 async def socket(
@@ -82,9 +87,7 @@ async def test_fake_stream_input_bos_text_flush_eos(fake: FakeElevenLabs, field:
     await http.close()
     assert rest[-1] == {"isFinal": True} and ws.close_code == 1000
     audio = b"".join(base64.b64decode(m["audio"]) for m in [first, *rest[:-1]])
-    expected = ulaw_encode(speech_tone("Hello there.", 8000)) + ulaw_encode(
-        speech_tone("Bye now.", 8000)
-    )
+    expected = mulaw("Hello there.") + mulaw("Bye now.")
     assert audio == expected  # exactly the requested μ-law at 8 kHz
 
 
@@ -303,7 +306,7 @@ async def test_one_socket_per_call_one_context_per_sentence(fake: FakeElevenLabs
     tts = tts_for(fake, voice_settings={"stability": 0.4})
     assert (tts.sample_rate, tts.encoding) == (8000, "mulaw")
     stream = await tts.open()
-    assert await say(stream, "Hello there.") == ulaw_encode(speech_tone("Hello there.", 8000))
+    assert await say(stream, "Hello there.") == mulaw("Hello there.")
     assert len(await say(stream, "  How can   I help?")) == ulaw_len("How can I help?")
     await stream.aclose()
     assert len(fake.sessions) == 1
@@ -335,7 +338,7 @@ async def test_closing_the_iterator_cancels_at_once_and_the_socket_carries_on() 
             await sentence.aclose()
             assert loop.time() - started < 0.1
         after = await say(stream, "Sure.")
-        assert after == ulaw_encode(speech_tone("Sure.", 8000))  # none of the cancelled audio
+        assert after == mulaw("Sure.")  # none of the cancelled audio
         assert not any(m.get("error") for s in fake.sessions for m in s.received)
         assert len(fake.sessions) == 2  # replaced once, when 4 cancelled contexts were open
         await stream.aclose()
@@ -348,7 +351,7 @@ async def test_close_race_audio_still_arrives() -> None:
         fake.close_race = "silent"
         stream = await tts_for(fake).open()
         for text in ("First sentence.", "Second one.", "Third."):
-            assert await say(stream, text) == ulaw_encode(speech_tone(text, 8000))
+            assert await say(stream, text) == mulaw(text)
         session = fake.sessions[0]
         assert session.lost == [] and session.finals == ["s1", "s2", "s3"]
         for i, message in enumerate(session.received):
@@ -371,24 +374,24 @@ async def test_a_lost_context_is_retried_over_http() -> None:
             return b"".join([chunk async for chunk in audio])
 
         fake.empty_next()  # no audio; no isFinal either, as its close never comes
-        assert await speak("Hello there.") == ulaw_encode(speech_tone("Hello there.", 8000))
+        assert await speak("Hello there.") == mulaw("Hello there.")
         fake.stall_next(0, whole_socket=False)  # accepted, then nothing
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await speak("Still there?") == ulaw_encode(speech_tone("Still there?", 8000))
+        assert await speak("Still there?") == mulaw("Still there?")
         assert 0.3 <= loop.time() - started < 0.6
         assert retries == ["no audio within 0.3 s"] * 2
         assert [r["body"]["text"] for r in fake.http_requests] == ["Hello there.", "Still there?"]
         session = fake.sessions[0]
         closes = [m["context_id"] for m in session.received if m.get("close_context")]
         assert closes == ["s1", "s2"]  # both freed when the deadline gave up on them
-        assert await say(stream, "Socket again.") == ulaw_encode(speech_tone("Socket again.", 8000))
+        assert await say(stream, "Socket again.") == mulaw("Socket again.")
         await stream.aclose()
         # over HTTP, an empty answer is seen at once: no need to wait for the deadline
         stream = await tts_for(fake, transport="http").open()
         fake.empty_next()
         started = loop.time()
-        assert await speak("Hi.") == ulaw_encode(speech_tone("Hi.", 8000))
+        assert await speak("Hi.") == mulaw("Hi.")
         assert loop.time() - started < 0.3 and retries[-1] == "the stream ended without audio"
         await stream.aclose()
 
@@ -404,7 +407,7 @@ async def test_accepts_is_final_spelled_snake_case(fake: FakeElevenLabs) -> None
         await original(data, *args, **kwargs)
 
     fake.sessions[0].ws.send_json = respelled  # type: ignore[method-assign]
-    assert await say(stream, "Hi.") == ulaw_encode(speech_tone("Hi.", 8000))
+    assert await say(stream, "Hi.") == mulaw("Hi.")
     await stream.aclose()
 
 
@@ -428,22 +431,18 @@ async def test_bad_key_fails_at_open_without_showing_it(fake: FakeElevenLabs) ->
 async def test_a_socket_dropped_mid_sentence_reconnects_once_and_carries_on() -> None:
     async with FakeElevenLabs(KEY, audio_speed=4.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        text = "This sentence is cut by the network halfway through."
-        got = b""
-        async for chunk in stream.synthesize(text):
-            got += chunk
-            if len(got) == 800:
-                assert await fake.drop_connections() == 1
-        assert got == ulaw_encode(speech_tone(text, 8000))  # whole, and nothing twice
+        got, drops = await say_cut(stream, fake, at=(800,))
+        assert drops == [1]
+        assert got == mulaw(CUT)  # whole, and nothing twice
         assert len(fake.sessions) == 2
-        assert await say(stream, "Still here.") == ulaw_encode(speech_tone("Still here.", 8000))
+        assert await say(stream, "Still here.") == mulaw("Still here.")
         await stream.aclose()
 
 
 async def test_http_fallback_when_the_socket_is_refused(fake: FakeElevenLabs) -> None:
     fake.refuse_sockets = 503
     stream = await tts_for(fake, socket_retry_after=0.3).open()  # sentences go over HTTP
-    assert await say(stream, "Over HTTP.") == ulaw_encode(speech_tone("Over HTTP.", 8000))
+    assert await say(stream, "Over HTTP.") == mulaw("Over HTTP.")
     request = fake.http_requests[0]
     assert request["query"]["output_format"] == "ulaw_8000"
     assert request["body"] == {"text": "Over HTTP.", "model_id": "eleven_flash_v2_5"}
@@ -465,10 +464,7 @@ async def test_http_transport_streams_and_cancels() -> None:
         sentence = stream.synthesize("A long answer the caller will not wait for at all.")
         await anext(sentence)
         await sentence.aclose()
-        for _ in range(50):
-            if fake.http_cancelled:
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: fake.http_cancelled, 50, 0.02)
         assert fake.http_cancelled == 1
         await stream.aclose()
 
@@ -487,12 +483,7 @@ def test_config_errors_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("tts", "elevenlabs") is ElevenLabsTTS
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.elevenlabs import *\n"
-        "print([m for m in sys.modules if m.startswith(('elevenlabs', 'aiohttp'))])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("elevenlabs", ("elevenlabs", "aiohttp")) == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -500,36 +491,22 @@ def test_registered_and_lazy() -> None:
 
 async def test_a_call_spoken_by_elevenlabs(serve: Callable[..., Any], net: FakeTwilio) -> None:
     async with FakeElevenLabs(KEY, audio_speed=4.0) as fake:
-        stt = ScriptedSTT(["what time do you open"])
-        s = await serve(
-            {"stt": stt, "tts": tts_for(fake), "first_message": "Acme, how can I help?"},
-            on_message=lambda msg: "We open at nine. See you then!",
+        record, call = await whole_call(
+            serve,
+            net,
+            tts_for(fake),
+            lambda: bool(fake.sessions) and len(fake.sessions[0].finals) >= 3,
+            lambda: fake.sessions[0].closed,
+            first_message=HELP,
         )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
-        await call.wait_for(lambda: bool(fake.sessions) and len(fake.sessions[0].finals) >= 3, 15)
-        await asyncio.sleep(2.5)
-        await call.hangup()
-        await call.wait_ended()
-        for _ in range(50):
-            if s.events.get("on_call_end") and fake.sessions[0].closed:
-                break
-            await asyncio.sleep(0.05)
         assert len(fake.sessions) == 1  # one socket for the whole call
         texts = [m["text"] for m in fake.sessions[0].received if m.get("flush")]
         assert texts == ["Acme, how can I help? ", "We open at nine. ", "See you then! "]
         assert fake.sessions[0].closed  # closed at the end of the call
-        record = s.events["on_call_end"][0]
-        said = [(e["role"], e["text"]) for e in record["transcript"]]
-        assert said[:2] == [
-            ("assistant", "Acme, how can I help?"),
-            ("user", "what time do you open"),
-        ]
+        assert said(record)[:2] == [("assistant", HELP), ("user", QUESTION)]
         heard = call.heard_audio()
-        assert np.abs(heard.astype(np.int32)).max() > 2000
-        expected = sum(
-            ulaw_len(t) for t in ["Acme, how can I help?", "We open at nine.", "See you then!"]
-        )
-        assert len(heard) >= 0.9 * expected
+        assert peak(heard) > 2000
+        assert len(heard) >= 0.9 * mulaw_len(HELPED)
 
 
 async def test_a_silent_socket_counts_as_dropped(
@@ -539,19 +516,9 @@ async def test_a_silent_socket_counts_as_dropped(
     stream = await tts_for(fake).open()
     fake.stall_next(after_chunks=2)
     text = "The service goes quiet in the middle of this one."
-    assert await say(stream, text) == ulaw_encode(speech_tone(text, 8000))
+    assert await say(stream, text) == mulaw(text)
     assert len(fake.sessions) == 2
     await stream.aclose()
-
-
-async def _ended(s: Any, call: Any) -> dict[str, Any]:
-    await call.hangup()
-    await call.wait_ended()
-    for _ in range(100):
-        if s.events.get("on_call_end"):
-            break
-        await asyncio.sleep(0.05)
-    return s.events["on_call_end"][0]
 
 
 def _speech_spans(call: Any, gap: float = 0.3) -> list[tuple[float, float]]:
@@ -571,29 +538,13 @@ async def test_a_call_through_the_close_race(serve: Callable[..., Any], net: Fak
     The greeting and the answer are still heard, with nothing asked for twice."""
     async with FakeElevenLabs(KEY, first_audio_delay=0.05, audio_speed=4.0) as fake:
         fake.close_race = "silent"
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["what time do you open"]),
-                "tts": tts_for(fake),
-                "first_message": "Acme, how can I help?",
-            },
-            on_message=lambda msg: "We open at nine. See you then!",
-        )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
+        s, call = await spoken_call(serve, net, tts_for(fake), HELP)
         await call.wait_for(lambda: bool(fake.sessions) and len(fake.sessions[0].finals) >= 3, 15)
         await asyncio.sleep(1.5)
-        record = await _ended(s, call)
+        record = await hang_up(s, call, tries=100)
         assert fake.sessions[0].lost == [] and not fake.http_requests
-        said = [(e["role"], e["text"]) for e in record["transcript"]]
-        assert said == [
-            ("assistant", "Acme, how can I help?"),
-            ("user", "what time do you open"),
-            ("assistant", "We open at nine. See you then!"),
-        ]
-        expected = sum(
-            ulaw_len(t) for t in ["Acme, how can I help?", "We open at nine.", "See you then!"]
-        )
-        assert len(call.heard_audio()) >= 0.9 * expected
+        assert said(record) == [("assistant", HELP), ("user", QUESTION), ("assistant", ANSWER)]
+        assert len(call.heard_audio()) >= 0.9 * mulaw_len(HELPED)
         assert all(t["tts_retry"] == 0 for t in record["metrics"]["turns"])
 
 
@@ -601,21 +552,13 @@ async def test_a_call_with_a_stalled_sentence(serve: Callable[..., Any], net: Fa
     """A sentence the service accepts and never answers: the caller hears it anyway, through
     the HTTP retry, within the first-audio deadline; the turn counts one tts_retry."""
     async with FakeElevenLabs(KEY, audio_speed=4.0) as fake:
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["what time do you open"]),
-                "tts": tts_for(fake),
-                "first_message": "Acme, how can I help?",
-            },
-            on_message=lambda msg: "We open at nine. See you then!",
-        )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
+        s, call = await spoken_call(serve, net, tts_for(fake), HELP)
         await call.wait_for(lambda: bool(fake.sessions) and fake.sessions[0].finals == ["s1"], 10)
         fake.stall_next(0, whole_socket=False)  # the answer's first sentence
         # its second sentence (asked for at once, on its own context) is ready long before
         await call.wait_for(lambda: len(fake.sessions[0].finals) >= 2 and fake.http_requests, 15)
         await asyncio.sleep(1.5)
-        record = await _ended(s, call)
+        record = await hang_up(s, call, tries=100)
         assert [r["body"]["text"] for r in fake.http_requests] == ["We open at nine."]
         asked = next(
             t
@@ -625,6 +568,5 @@ async def test_a_call_with_a_stalled_sentence(serve: Callable[..., Any], net: Fa
         answer = [span for span in _speech_spans(call) if span[0] > asked]
         # heard within the deadline (1.5 s) plus the HTTP round trip and the carrier's hop
         assert answer and answer[0][0] - asked < 1.5 + 0.5
-        said = [(e["role"], e["text"]) for e in record["transcript"]]
-        assert said[-1] == ("assistant", "We open at nine. See you then!")
+        assert said(record)[-1] == ("assistant", ANSWER)
         assert [t["tts_retry"] for t in record["metrics"]["turns"]] == [0, 1]

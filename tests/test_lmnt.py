@@ -3,33 +3,35 @@ and a whole call spoken by LMNT (the fake) through the fake phone network."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import lmnt
-import numpy as np
 import pytest
 
-from getpatter.core.audio import pcm16_bytes, ulaw_encode
+from getpatter.core.audio import pcm16_bytes
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError
-from getpatter.plugins.lmnt.tts import LmntStream, LmntTTS
+from getpatter.plugins.lmnt.tts import LmntTTS
 from getpatter.testing.engines import speech_tone
 from getpatter.testing.lmnt import FakeLmnt, ulaw_wav_header
-from getpatter.testing.providers import ScriptedSTT
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import loaded_on_import, peak, poll, said
+from tts_kit import (
+    CUT,
+    DIALOGUE,
+    SENTENCES,
+    call_spoken_by,
+    interrupt,
+    mulaw,
+    mulaw_len,
+    say,
+    say_cut,
+)
 
 KEY = "lmnt_SECRET-do-not-print-55"
-
-
-def mulaw(text: str) -> bytes:
-    return ulaw_encode(speech_tone(text, 8000))
 
 
 @pytest.fixture
@@ -40,10 +42,6 @@ async def fake() -> AsyncIterator[FakeLmnt]:
 
 def tts_for(fake: FakeLmnt, **kwargs: Any) -> LmntTTS:
     return LmntTTS(api_key=KEY, base_url=fake.base_url, **kwargs)
-
-
-async def say(stream: LmntStream, text: str) -> bytes:
-    return b"".join([chunk async for chunk in stream.synthesize(text)])
 
 
 # --- the fake ------------------------------------------------------------------------------
@@ -145,16 +143,8 @@ async def test_sentences_in_the_carriers_format_without_the_wav_header(header: A
 async def test_closing_the_iterator_ends_the_session_and_opens_the_next() -> None:
     async with FakeLmnt(KEY, audio_speed=1.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        sentence = stream.synthesize("A long sentence that the caller is about to interrupt.")
-        await anext(sentence)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await sentence.aclose()
-        assert loop.time() - started < 0.2
-        for _ in range(50):
-            if fake.sessions[0].closed and len(fake.live_sessions) == 1:
-                break
-            await asyncio.sleep(0.02)
+        assert await interrupt(stream) < 0.2
+        await poll(lambda: fake.sessions[0].closed and len(fake.live_sessions) == 1, 50, 0.02)
         assert fake.sessions[0].closed and len(fake.sessions) == 2
         assert await say(stream, "Sure.") == mulaw("Sure.")  # nothing of the cancelled one
         assert fake.sessions[1].spoken == ["Sure."]
@@ -174,20 +164,12 @@ async def test_bad_key_is_a_connection_error_without_the_key(fake: FakeLmnt) -> 
 async def test_a_session_dropped_mid_sentence_reconnects_once_and_carries_on() -> None:
     async with FakeLmnt(KEY, audio_speed=4.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        text = "This sentence is cut by the network halfway through."
-        got = b""
-        async for chunk in stream.synthesize(text):
-            got += chunk
-            if len(got) == 800:
-                assert await fake.drop_connections() == 1
-        assert got == mulaw(text)  # whole, and nothing twice
+        got, drops = await say_cut(stream, fake, at=(800,))
+        assert drops == [1]
+        assert got == mulaw(CUT)  # whole, and nothing twice
         assert len(fake.sessions) == 2
-        got = b""
         with pytest.raises(PatterConnectionError, match="dropped again"):
-            async for chunk in stream.synthesize(text):
-                got += chunk
-                if len(got) in (800, 1600):
-                    await fake.drop_connections()
+            await say_cut(stream, fake, at=(800, 1600))
         await stream.aclose()
 
 
@@ -212,12 +194,7 @@ def test_config_errors_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("tts", "lmnt") is LmntTTS
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.lmnt import *\n"
-        "print([m for m in sys.modules if m.startswith(('lmnt', 'websockets'))])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("lmnt", ("lmnt", "websockets")) == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -225,37 +202,12 @@ def test_registered_and_lazy() -> None:
 
 async def test_a_call_spoken_by_lmnt(serve: Callable[..., Any], net: FakeTwilio) -> None:
     async with FakeLmnt(KEY, audio_speed=4.0) as fake:
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["what time do you open"]),
-                "tts": tts_for(fake),
-                "first_message": "Acme, hello!",
-            },
-            on_message=lambda msg: "We open at nine. See you then!",
+        record, call = await call_spoken_by(
+            serve, net, fake, tts_for(fake), lambda m: m.get("type") == "flush"
         )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
-
-        def flushes() -> int:
-            return sum(1 for m in fake.received if m.get("type") == "flush")
-
-        await call.wait_for(lambda: flushes() >= 3, 15)
-        await asyncio.sleep(2.5)
-        await call.hangup()
-        await call.wait_ended()
-        for _ in range(50):
-            if s.events.get("on_call_end") and not fake.live_sessions:
-                break
-            await asyncio.sleep(0.05)
         assert len(fake.sessions) == 1 and not fake.live_sessions
-        assert fake.sessions[0].spoken == ["Acme, hello!", "We open at nine.", "See you then!"]
-        said = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-        assert said[:3] == [
-            ("assistant", "Acme, hello!"),
-            ("user", "what time do you open"),
-            ("assistant", "We open at nine. See you then!"),
-        ]
+        assert fake.sessions[0].spoken == SENTENCES
+        assert said(record)[:3] == DIALOGUE
         heard = call.heard_audio()
-        assert np.abs(heard.astype(np.int32)).max() > 2000
-        assert len(heard) >= 0.9 * sum(
-            len(mulaw(t)) for t in ["Acme, hello!", "We open at nine.", "See you then!"]
-        )
+        assert peak(heard) > 2000
+        assert len(heard) >= 0.9 * mulaw_len(SENTENCES)

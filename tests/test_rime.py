@@ -5,32 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
-import numpy as np
 import pytest
 
-from getpatter.core.audio import pcm16_bytes, ulaw_encode
+from getpatter.core.audio import pcm16_bytes
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
-from getpatter.plugins.rime.tts import RimeStream, RimeTTS
+from getpatter.plugins.rime.tts import RimeTTS
 from getpatter.testing.engines import speech_tone
-from getpatter.testing.providers import ScriptedSTT
 from getpatter.testing.rime import FakeRime
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import loaded_on_import, peak, poll, said
+from tts_kit import (
+    CUT,
+    DIALOGUE,
+    SENTENCES,
+    call_spoken_by,
+    interrupt,
+    mulaw,
+    mulaw_len,
+    say,
+    say_cut,
+)
 
 KEY = "rime_SECRET-do-not-print-77"
-
-
-def mulaw(text: str) -> bytes:
-    return ulaw_encode(speech_tone(text, 8000))
 
 
 @pytest.fixture
@@ -41,10 +44,6 @@ async def fake() -> AsyncIterator[FakeRime]:
 
 def tts_for(fake: FakeRime, **kwargs: Any) -> RimeTTS:
     return RimeTTS(api_key=KEY, base_url=fake.base_url, **kwargs)
-
-
-async def say(stream: RimeStream, text: str) -> bytes:
-    return b"".join([chunk async for chunk in stream.synthesize(text)])
 
 
 async def connect(http: aiohttp.ClientSession, fake: FakeRime, query: str) -> Any:
@@ -175,18 +174,10 @@ async def test_sentences_in_the_carriers_format_each_on_its_context(fake: FakeRi
 async def test_closing_the_iterator_clears_closes_and_reopens_at_once() -> None:
     async with FakeRime(KEY, audio_speed=1.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        sentence = stream.synthesize("A long sentence that the caller is about to interrupt.")
-        await anext(sentence)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await sentence.aclose()
-        assert loop.time() - started < 0.2
+        assert await interrupt(stream) < 0.2
         first = fake.sessions[0]
         assert first.received[-1] == {"operation": "clear"}
-        for _ in range(50):
-            if first.closed and len(fake.sessions) == 2:
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: first.closed and len(fake.sessions) == 2, 50, 0.02)
         assert first.closed and len(fake.live_sessions) == 1  # the next one is ready
         assert await say(stream, "Sure.") == mulaw("Sure.")  # nothing of the cancelled one
         assert fake.sessions[1].synthesized == [("Sure.", "s2")]
@@ -206,20 +197,12 @@ async def test_bad_key_or_quota_is_a_connection_error_without_the_key(fake: Fake
 async def test_a_socket_dropped_mid_sentence_reconnects_once_and_carries_on() -> None:
     async with FakeRime(KEY, audio_speed=4.0, chunk_ms=50) as fake:
         stream = await tts_for(fake).open()
-        text = "This sentence is cut by the network halfway through."
-        got = b""
-        async for chunk in stream.synthesize(text):
-            got += chunk
-            if len(got) == 800:
-                assert await fake.drop_connections() == 1
-        assert got == mulaw(text)  # whole, and nothing twice
+        got, drops = await say_cut(stream, fake, at=(800,))
+        assert drops == [1]
+        assert got == mulaw(CUT)  # whole, and nothing twice
         assert len(fake.sessions) == 2
-        got = b""
         with pytest.raises(PatterConnectionError, match="dropped again"):
-            async for chunk in stream.synthesize(text):
-                got += chunk
-                if len(got) in (800, 1600):
-                    await fake.drop_connections()
+            await say_cut(stream, fake, at=(800, 1600))
         await stream.aclose()
 
 
@@ -256,12 +239,7 @@ def test_config_errors_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("tts", "rime") is RimeTTS
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.rime import *\n"
-        "print([m for m in sys.modules if m.startswith(('aiohttp', 'getpatter.plugins.rime.'))])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("rime", ("aiohttp", "getpatter.plugins.rime.")) == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -269,41 +247,12 @@ def test_registered_and_lazy() -> None:
 
 async def test_a_call_spoken_by_rime(serve: Callable[..., Any], net: FakeTwilio) -> None:
     async with FakeRime(KEY, audio_speed=4.0) as fake:
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["what time do you open"]),
-                "tts": tts_for(fake),
-                "first_message": "Acme, hello!",
-            },
-            on_message=lambda msg: "We open at nine. See you then!",
+        record, call = await call_spoken_by(
+            serve, net, fake, tts_for(fake), lambda m: m.get("operation") == "flush"
         )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=2.0))
-
-        def flushes() -> int:
-            return sum(1 for m in fake.received if m.get("operation") == "flush")
-
-        await call.wait_for(lambda: flushes() >= 3, 15)
-        await asyncio.sleep(2.5)
-        await call.hangup()
-        await call.wait_ended()
-        for _ in range(50):
-            if s.events.get("on_call_end") and not fake.live_sessions:
-                break
-            await asyncio.sleep(0.05)
         assert len(fake.sessions) == 1 and not fake.live_sessions  # one socket, closed at the end
-        assert [t for t, _ in fake.sessions[0].synthesized] == [
-            "Acme, hello!",
-            "We open at nine.",
-            "See you then!",
-        ]
-        said = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-        assert said[:3] == [
-            ("assistant", "Acme, hello!"),
-            ("user", "what time do you open"),
-            ("assistant", "We open at nine. See you then!"),
-        ]
+        assert [t for t, _ in fake.sessions[0].synthesized] == SENTENCES
+        assert said(record)[:3] == DIALOGUE
         heard = call.heard_audio()
-        assert np.abs(heard.astype(np.int32)).max() > 2000
-        assert len(heard) >= 0.9 * sum(
-            len(mulaw(t)) for t in ["Acme, hello!", "We open at nine.", "See you then!"]
-        )
+        assert peak(heard) > 2000
+        assert len(heard) >= 0.9 * mulaw_len(SENTENCES)
