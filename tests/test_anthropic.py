@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import anthropic
-import numpy as np
 import pytest
 
-from getpatter.agent import Tool
 from getpatter.core.providers import TextDelta, ToolCallRequest, Usage
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
@@ -23,10 +19,10 @@ from getpatter.plugins.anthropic._convert import CALL_START, UNANSWERED, to_anth
 from getpatter.plugins.anthropic.llm import AnthropicLLM
 from getpatter.testing.anthropic import FakeAnthropic, ToolUse
 from getpatter.testing.anthropic.server import _Invalid, validate
-from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import loaded_on_import, peak, poll, said
+from llm_kit import ANSWER, QUESTION, call_with_a_tool, calling, hours_tool, run, text_of
 
 KEY = "sk-ant-api03-SECRET-do-not-print-0123456789"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
@@ -57,10 +53,6 @@ def sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((lines["event"], json.loads(lines["data"])))
     return events
-
-
-async def collect(llm: AnthropicLLM, messages: list[dict[str, Any]], tools: Any = ()) -> list[Any]:
-    return [event async for event in llm.chat(messages, tools)]
 
 
 # --- the fake, checked against the docs and the official SDK -------------------------------
@@ -228,7 +220,7 @@ async def test_streams_text_and_usage_with_the_right_request(fake: FakeAnthropic
     llm = llm_for(fake, max_tokens=200, temperature=0.3)
     tools = [{"name": "lookup", "description": "Find", "parameters": {"type": "object"}}]
     history = [{"role": "system", "content": "Be brief."}, *USER]
-    events = await collect(llm, history, tools)
+    events = await run(llm, history, tools)
     texts = [e.text for e in events if isinstance(e, TextDelta)]
     assert len(texts) > 3 and "".join(texts) == "We open at nine. See you then!"
     usage = events[-1]
@@ -249,27 +241,17 @@ async def test_streams_text_and_usage_with_the_right_request(fake: FakeAnthropic
 async def test_tool_use_becomes_one_request_and_its_result_goes_back(fake: FakeAnthropic) -> None:
     fake.replies = [["One moment.", ToolUse("lookup", {"id": 7, "when": "monday"})], "Found it."]
     llm = llm_for(fake)
-    events = await collect(llm, USER)
+    events = await run(llm, USER)
     calls = [e for e in events if isinstance(e, ToolCallRequest)]
     assert len(calls) == 1 and calls[0].name == "lookup"
     assert json.loads(calls[0].arguments) == {"id": 7, "when": "monday"}
     follow_up = [
         *USER,
-        {
-            "role": "assistant",
-            "content": "One moment.",
-            "tool_calls": [
-                {
-                    "id": calls[0].id,
-                    "type": "function",
-                    "function": {"name": "lookup", "arguments": calls[0].arguments},
-                }
-            ],
-        },
+        calling(calls, "One moment."),
         {"role": "tool", "tool_call_id": calls[0].id, "content": '{"found": true}'},
     ]
-    events = await collect(llm, follow_up)
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Found it."
+    events = await run(llm, follow_up)
+    assert text_of(events) == "Found it."
     assert fake.requests[1]["messages"][-1]["content"][0]["tool_use_id"] == calls[0].id
 
 
@@ -282,10 +264,7 @@ async def test_closing_the_iterator_cancels_the_request(fake: FakeAnthropic) -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     await stream.aclose()
-    for _ in range(100):
-        if fake.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await poll(lambda: fake.cancelled, 100, 0.01)
     assert fake.cancelled == 1 and fake.completed == 0
     assert loop.time() - started < 0.5
 
@@ -294,7 +273,7 @@ async def test_bad_key_is_a_connection_error_without_the_key(fake: FakeAnthropic
     wrong = "sk-ant-api03-WRONG-secret-4242"
     llm = AnthropicLLM(api_key=wrong, base_url=fake.base_url)
     with pytest.raises(PatterConnectionError, match="Anthropic") as err:
-        await collect(llm, USER)
+        await run(llm, USER)
     assert "authentication_error" in str(err.value) and wrong not in str(err.value)
     assert wrong not in repr(llm) and KEY not in repr(llm_for(fake))
 
@@ -302,14 +281,14 @@ async def test_bad_key_is_a_connection_error_without_the_key(fake: FakeAnthropic
 async def test_overload_is_retried_once_then_reported(fake: FakeAnthropic) -> None:
     fake.replies = ["Fine.", "Also fine."]
     fake.overload()
-    events = await collect(llm_for(fake), USER)
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Fine."
+    events = await run(llm_for(fake), USER)
+    assert text_of(events) == "Fine."
     fake.overload(2)
     with pytest.raises(PatterConnectionError, match="overloaded_error"):
-        await collect(llm_for(fake), USER)
+        await run(llm_for(fake), USER)
     fake.rate_limit()
     with pytest.raises(PatterConnectionError, match="rate_limit_error"):
-        await collect(llm_for(fake), USER)
+        await run(llm_for(fake), USER)
     assert [s for s, _ in fake.rejected] == [529, 529, 529, 429]  # no retry of a rate limit
 
 
@@ -320,12 +299,12 @@ async def test_a_stream_cut_mid_answer_is_asked_again_once_and_not_repeated(
     fake.replies = [answer, "Next."]
     fake.drop_after(4)
     llm = llm_for(fake)
-    events = await collect(llm, USER)
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == answer
+    events = await run(llm, USER)
+    assert text_of(events) == answer
     assert fake.dropped == 1 and fake.completed == 1
     await fake.drop_connections()  # and the pooled connection dying between turns is fine too
-    events = await collect(llm, USER)
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Next."
+    events = await run(llm, USER)
+    assert text_of(events) == "Next."
     fake.replies = ["Once more, with feeling."]
     fake.drop_after(2, times=2)
     said: list[str] = []
@@ -337,7 +316,7 @@ async def test_a_stream_cut_mid_answer_is_asked_again_once_and_not_repeated(
 
 async def test_refused_request_is_a_provider_error(fake: FakeAnthropic) -> None:
     with pytest.raises(ProviderError, match="invalid_request_error"):
-        await collect(AnthropicLLM(api_key=KEY, base_url=fake.base_url, max_tokens=10**9), USER)
+        await run(AnthropicLLM(api_key=KEY, base_url=fake.base_url, max_tokens=10**9), USER)
 
 
 def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,12 +329,7 @@ def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("llm", "anthropic") is AnthropicLLM
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.anthropic import *\n"
-        "print([m for m in sys.modules if m.startswith('anthropic')])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("anthropic", "anthropic") == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -365,41 +339,18 @@ async def test_a_call_answered_by_claude_with_a_tool(
     serve: Callable[..., Any], net: FakeTwilio, fake: FakeAnthropic
 ) -> None:
     seen: list[dict[str, Any]] = []
-
-    async def hours(args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
-        seen.append(args)
-        return {"opens": "9am"}
-
-    tool = Tool(
-        name="check_hours",
-        description="Opening hours for a day.",
-        parameters={"type": "object", "properties": {"day": {"type": "string"}}},
-        handler=hours,
-    )
     fake.replies = [
         ["Let me check.", ToolUse("check_hours", {"day": "monday"})],
         "We open at nine.",
     ]
-    tts = ScriptedTTS()
-    s = await serve(
-        {
-            "stt": ScriptedSTT(["when do you open on monday"]),
-            "tts": tts,
-            "llm": llm_for(fake),
-            "tools": [tool],
-            "system_prompt": "You are Acme's phone agent.",
-            "first_message": "Acme, how can I help?",
-        }
+    record, call, tts = await call_with_a_tool(
+        serve,
+        net,
+        llm=llm_for(fake),
+        tools=[hours_tool(seen)],
+        system_prompt="You are Acme's phone agent.",
+        first_message="Acme, how can I help?",
     )
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=3.0))
-    await call.wait_for(lambda: "We open at nine." in tts.texts, 15)
-    await asyncio.sleep(1.2)
-    await call.hangup()
-    await call.wait_ended()
-    for _ in range(50):
-        if s.events.get("on_call_end"):
-            break
-        await asyncio.sleep(0.05)
     assert seen == [{"day": "monday"}]
     assert tts.texts == ["Acme, how can I help?", "Let me check.", "We open at nine."]
     first, second = fake.requests
@@ -407,7 +358,7 @@ async def test_a_call_answered_by_claude_with_a_tool(
     assert [m["role"] for m in first["messages"]] == ["user", "assistant", "user"]
     assert first["messages"][1]["content"][0]["text"] == "Acme, how can I help?"
     assert second["messages"][-1]["content"][0]["type"] == "tool_result"
-    texts = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-    assert ("user", "when do you open on monday") in texts
-    assert any(role == "assistant" and "We open at nine." in text for role, text in texts)
-    assert np.abs(call.heard_audio().astype(np.int32)).max() > 2000
+    texts = said(record)
+    assert ("user", QUESTION) in texts
+    assert any(role == "assistant" and ANSWER in line for role, line in texts)
+    assert peak(call.heard_audio()) > 2000

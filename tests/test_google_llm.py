@@ -5,32 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 
-from getpatter import Tool
 from getpatter.core.providers import TextDelta, ToolCallRequest, Usage
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError, PatterConnectionError, ProviderError
 from getpatter.plugins.google.llm import GoogleLLM
 from getpatter.testing.gemini_http import FakeGemini, FunctionCall
-from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import loaded_on_import, peak, poll, said
+from llm_kit import ANSWER, HOURS, QUESTION, call_with_a_tool, calling, hours_tool, run, text_of
 
 KEY = "AIzaSECRET-do-not-print-1234"
-HOURS = {
-    "name": "check_hours",
-    "description": "Opening hours for a day.",
-    "parameters": {"type": "object", "properties": {"day": {"type": "string"}}},
-}
 
 
 @pytest.fixture
@@ -41,10 +32,6 @@ async def fake() -> AsyncIterator[FakeGemini]:
 
 def llm_for(fake: FakeGemini, **kwargs: Any) -> GoogleLLM:
     return GoogleLLM(api_key=KEY, base_url=fake.base_url, **kwargs)
-
-
-async def run(llm: GoogleLLM, messages: list[dict[str, Any]], tools: Any = ()) -> list[Any]:
-    return [e async for e in llm.chat(messages, tools)]
 
 
 def sse_events(raw: bytes) -> list[dict[str, Any]]:
@@ -174,23 +161,12 @@ async def test_a_function_call_round_trip_keeps_ids_names_and_signatures(
     decl = fake.bodies[0]["tools"][0]["functionDeclarations"][0]
     assert decl["name"] == "check_hours" and decl["parametersJsonSchema"] == HOURS["parameters"]
     history += [
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                }
-                for c in calls
-            ],
-        },
+        calling(calls),
         {"role": "tool", "tool_call_id": calls[0].id, "content": '{"opens": "9am"}'},
         {"role": "tool", "tool_call_id": calls[1].id, "content": "closed"},
     ]
     events = await run(llm, history, [HOURS])
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "We open at nine."
+    assert text_of(events) == "We open at nine."
     contents = fake.bodies[1]["contents"]
     assert [c["role"] for c in contents] == ["user", "model", "user"]
     answers = [p["functionResponse"] for p in contents[2]["parts"]]
@@ -208,10 +184,7 @@ async def test_closing_the_iterator_stops_reading_the_stream(fake: FakeGemini) -
     stream = llm.chat([{"role": "user", "content": "talk"}])
     assert isinstance(await anext(stream), TextDelta)
     await stream.aclose()
-    for _ in range(40):
-        if fake.aborted:
-            break
-        await asyncio.sleep(0.05)
+    await poll(lambda: fake.aborted, 40, 0.05)
     assert fake.aborted == 1 and fake.completed == 0
 
 
@@ -237,14 +210,11 @@ async def test_a_drop_before_output_is_retried_once(fake: FakeGemini) -> None:
     llm = llm_for(fake)
     fake.first_token_delay = 0.3
     task = asyncio.ensure_future(run(llm, [{"role": "user", "content": "x"}]))
-    for _ in range(200):
-        if fake.requests:
-            break
-        await asyncio.sleep(0.01)
+    await poll(lambda: fake.requests, 200, 0.01)
     await asyncio.sleep(0.05)  # the request is in, its answer not yet begun
     assert await fake.drop_connections() >= 1
     events = await task
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Okay."
+    assert text_of(events) == "Okay."
     assert len(fake.requests) == 2
 
 
@@ -264,12 +234,7 @@ def test_keys_come_from_the_environment_and_never_show(monkeypatch: pytest.Monke
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("llm", "google") is GoogleLLM
-    code = (
-        "import getpatter, sys\nfrom getpatter.plugins.google import *\n"
-        "print([m for m in sys.modules if m.startswith('google')])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_on_import("google", "google") == "[]"
 
 
 # --- a whole call --------------------------------------------------------------------------
@@ -279,33 +244,16 @@ async def test_a_call_answered_by_gemini_with_a_tool(
     serve: Callable[..., Any], net: FakeTwilio, fake: FakeGemini
 ) -> None:
     seen: list[dict[str, Any]] = []
-
-    async def hours(args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
-        seen.append(args)
-        return {"opens": "9am"}
-
     fake.thought_signatures = True
     fake.replies = [FunctionCall("check_hours", {"day": "monday"}), "We open at nine."]
-    tts = ScriptedTTS()
-    s = await serve(
-        {
-            "stt": ScriptedSTT(["when do you open on monday"]),
-            "tts": tts,
-            "llm": llm_for(fake),
-            "tools": [Tool(handler=hours, **HOURS)],
-            "system_prompt": "You are Acme's phone agent.",
-            "first_message": "Acme, how can I help?",
-        }
+    record, call, tts = await call_with_a_tool(
+        serve,
+        net,
+        llm=llm_for(fake),
+        tools=[hours_tool(seen)],
+        system_prompt="You are Acme's phone agent.",
+        first_message="Acme, how can I help?",
     )
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=3.0))
-    await call.wait_for(lambda: "We open at nine." in tts.texts, 15)
-    await asyncio.sleep(1.2)
-    await call.hangup()
-    await call.wait_ended()
-    for _ in range(50):
-        if s.events.get("on_call_end"):
-            break
-        await asyncio.sleep(0.05)
     assert seen == [{"day": "monday"}]
     assert tts.texts == ["Acme, how can I help?", "We open at nine."]
     first, second = fake.bodies
@@ -313,7 +261,7 @@ async def test_a_call_answered_by_gemini_with_a_tool(
     assert [c["role"] for c in first["contents"]] == ["model", "user"]
     assert [c["role"] for c in second["contents"]] == ["model", "user", "model", "user"]
     assert "functionResponse" in second["contents"][-1]["parts"][0]
-    texts = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-    assert ("user", "when do you open on monday") in texts
-    assert any(role == "assistant" and "We open at nine." in text for role, text in texts)
-    assert np.abs(call.heard_audio().astype(np.int32)).max() > 2000
+    texts = said(record)
+    assert ("user", QUESTION) in texts
+    assert any(role == "assistant" and ANSWER in line for role, line in texts)
+    assert peak(call.heard_audio()) > 2000

@@ -3,12 +3,10 @@ provider's own path (Groq `/openai/v1`, Cerebras `/v1`), and a whole call answer
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
 import pytest
 
 from getpatter import Tool
@@ -23,10 +21,10 @@ from getpatter.plugins.openai.compatible import (
 )
 from getpatter.plugins.openai.llm import OpenAILLM
 from getpatter.testing.openai_http import FakeOpenAI, ToolCall
-from getpatter.testing.providers import ScriptedSTT, ScriptedTTS
 from getpatter.testing.twilio import FakeTwilio
 
-from helpers import CALLER, NUMBER, speech
+from call_kit import peak, said
+from llm_kit import QUESTION, call_with_a_tool, calling, text_of
 
 KEY = "gsk_SECRET-do-not-print-4242"
 USER = [{"role": "user", "content": "When do you open?"}]
@@ -71,7 +69,7 @@ async def test_streams_text_and_usage_on_the_providers_path(
     fake.replies = ["We open at nine."]
     llm = cls(api_key=KEY, base_url=fake.base_url)
     events = [e async for e in llm.chat(USER)]
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "We open at nine."
+    assert text_of(events) == "We open at nine."
     assert isinstance(events[-1], Usage) and events[-1].output_tokens == 4
     sent = fake.requests[0]
     assert sent["path"] == f"{fake.prefix}/chat/completions"
@@ -95,18 +93,7 @@ async def test_tool_call_round_trip(preset: tuple[type[OpenAILLM], FakeOpenAI]) 
     ]
     history = [
         *USER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                }
-                for c in calls
-            ],
-        },
+        calling(calls),
         *({"role": "tool", "tool_call_id": c.id, "content": "9am"} for c in calls),
     ]
     text = [e.text async for e in llm.chat(history, [LOOKUP]) if isinstance(e, TextDelta)]
@@ -138,29 +125,14 @@ async def test_a_call_answered_with_a_tool(
             days.append(args["day"])
             return {"opens": "9:00"}
 
-        tts = ScriptedTTS()
-        s = await serve(
-            {
-                "stt": ScriptedSTT(["when do you open on monday"]),
-                "tts": tts,
-                "llm": cls(api_key=KEY, base_url=fake.base_url),
-                "tools": [
-                    Tool("lookup_hours", "Opening hours", LOOKUP["parameters"], handler=lookup)
-                ],
-                "first_message": "Hi",
-            }
+        record, call, tts = await call_with_a_tool(
+            serve,
+            net,
+            llm=cls(api_key=KEY, base_url=fake.base_url),
+            tools=[Tool("lookup_hours", "Opening hours", LOOKUP["parameters"], handler=lookup)],
+            first_message="Hi",
         )
-        call = await net.place_call(from_=CALLER, to=NUMBER, audio=speech(lead=2.0, tail=3.0))
-        await call.wait_for(lambda: "We open at nine." in tts.texts, 15)
-        await asyncio.sleep(1.2)
-        await call.hangup()
-        await call.wait_ended()
-        for _ in range(50):
-            if s.events.get("on_call_end"):
-                break
-            await asyncio.sleep(0.05)
         assert days == ["monday"] and tts.texts == ["Hi", "We open at nine."]
         assert all(r["path"] == f"{prefix}/chat/completions" for r in fake.requests)
-        texts = [(e["role"], e["text"]) for e in s.events["on_call_end"][0]["transcript"]]
-        assert ("user", "when do you open on monday") in texts
-        assert np.abs(call.heard_audio().astype(np.int32)).max() > 2000
+        assert ("user", QUESTION) in said(record)
+        assert peak(call.heard_audio()) > 2000
