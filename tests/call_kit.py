@@ -6,12 +6,24 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
+import pytest
 
 from getpatter.testing.twilio import FakeCall
+
+
+def fake_fixture(cls: Any, *args: Any) -> Any:
+    """The `fake` fixture of one provider's test file: `cls(*args)`, serving for the test."""
+
+    @pytest.fixture
+    async def fake() -> AsyncIterator[Any]:
+        async with cls(*args) as f:
+            yield f
+
+    return fake
 
 
 async def poll(until: Callable[[], object], tries: int, every: float) -> None:

@@ -18,6 +18,7 @@ from helpers import CALLER, NUMBER, speech
 
 QUESTION = "when do you open on monday"
 ANSWER = "We open at nine."
+ACME = {"system_prompt": "You are Acme's phone agent.", "first_message": "Acme, how can I help?"}
 HOURS: dict[str, Any] = {
     "name": "check_hours",
     "description": "Opening hours for a day.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -21,18 +21,15 @@ from getpatter.testing.anthropic import FakeAnthropic, ToolUse
 from getpatter.testing.anthropic.server import _Invalid, validate
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import loaded_on_import, peak, poll, said
-from llm_kit import ANSWER, QUESTION, call_with_a_tool, calling, hours_tool, run, text_of
+from call_kit import fake_fixture, loaded_on_import, peak, poll, said
+from llm_kit import ACME, ANSWER, QUESTION, call_with_a_tool, calling, hours_tool, run, text_of
 
 KEY = "sk-ant-api03-SECRET-do-not-print-0123456789"
 HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
 USER = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic(KEY) as f:
-        yield f
+fake = fake_fixture(FakeAnthropic, KEY)
 
 
 def llm_for(fake: FakeAnthropic, **kwargs: Any) -> AnthropicLLM:
@@ -329,7 +326,7 @@ def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("llm", "anthropic") is AnthropicLLM
-    assert loaded_on_import("anthropic", "anthropic") == "[]"
+    assert loaded_on_import("anthropic", ("anthropic",)) == "[]"
 
 
 # --- a whole call ----------------------------------------------------------------------------
@@ -344,12 +341,7 @@ async def test_a_call_answered_by_claude_with_a_tool(
         "We open at nine.",
     ]
     record, call, tts = await call_with_a_tool(
-        serve,
-        net,
-        llm=llm_for(fake),
-        tools=[hours_tool(seen)],
-        system_prompt="You are Acme's phone agent.",
-        first_message="Acme, how can I help?",
+        serve, net, llm=llm_for(fake), tools=[hours_tool(seen)], **ACME
     )
     assert seen == [{"day": "monday"}]
     assert tts.texts == ["Acme, how can I help?", "Let me check.", "We open at nine."]

@@ -4,8 +4,7 @@ cancel, drops), and a whole call spoken by Cartesia (the fake) through the fake 
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -21,17 +20,19 @@ from getpatter.testing.cartesia.server import encode
 from getpatter.testing.engines import speech_tone
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import loaded_on_import, peak, said
+from call_kit import fake_fixture, loaded_on_import, peak, said
 from tts_kit import (
     CUT,
     DIALOGUE,
     SENTENCES,
+    audio_of,
     call_spoken_by,
     interrupt,
     mulaw,
     mulaw_len,
     say,
     say_cut,
+    until,
 )
 
 KEY = "sk_car_SECRET-do-not-print-99"
@@ -39,10 +40,7 @@ VERSION = {"Cartesia-Version": "2026-08-14"}
 MULAW = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeCartesia]:
-    async with FakeCartesia(KEY) as f:
-        yield f
+fake = fake_fixture(FakeCartesia, KEY)
 
 
 def tts_for(fake: FakeCartesia, **kwargs: Any) -> CartesiaTTS:
@@ -58,19 +56,6 @@ def request(context: str, transcript: str, **extra: Any) -> dict[str, Any]:
         "output_format": MULAW,
         **extra,
     }
-
-
-async def until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> list[dict[str, Any]]:
-    out = []
-    while True:
-        msg = await ws.receive_json(timeout=3)
-        out.append(msg)
-        if msg["type"] == kind:
-            return out
-
-
-def audio_of(messages: list[dict[str, Any]]) -> bytes:
-    return b"".join(base64.b64decode(m["data"]) for m in messages if m["type"] == "chunk")
 
 
 # --- the fake ------------------------------------------------------------------------------

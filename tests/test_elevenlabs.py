@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,7 +19,7 @@ from getpatter.testing.elevenlabs import FakeElevenLabs
 from getpatter.testing.engines import speech_tone
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import hang_up, loaded_on_import, peak, poll, said
+from call_kit import fake_fixture, hang_up, loaded_on_import, peak, poll, said
 from tts_kit import (
     ANSWER,
     CUT,
@@ -43,10 +43,7 @@ def ulaw_len(text: str) -> int:
     return len(speech_tone(text, 8000))
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeElevenLabs]:
-    async with FakeElevenLabs(KEY) as f:
-        yield f
+fake = fake_fixture(FakeElevenLabs, KEY)
 
 
 def tts_for(fake: FakeElevenLabs, **kwargs: Any) -> ElevenLabsTTS:

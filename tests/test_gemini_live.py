@@ -5,34 +5,33 @@ whole-call tests (barge-in, tools, DTMF, guardrails) run for it in test_calls_sh
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import numpy as np
 import pytest
-from engine_kits import GEMINI_KEY, Kit, hello, open_kit
+from engine_kits import GEMINI_KEY, Kit, hello
 
 from getpatter import GeminiLive
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
 from getpatter.testing.gemini_live import FakeGeminiLive
-from getpatter.testing.twilio import FakeCall, FakeTwilio
+from getpatter.testing.twilio import FakeTwilio
 
-from realtime_kit import call_end, kinds, saying, transcripts
+from helpers import CALLER, NUMBER
+from realtime_kit import (
+    LONG_GREETING,
+    Serve,
+    answered,
+    barged_in,
+    ended,
+    greeted,
+    hello_call,
+    kinds,
+    kit_fixture,
+    saying,
+    transcripts,
+)
 
-Serve = Callable[..., Any]
-CALLER, NUMBER = "+15557654321", "+15550001234"
-
-
-@pytest.fixture
-async def kit() -> AsyncIterator[Kit]:
-    async with open_kit("gemini") as k:
-        yield k
-
-
-async def ended(s: Any, call: FakeCall, within: float = 8.0) -> dict[str, Any]:
-    await call.wait_for(lambda: call.ended, within)
-    return await call_end(s, call, within)
+kit = kit_fixture("gemini")
 
 
 def test_options_validate_and_hide_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,15 +61,9 @@ async def test_the_wire_16k_in_24k_out_voice_prompt_tools(
 ) -> None:
     agent = kit.agent(["Sure, a table for two."], ["A table please."])
     agent["engine"] = kit.engine(voice="Kore")
-    s = await serve(
-        {**agent, "system_prompt": "You take bookings.", "first_message": "Luigi's, hello!"}
-    )
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Luigi's, hello!"), 8)
-    await call.send_audio(hello(0.3, 1.0))
-    await call.wait_for(saying(s, "assistant", "Sure, a table for two."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    agent.update(system_prompt="You take bookings.", first_message="Luigi's, hello!")
+    s, call = await greeted(serve, net, agent, "Luigi's, hello!")
+    record = await answered(s, call, "Sure, a table for two.")
 
     session = kit.fake.sessions[0]
     assert session.model == "models/gemini-2.5-flash-native-audio-preview-12-2025"
@@ -93,22 +86,14 @@ async def test_the_wire_16k_in_24k_out_voice_prompt_tools(
 async def test_the_models_own_vad_interrupts_and_the_heard_part_is_kept(
     serve: Serve, net: FakeTwilio, kit: Kit
 ) -> None:
-    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 4
-    kit.fake.vad_start_ms = 60  # the model's VAD hears the caller before ours does
-    s = await serve(kit.agent(["Sorry, go ahead."], first_message=greeting.strip()))
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(lambda: len(call.played) > 12000, 8)  # 1.5 s of the greeting heard
-    await call.send_audio(hello(0.0, 1.0))
-    await call.wait_for(saying(s, "assistant", "Sorry, go ahead."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    s, record = await barged_in(serve, net, kit)  # the model's VAD hears the caller first
 
     assert any(
         "serverContent" in m and m["serverContent"].get("interrupted")
         for m in kit.fake.sessions[0].sent
     )
     first = s.events["on_transcript"][0]
-    assert first["interrupted"] is True and greeting.startswith(first["text"])
+    assert first["interrupted"] is True and LONG_GREETING.startswith(first["text"])
     [barge] = kinds(record, "barge_in")
     assert 1400 < barge["heard_ms"] < 2600
 
@@ -135,17 +120,13 @@ async def test_without_gemini_vad_our_vad_marks_the_turns(
 async def test_a_dropped_socket_is_reopened_with_the_conversation(
     serve: Serve, net: FakeTwilio, kit: Kit
 ) -> None:
-    s = await serve(
-        kit.agent(["We open at nine."], ["When do you open?"], first_message="Hello, Acme here.")
+    agent = kit.agent(
+        ["We open at nine."], ["When do you open?"], first_message="Hello, Acme here."
     )
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Hello, Acme here."), 8)
+    s, call = await greeted(serve, net, agent, "Hello, Acme here.")
     assert await kit.fake.drop_connections() == 1
     await call.wait_for(lambda: len(kit.fake.sessions) == 2 and bool(kit.fake.live_sessions), 5)
-    await call.send_audio(hello(0.3, 1.0))
-    await call.wait_for(saying(s, "assistant", "We open at nine."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    record = await answered(s, call, "We open at nine.")
 
     resumed = kit.fake.sessions[1]
     assert "Hello, Acme here." in resumed.instructions and "restored" in resumed.instructions
@@ -156,9 +137,7 @@ async def test_a_dropped_socket_is_reopened_with_the_conversation(
 async def test_when_gemini_stays_unreachable_the_carrier_says_goodbye(
     serve: Serve, net: FakeTwilio, kit: Kit, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = await serve(kit.agent(first_message="Hi."))
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Hi."), 5)
+    s, call = await greeted(serve, net, kit.agent(first_message="Hi."), "Hi.", 5)
     kit.fake.accepting = False
     await kit.fake.drop_connections()
     record = await ended(s, call)
@@ -173,9 +152,7 @@ async def test_a_bad_key_ends_the_call_with_a_clear_error(
     caplog.set_level(logging.INFO)  # (DEBUG: the logging filter of issue 15 item 7)
     agent = kit.agent(first_message="Hi")
     agent["engine"] = kit.engine(api_key="AIza-wrong-key-9876", failure_message="Sorry, bye.")
-    s = await serve(agent)
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 10)
+    record, call = await hello_call(serve, net, agent)
     assert record["end_reason"] == "engine_failed" and call.said == ["Sorry, bye."]
     assert "refused the API key" in caplog.text and "GOOGLE_API_KEY" in caplog.text
     assert "wrong-key" not in caplog.text and "9876" not in caplog.text
@@ -189,9 +166,7 @@ async def test_an_unknown_model_is_refused_with_the_services_reason(
 ) -> None:
     agent = kit.agent()
     agent["engine"] = kit.engine(model="gemini-nope")
-    s = await serve(agent)
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 10)
+    record, _ = await hello_call(serve, net, agent)
     [error] = kinds(record, "error")
     assert (
         error["error"].startswith("ProviderError") and "gemini-nope is not found" in error["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,16 +18,23 @@ from getpatter.plugins.google.llm import GoogleLLM
 from getpatter.testing.gemini_http import FakeGemini, FunctionCall
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import loaded_on_import, peak, poll, said
-from llm_kit import ANSWER, HOURS, QUESTION, call_with_a_tool, calling, hours_tool, run, text_of
+from call_kit import fake_fixture, loaded_on_import, peak, poll, said
+from llm_kit import (
+    ACME,
+    ANSWER,
+    HOURS,
+    QUESTION,
+    call_with_a_tool,
+    calling,
+    hours_tool,
+    run,
+    text_of,
+)
 
 KEY = "AIzaSECRET-do-not-print-1234"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeGemini]:
-    async with FakeGemini(KEY) as f:
-        yield f
+fake = fake_fixture(FakeGemini, KEY)
 
 
 def llm_for(fake: FakeGemini, **kwargs: Any) -> GoogleLLM:
@@ -234,7 +241,7 @@ def test_keys_come_from_the_environment_and_never_show(monkeypatch: pytest.Monke
 
 def test_registered_and_lazy() -> None:
     assert Registry().load("llm", "google") is GoogleLLM
-    assert loaded_on_import("google", "google") == "[]"
+    assert loaded_on_import("google", ("google",)) == "[]"
 
 
 # --- a whole call --------------------------------------------------------------------------
@@ -247,12 +254,7 @@ async def test_a_call_answered_by_gemini_with_a_tool(
     fake.thought_signatures = True
     fake.replies = [FunctionCall("check_hours", {"day": "monday"}), "We open at nine."]
     record, call, tts = await call_with_a_tool(
-        serve,
-        net,
-        llm=llm_for(fake),
-        tools=[hours_tool(seen)],
-        system_prompt="You are Acme's phone agent.",
-        first_message="Acme, how can I help?",
+        serve, net, llm=llm_for(fake), tools=[hours_tool(seen)], **ACME
     )
     assert seen == [{"day": "monday"}]
     assert tts.texts == ["Acme, how can I help?", "We open at nine."]

@@ -3,7 +3,7 @@ and a whole call spoken by LMNT (the fake) through the fake phone network."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,7 @@ from getpatter.testing.engines import speech_tone
 from getpatter.testing.lmnt import FakeLmnt, ulaw_wav_header
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import loaded_on_import, peak, poll, said
+from call_kit import fake_fixture, loaded_on_import, peak, poll, said
 from tts_kit import (
     CUT,
     DIALOGUE,
@@ -34,10 +34,7 @@ from tts_kit import (
 KEY = "lmnt_SECRET-do-not-print-55"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeLmnt]:
-    async with FakeLmnt(KEY) as f:
-        yield f
+fake = fake_fixture(FakeLmnt, KEY)
 
 
 def tts_for(fake: FakeLmnt, **kwargs: Any) -> LmntTTS:

@@ -4,8 +4,7 @@ drops, refusals), and a whole call spoken by Rime (the fake) through the fake ph
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,26 +19,25 @@ from getpatter.testing.engines import speech_tone
 from getpatter.testing.rime import FakeRime
 from getpatter.testing.twilio import FakeTwilio
 
-from call_kit import loaded_on_import, peak, poll, said
+from call_kit import fake_fixture, loaded_on_import, peak, poll, said
 from tts_kit import (
     CUT,
     DIALOGUE,
     SENTENCES,
+    audio_of,
     call_spoken_by,
     interrupt,
     mulaw,
     mulaw_len,
     say,
     say_cut,
+    until,
 )
 
 KEY = "rime_SECRET-do-not-print-77"
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeRime]:
-    async with FakeRime(KEY) as f:
-        yield f
+fake = fake_fixture(FakeRime, KEY)
 
 
 def tts_for(fake: FakeRime, **kwargs: Any) -> RimeTTS:
@@ -50,19 +48,6 @@ async def connect(http: aiohttp.ClientSession, fake: FakeRime, query: str) -> An
     return await http.ws_connect(
         f"{fake.ws_url}?{query}", headers={"Authorization": f"Bearer {KEY}"}
     )
-
-
-async def until(ws: Any, kind: str) -> list[dict[str, Any]]:
-    out = []
-    while True:
-        msg = await ws.receive_json(timeout=3)
-        out.append(msg)
-        if msg["type"] == kind:
-            return out
-
-
-def audio_of(events: list[dict[str, Any]]) -> bytes:
-    return b"".join(base64.b64decode(e["data"]) for e in events if e["type"] == "chunk")
 
 
 # --- the fake ------------------------------------------------------------------------------

@@ -4,28 +4,33 @@ then the call's WebSocket), our server and engine in between, over real sockets.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from engine_kits import ULTRAVOX_KEY, Call, Kit, hello, open_kit
+from engine_kits import ULTRAVOX_KEY, Call, Kit
 
 from getpatter import Tool, UltravoxRealtime
 from getpatter.core.registry import Registry
 from getpatter.errors import PatterConfigError
 from getpatter.testing.twilio import FakeTwilio
 
-from realtime_kit import ended, kinds, saying, transcripts
+from helpers import CALLER, NUMBER
+from realtime_kit import (
+    LONG_GREETING,
+    Serve,
+    answered,
+    barged_in,
+    ended,
+    greeted,
+    hello_call,
+    kinds,
+    kit_fixture,
+    saying,
+    transcripts,
+)
 
-Serve = Callable[..., Any]
-CALLER, NUMBER = "+15557654321", "+15550001234"
-
-
-@pytest.fixture
-async def kit() -> AsyncIterator[Kit]:
-    async with open_kit("ultravox") as k:
-        yield k
+kit = kit_fixture("ultravox")
 
 
 def test_options_validate_and_hide_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,13 +72,8 @@ async def test_a_whole_call_with_a_tool(serve: Serve, net: FakeTwilio, kit: Kit)
         system_prompt="You take bookings.",
         first_message="Luigi's, hello!",
     )
-    s = await serve(agent)
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Luigi's, hello!"), 8)
-    await call.send_audio(hello(0.3, 1.0))
-    await call.wait_for(saying(s, "assistant", "Booked, ACME-123."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    s, call = await greeted(serve, net, agent, "Luigi's, hello!")
+    record = await answered(s, call, "Booked, ACME-123.")
 
     assert transcripts(s) == [
         ("assistant", "Luigi's, hello!"),
@@ -101,19 +101,11 @@ async def test_a_whole_call_with_a_tool(serve: Serve, net: FakeTwilio, kit: Kit)
 async def test_ultravox_barges_in_and_the_heard_part_is_kept(
     serve: Serve, net: FakeTwilio, kit: Kit
 ) -> None:
-    greeting = "Welcome to Acme, where we have many wonderful things to tell you about. " * 4
-    kit.fake.vad_start_ms = 60  # Ultravox hears the caller before our VAD does
-    s = await serve(kit.agent(["Sorry, go ahead."], first_message=greeting.strip()))
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(lambda: len(call.played) > 12000, 8)
-    await call.send_audio(hello(0.0, 1.0))
-    await call.wait_for(saying(s, "assistant", "Sorry, go ahead."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    s, record = await barged_in(serve, net, kit)  # Ultravox hears the caller before our VAD does
 
     assert any(m["type"] == "playback_clear_buffer" for m in kit.fake.calls[0].sent)
     first = s.events["on_transcript"][0]
-    assert first["interrupted"] is True and greeting.startswith(first["text"])
+    assert first["interrupted"] is True and LONG_GREETING.startswith(first["text"])
     assert 1400 < kinds(record, "barge_in")[0]["heard_ms"] < 2600
 
 
@@ -133,17 +125,13 @@ async def test_a_key_press_is_a_user_text_message(serve: Serve, net: FakeTwilio,
 async def test_a_dropped_socket_becomes_a_new_call_with_the_conversation(
     serve: Serve, net: FakeTwilio, kit: Kit
 ) -> None:
-    s = await serve(
-        kit.agent(["We open at nine."], ["When do you open?"], first_message="Hello, Acme here.")
+    agent = kit.agent(
+        ["We open at nine."], ["When do you open?"], first_message="Hello, Acme here."
     )
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Hello, Acme here."), 8)
+    s, call = await greeted(serve, net, agent, "Hello, Acme here.")
     assert await kit.fake.drop_connections() == 1
     await call.wait_for(lambda: len(kit.fake.calls) == 2 and bool(kit.fake.live_calls), 5)
-    await call.send_audio(hello(0.3, 1.0))
-    await call.wait_for(saying(s, "assistant", "We open at nine."), 10)
-    await call.hangup()
-    record = await ended(s, call)
+    record = await answered(s, call, "We open at nine.")
     resumed = kit.fake.calls[1]
     assert "Hello, Acme here." in resumed.system_prompt and not resumed.forced
     assert len(kinds(record, "engine_reconnect")) == 1 and record["end_reason"] == "hangup"
@@ -152,9 +140,7 @@ async def test_a_dropped_socket_becomes_a_new_call_with_the_conversation(
 async def test_when_ultravox_stays_unreachable_the_carrier_says_goodbye(
     serve: Serve, net: FakeTwilio, kit: Kit
 ) -> None:
-    s = await serve(kit.agent(first_message="Hi."))
-    call = await net.place_call(from_=CALLER, to=NUMBER)
-    await call.wait_for(saying(s, "assistant", "Hi."), 8)
+    s, call = await greeted(serve, net, kit.agent(first_message="Hi."), "Hi.")
     kit.fake.accepting = False
     await kit.fake.drop_connections()
     record = await ended(s, call)
@@ -168,9 +154,7 @@ async def test_a_bad_key_ends_the_call_with_a_clear_error(
     caplog.set_level(logging.INFO)
     agent = kit.agent(first_message="Hi")
     agent["engine"] = kit.engine(api_key="uv-wrong-key-9876", failure_message="Sorry, bye.")
-    s = await serve(agent)
-    call = await net.place_call(from_=CALLER, to=NUMBER, audio=hello())
-    record = await ended(s, call, 10)
+    record, call = await hello_call(serve, net, agent)
     assert record["end_reason"] == "engine_failed" and call.said == ["Sorry, bye."]
     assert "refused the API key (HTTP 403)" in caplog.text and "ULTRAVOX_API_KEY" in caplog.text
     assert "wrong-key" not in caplog.text and "9876" not in caplog.text

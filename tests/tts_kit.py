@@ -5,8 +5,11 @@ the provider greets, hears one question and answers it in two sentences."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
+
+import aiohttp
 
 from getpatter.core.audio import ulaw_encode
 from getpatter.core.providers import TTS, TTSStream
@@ -31,6 +34,22 @@ def mulaw(text: str) -> bytes:
 
 def mulaw_len(texts: list[str]) -> int:
     return sum(len(mulaw(t)) for t in texts)
+
+
+async def until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> list[dict[str, Any]]:
+    """The JSON messages of a fake's socket up to and including the first of type `kind`
+    (Rime, Cartesia)."""
+    out = []
+    while True:
+        msg = await ws.receive_json(timeout=3)
+        out.append(msg)
+        if msg["type"] == kind:
+            return out
+
+
+def audio_of(messages: list[dict[str, Any]]) -> bytes:
+    """The audio of the `chunk` messages among `messages`, base64-decoded (Rime, Cartesia)."""
+    return b"".join(base64.b64decode(m["data"]) for m in messages if m["type"] == "chunk")
 
 
 async def say(stream: TTSStream, text: str) -> bytes:
