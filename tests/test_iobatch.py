@@ -26,6 +26,7 @@ class Clock:
         self.t = 100.0
         self.slept: list[float] = []
         self.polls: list[tuple[float, float | None]] = []  # (when, timeout)
+        self.incoming: Ready = [(selectors.SelectorKey(None, 3, 1, None), 1)]  # type: ignore[arg-type]
 
     def now(self) -> float:
         return self.t
@@ -36,7 +37,7 @@ class Clock:
 
     def poll(self, timeout: float | None) -> Ready:
         self.polls.append((round(self.t, 6), None if timeout is None else round(timeout, 6)))
-        return []
+        return self.incoming
 
 
 def batched(window: float = 0.010) -> tuple[_BatchedSelect, Clock]:
@@ -56,6 +57,20 @@ def test_an_idle_loop_reads_its_sockets_at_most_once_per_window() -> None:
     assert clock.slept == [0.008, 0.009]
     assert [when for when, _ in clock.polls] == [100.0, 100.01, 100.02]
     assert clock.polls[2][1] == pytest.approx(4.991)  # the timer's deadline is kept
+
+
+def test_a_quiet_loop_waits_on_its_sockets_directly() -> None:
+    select, clock = batched(0.010)
+    clock.incoming = []  # no message came: an idle node, or timers only
+    select(None)
+    clock.t += 0.002
+    select(0.5)
+    assert clock.slept == []  # no wait before the poll: one wake-up, as without batching
+    clock.incoming = clock.__class__().incoming  # messages flow again
+    select(0.5)
+    clock.t += 0.001
+    select(0.5)
+    assert clock.slept == [0.009]
 
 
 def test_a_loop_with_work_ready_never_waits() -> None:

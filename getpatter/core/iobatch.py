@@ -59,17 +59,18 @@ class _BatchedSelect:
         self.users = 0
         self._next_poll = 0.0  # monotonic time before which an idle loop does not poll
         self._timer_woke = False  # the last wait ended for a timer, sockets not read yet
-        self.sleep = time.sleep
-        self.now = time.monotonic
+        self._flowing = False  # the last batch read something
+        self.sleep: Callable[[float], None] = time.sleep
+        self.now: Callable[[], float] = time.monotonic
 
     def __call__(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout <= 0:  # the loop has work ready: no wait
             ready = self.inner(timeout)
             if self._timer_woke:  # the first read after a wake for a timer opens a batch
                 self._timer_woke = False
-                self._next_poll = self.now() + self.window
+                self._opened(ready)
             return ready
-        wait = self._next_poll - self.now()
+        wait = self._next_poll - self.now() if self._flowing else 0.0
         if wait > 0:
             if timeout is not None and timeout <= wait:
                 # A timer is due first: wake exactly for it, and let it run before the
@@ -82,8 +83,14 @@ class _BatchedSelect:
                 timeout -= wait
         ready = self.inner(timeout)
         self._timer_woke = False
-        self._next_poll = self.now() + self.window
+        self._opened(ready)
         return ready
+
+    def _opened(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """A batch starts now. Only while messages flow is the next one held back: a quiet
+        loop (timers only, an idle node) waits on its sockets directly, one wake-up each."""
+        self._flowing = bool(ready)
+        self._next_poll = self.now() + self.window
 
 
 def batch_io(loop: asyncio.AbstractEventLoop, window: float | None = None) -> Callable[[], None]:
