@@ -413,16 +413,24 @@ def _rows(url: str) -> int:
 
 
 def report(
-    direct: Figures, cluster: Figures, share: Figures | None, args: argparse.Namespace
+    direct: Figures,
+    cluster: Figures,
+    share: Figures | None,
+    args: argparse.Namespace,
+    rounds: dict[str, list[Figures]] | None = None,
 ) -> bool:
+    from getpatter.core.iobatch import ENV_WINDOW, window_from_env
+
     print()
     for line in machine_lines():
         print(line)
+    window_ms = 1000 * window_from_env()
+    batching = f"every {window_ms:g} ms" if window_ms else "off"
     print(
         f"setup     {args.calls} echo calls placed at {args.rate:g}/s, {args.warmup:g} s warm-up, "
         f"{args.seconds:g} s window, median of {args.repeat} round(s); nodes on CPU "
         f"{sorted(_cpus_for('server') or [])}, the fake on the others; nginx and PostgreSQL "
-        "unpinned"
+        f"unpinned; the nodes' socket reads batched {batching} ({ENV_WINDOW})"
     )
     print()
     header = f"{'':22}{'direct (SQLite)':>18}{'2 nodes+nginx+PG':>20}"
@@ -473,6 +481,14 @@ def report(
         f"projection: {1 / per_call:,.0f} calls per core (nodes + nginx + PostgreSQL), "
         f"{7 / per_call:,.0f} per 8-core machine (7 cores of it; one left to the system)"
     )
+    if rounds and args.repeat > 1:
+        parts = []
+        for mode, figs in rounds.items():
+            values = [f.per_call(f.server) for f in figs]
+            parts.append(f"{mode} {min(values):.3f}–{max(values):.3f}")
+        spread = ", ".join(parts)
+        print(f"rounds: server CPU / call from lowest to highest, % ({spread}); on a shared "
+              "machine single rounds move by ±15 %, so the ratio by as much")  # fmt: skip
     for fig in (direct, cluster):
         for problem in fig.problems:
             print(f"problem ({fig.mode}): {problem}")
@@ -516,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     direct, cluster = (median_round(rounds[m]) for m in ("direct", "cluster"))
     share = median_round(rounds["share"]) if "share" in rounds else None
-    return 0 if report(direct, cluster, share, args) else 1
+    return 0 if report(direct, cluster, share, args, rounds) else 1
 
 
 def median_round(figs: list[Figures]) -> Figures:
