@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,19 @@ async def collect(stream: TTSStream, text: str, started: asyncio.Event | None = 
     return out
 
 
+async def asked_for(rig: Rig, text: str, within: float = 5.0) -> None:
+    """Until the fake has received a request carrying `text` (socket message or HTTP body)."""
+    http = hasattr(rig.fake, "speech_requests")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        messages = rig.fake.speech_requests if http else rig.fake.received
+        if any(text in json.dumps(m, default=str) for m in messages):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{text!r} never reached the fake")
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_sentence_asked_for_while_one_streams_gets_its_own_audio(provider: str) -> None:
     async with rig_for(provider) as rig:
@@ -120,7 +134,7 @@ async def test_cancelling_a_sentence_spares_the_one_behind_it(provider: str) -> 
         first = asyncio.create_task(collect(rig.stream, FIRST, started))
         await started.wait()
         second = asyncio.create_task(collect(rig.stream, SECOND))
-        await asyncio.sleep(0.02)  # its text has gone out, queued behind the first
+        await asked_for(rig, SECOND)  # its text has gone out, queued behind the first
         first.cancel()  # given up mid-way
         with pytest.raises(asyncio.CancelledError):
             await first
