@@ -27,8 +27,9 @@ from getpatter.core.audio import AudioFrame, pcm16_bytes, ulaw_encode
 from getpatter.core.chunker import ChunkerOptions
 from getpatter.core.media import InboundAudio
 from getpatter.core.metrics import TurnTimes
-from getpatter.core.providers import LLM, STT, TTS, STTStream, TextDelta, ToolCallRequest, Usage
-from getpatter.core.reply import Reply, ReplyTimeout, call_user, text_pieces
+from getpatter.core.providers import LLM, STT, TTS, STTStream
+from getpatter.core.reply import Reply, ReplyTimeout
+from getpatter.core.reply_text import ReplyText, static_text
 from getpatter.core.resample import Resampler
 from getpatter.core.vad import VADOptions, VADProvider, WebRTCVAD, resolve_vad
 from getpatter.errors import PatterConfigError
@@ -172,6 +173,9 @@ class PipelineCall:
         self._stt_bytes_per_s = stt.sample_rate * (1 if stt.encoding == "mulaw" else 2)
         self._replies = 0
         self._pending_action: ToolOutcome | None = None
+        self._texts = ReplyText(
+            call, self.history, engine.llm, engine.options.max_tool_rounds, self._act_later
+        )
         self._barging = False
         self._deaf = False  # the STT is lost: saying goodbye
         self._closing = False
@@ -186,7 +190,7 @@ class PipelineCall:
         self.call.spawn(self._send_audio(), "stt-send")
         self.call.spawn(self._read_transcripts(), "stt-read")
         if self.call.first_message:
-            self._start_reply(None, self._static(self.call.first_message))
+            self._start_reply(None, static_text(self.call.first_message))
 
     async def aclose(self) -> None:
         self._closing = True
@@ -301,7 +305,7 @@ class PipelineCall:
         if previous is not None and not previous.done():  # let the answer in progress finish
             await asyncio.wait([previous], timeout=30)
         text = self.options.hearing_lost
-        self._start_reply(None, self._static(text))
+        self._start_reply(None, static_text(text))
         reply, task = self._reply, self._reply_task
         assert reply is not None and task is not None
         await asyncio.wait([task], timeout=30 + len(text) * 0.1)
@@ -355,9 +359,9 @@ class PipelineCall:
         extra = {"dtmf": dtmf} if dtmf else {}
         await self.call.add_transcript("user", text, **extra)
         if self.engine.llm is None and self.call.callbacks.on_message is not None:
-            source = self._on_message(text, dtmf)
+            source = self._texts.on_message(text, dtmf)
         elif self.engine.llm is not None:
-            source = self._llm_reply()
+            source = self._texts.llm_reply()
         else:
             log.error("call %s: pipeline has neither an llm nor on_message", self.call.call_id)
             return
@@ -518,96 +522,6 @@ class PipelineCall:
             await self.call.add_transcript("assistant", heard, interrupted=True)
         self._reply = None
 
-    # --- text sources --------------------------------------------------------------------
-
-    async def _static(self, text: str) -> AsyncIterator[str]:
-        yield text
-
-    async def _on_message(self, text: str, dtmf: str) -> AsyncIterator[str]:
-        from getpatter.core.message import Message
-
-        call = self.call
-        msg = Message(
-            text=text,
-            call_id=call.call_id,
-            caller=call.caller,
-            callee=call.callee,
-            history=[
-                {"role": m["role"], "content": m["content"]}
-                for m in self.history
-                if m["role"] in ("user", "assistant") and m.get("content")
-            ],
-            dtmf=dtmf,
-            run_tool=self._tool_for_on_message,
-        )
-        on_message = call.callbacks.on_message
-        assert on_message is not None
-        try:
-            async for piece in text_pieces(await call_user(on_message, msg)):
-                yield piece
-        except Exception:  # the user's bug: show them where, then the caller hears an apology
-            log.exception("call %s: on_message raised", call.call_id)
-            raise
-
-    async def _tool_for_on_message(self, name: str, arguments: dict[str, Any]) -> Any:
-        from getpatter.core.message import tool_result
-        from getpatter.core.tools import run_tool
-
-        outcome = await run_tool(self.call, self.call.agent, name, arguments)
-        if outcome.action is not None:  # end_call / transfer_call: once this reply is heard
-            self._pending_action = outcome
-        return tool_result(outcome.output)
-
-    async def _llm_reply(self) -> AsyncIterator[str]:
-        from getpatter.core.tools import run_tool, tool_schemas
-
-        llm = self.engine.llm
-        assert llm is not None
-        call, agent = self.call, self.call.agent
-        tools = tool_schemas(agent)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": call.system_prompt}]
-        said = ""  # what this reply has said so far, across tool rounds
-        for _ in range(self.options.max_tool_rounds):
-            requests: list[ToolCallRequest] = []
-            round_start = True
-            async for event in llm.chat([*messages, *self.history], tools):
-                if isinstance(event, TextDelta):
-                    text = event.text
-                    if round_start and said and not said[-1].isspace() and text[:1].isalnum():
-                        text = " " + text  # rounds are separate messages: keep the words apart
-                    round_start = round_start and not text
-                    said += text
-                    yield text
-                elif isinstance(event, ToolCallRequest):
-                    requests.append(event)
-                elif isinstance(event, Usage):
-                    call.event(
-                        "llm_usage",
-                        input=event.input_tokens,
-                        output=event.output_tokens,
-                        cached=int(event.details.get("cached_tokens") or 0),
-                    )
-            if not requests:
-                return
-            self.history.append(
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": r.id,
-                            "type": "function",
-                            "function": {"name": r.name, "arguments": r.arguments},
-                        }
-                        for r in requests
-                    ],
-                }
-            )
-            for request in requests:
-                outcome = await run_tool(call, agent, request.name, request.arguments)
-                self.history.append(
-                    {"role": "tool", "tool_call_id": request.id, "content": outcome.output}
-                )
-                if outcome.action is not None:
-                    self._pending_action = outcome
-        log.warning("call %s: tool loop stopped after %d rounds", call.call_id, _ + 1)
+    def _act_later(self, outcome: ToolOutcome) -> None:
+        """A tool ended or transferred the call: carried out once this reply is heard."""
+        self._pending_action = outcome
