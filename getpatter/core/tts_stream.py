@@ -33,7 +33,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 import aiohttp
 
@@ -374,6 +374,16 @@ class SocketTTSStream(ABC, Generic[S]):
             closing.add_done_callback(self._closing.discard)
 
     # --- the connection --------------------------------------------------------------------
+
+    async def connected(self) -> Self:
+        """This stream, its connection open now, so the greeting does not wait for a handshake;
+        a stream that cannot connect is closed and the error raised (what `open()` returns)."""
+        try:
+            await self.connect()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
 
     async def connect(self) -> Any:
         """The open connection, opening it if needed (one opener at a time)."""

@@ -175,13 +175,7 @@ class CartesiaTTS:
     async def open(self) -> CartesiaStream:
         """The call's stream, connected now so the greeting does not wait for a handshake."""
         client = await in_sdk_thread(self._new_client)
-        stream = CartesiaStream(self.options, self._key, client)
-        try:
-            await stream.connect()
-        except BaseException:
-            await stream.aclose()
-            raise
-        return stream
+        return await CartesiaStream(self.options, self._key, client).connected()
 
     def _new_client(self) -> AsyncCartesia:
         """Run in the SDK thread: the import, the client, and what it imports lazily."""

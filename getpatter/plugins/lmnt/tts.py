@@ -127,13 +127,7 @@ class LmntTTS:
     async def open(self) -> LmntStream:
         """The call's stream, connected now so the greeting does not wait for a handshake."""
         client = await in_sdk_thread(self._new_client)
-        stream = LmntStream(self.options, self._key, client)
-        try:
-            await stream.connect()
-        except BaseException:
-            await stream.aclose()
-            raise
-        return stream
+        return await LmntStream(self.options, self._key, client).connected()
 
     def _new_client(self) -> Any:
         """Run in the SDK thread: the import, the client, and what it imports lazily."""

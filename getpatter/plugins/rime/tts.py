@@ -178,13 +178,7 @@ class RimeTTS:
 
     async def open(self) -> RimeStream:
         """The call's stream, connected now so the greeting does not wait for a handshake."""
-        stream = RimeStream(self.options, self._key)
-        try:
-            await stream.connect()
-        except BaseException:
-            await stream.aclose()
-            raise
-        return stream
+        return await RimeStream(self.options, self._key).connected()
 
 
 @dataclass(eq=False, slots=True)

@@ -196,9 +196,7 @@ class SileroDetector(HysteresisVAD):
                 "SileroVAD: building the model failed, this call hears no speech: %r", problem
             )
             return
-        model = arriving.result()
-        model.reset()
-        self._lend(model)
+        self._lend(arriving.result())  # freshly built: nothing to reset
 
     def _reset_classifier(self) -> None:
         if self._model is not None:
