@@ -1,25 +1,37 @@
 """Cluster benchmark: what running as nodes behind nginx, sharing PostgreSQL, costs per call.
 
-Run: .venv/bin/python benchmarks/cluster.py              N = 100 calls, 10 s window (~2 min)
-     .venv/bin/python benchmarks/cluster.py --repeat 3      three rounds, medians (~6 min)
+Run: .venv/bin/python benchmarks/cluster.py                three rounds (~4 min)
+     .venv/bin/python benchmarks/cluster.py --repeat 8     eight rounds, tighter medians
 
 The echo load of load.py (every caller frame played straight back: 50 media messages a second
-each way per call, marks and their echoes), measured twice in one run:
+each way per call, marks and their echoes), on two set-ups started once and left standing:
 
   direct    one node (`serve()`, history in SQLite), the fake Twilio straight at it;
   cluster   two nodes (history, live calls and heartbeats in PostgreSQL), real nginx in front
-            (the config `getpatter nginx-config` writes), the fake Twilio at nginx;
-  share     one node again, with as many calls as each cluster node holds (N / nodes): a
-            node's CPU per call falls with the calls it holds (each wake-up of its event loop
-            serves more of them), so this tells what the cluster itself costs from that.
+            (the config `getpatter nginx-config` writes), the fake Twilio at nginx.
 
-The fake network runs in its own process (pinned to the other cores, as in load.py; the nodes
-share the first core). nginx and PostgreSQL are the system's (apt: nginx, postgresql), in temp
-dirs on free ports, unpinned; their CPU is read from /proc (every process of each).
+Each round places N calls on each in turn (the fake is re-routed between phases), measures,
+and hangs them up; the phases of a round are seconds apart, so they see the same machine (on
+this shared VM its speed drifts by ±15 % over minutes). A round has up to four phases:
+
+  direct    N calls on the direct node;
+  cluster   the same N calls on the cluster (N / nodes on each node): the judged comparison;
+  share     N / nodes calls on the direct node: a node's CPU per call falls with the calls it
+            holds (each wake-up of its event loop serves more of them), so this tells what the
+            cluster itself costs apart from that (`--no-share` skips it);
+  scaled    N calls on *each* cluster node: the cluster at the direct node's load per node,
+            capacity doubled (`--no-scaled` skips it).
+
+The fake network runs in its own process, pinned to the other cores as in load.py; the nodes
+share the first core. nginx and PostgreSQL are the system's (apt: nginx, postgresql), in temp
+dirs on free ports, pinned with the fake: on the nodes' core they would be charged to the nodes
+as contention (a loopback peer woken by a node tends to be pulled onto its core), and their
+own CPU is reported apart; it is read from /proc (every process of each).
 
 Figures, over the window (after the ramp, every call streaming):
   server CPU / call   the nodes' CPU (sum) / calls, % of one core. Target: cluster <= 1.15x
-                      direct.
+                      direct, as the median of the rounds' own ratios.
+  wake-ups / s        how often a node's process slept and woke (voluntary switches).
   nginx CPU / call    nginx's master and workers / calls, % of one core (cluster only).
   PostgreSQL / call   PostgreSQL's processes / calls, % of one core, in the window (heartbeats
                       and live-call rows) and in CPU-ms per call over a whole call's life (its
@@ -58,6 +70,7 @@ sys.path.insert(0, str(HERE))  # _harness, here and in the spawned children
 
 from _harness import (  # noqa: E402
     CALLER,
+    HOST,
     NUMBER,
     Child,
     FakeTwilioSide,
@@ -151,6 +164,7 @@ class _NodeSide(ServerSide):
         stats = [s.playout.stats for s in self._sessions() if s.playout is not None]
         return {
             "cpu": time.process_time(),
+            "wakes": _sleeps(),
             "t": asyncio.get_running_loop().time(),
             "calls": len(self._sessions()),
             "frames": sum(st.frames_sent for st in stats),
@@ -225,6 +239,15 @@ class _FakeSide(FakeTwilioSide):
         return len(calls)
 
 
+def _sleeps() -> int:
+    """How many times this process has gone to sleep and been woken (voluntary switches)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 # --- the orchestrator ----------------------------------------------------------------------------
 
 
@@ -269,6 +292,7 @@ class Figures:
     pg_window: float = 0.0
     pg_ms_per_call: float = 0.0  # PostgreSQL CPU-ms per call over its whole life
     fake: float = 0.0
+    wakes: float = 0.0  # wake-ups per second of one node (mean over the nodes)
     machine: float = 0.0
     jitter: dict[str, float] = field(default_factory=dict)
     frames_out: float = 0.0
@@ -278,85 +302,132 @@ class Figures:
         return 100 * cores / max(1, self.n)
 
 
-def run_mode(ctx: Any, mode: str, args: argparse.Namespace, calls: int = 0) -> Figures:
-    from _harness import HOST
+class Rig:
+    """Both set-ups standing side by side, started once: the direct node (SQLite) and the
+    cluster (nodes sharing PostgreSQL behind nginx), and one fake network. A phase routes the
+    fake's calls to one of them, so the modes alternate every few seconds: the machine's
+    speed drifts over minutes on a shared VM, and modes measured moments apart see the same
+    machine."""
 
-    from getpatter.nginx import Node, nginx_config
-    from getpatter.testing import services
+    def __init__(self, ctx: Any, args: argparse.Namespace) -> None:
+        self.ctx, self.args = ctx, args
+        self.fake: Worker | None = None
+        self.direct: list[Worker] = []
+        self.cluster: list[Worker] = []
+        self.pg: Any = None
+        self.nginx: Any = None
+        self.local: dict[str, str] = {}
+        self.idle: dict[str, float] = {}
+        self.history = tempfile.mkdtemp(prefix="getpatter-bench-")
+        self.records = 0  # calls the cluster has ended so far (rows in PostgreSQL)
 
-    n = calls or args.calls
-    fig = Figures(mode, n)
-    fake = Worker(ctx, CHILD, "fake")
-    nodes: list[Worker] = []
-    pg: services.LocalPostgres | None = None
-    nginx: services.LocalNginx | None = None
-    history = tempfile.mkdtemp(prefix="getpatter-bench-")
-    try:
-        creds = fake.call("start")
+    def start(self) -> None:
+        from getpatter.nginx import Node, nginx_config
+        from getpatter.testing import services
+
+        args = self.args
+        self.fake = Worker(self.ctx, CHILD, "fake")
+        creds = self.fake.call("start")
         keys = {k: creds[k] for k in ("account_sid", "auth_token", "base_url")}
-        if mode == "direct":
-            nodes = [Worker(ctx, CHILD, "server")]
-            up = nodes[0].call("start", timeout=60, persist=history, node="", port=0, **keys)
-            fake.call("route", public_host=HOST, local=f"127.0.0.1:{up['port']}")
-        else:
-            pg = services.LocalPostgres()
-            pg.start()
-            ports = [services.free_port() for _ in range(args.nodes)]
-            nodes = [Worker(ctx, CHILD, "server") for _ in ports]
-            for i, (w, port) in enumerate(zip(nodes, ports, strict=True)):
-                w.send("start", persist=pg.url, node=f"n{i + 1}", port=port, **keys)
-            for w in nodes:
-                w.reply(60)
-            nginx = services.LocalNginx()
-            web_port = services.free_port()
-            config = nginx_config(
-                [Node(f"n{i + 1}", f"127.0.0.1:{p}") for i, p in enumerate(ports)],
-                server_name=HOST,
-                listen=str(web_port),
-                runtime_dir=str(nginx.root),
-                worker_processes="1",
-            )
-            nginx.start(config, web_port)
-            fake.call("route", public_host=HOST, local=f"127.0.0.1:{web_port}")
+        self.pg = services.LocalPostgres()
+        self.pg.start()
+        ports = [services.free_port() for _ in range(args.nodes)]
+        self.direct = [Worker(self.ctx, CHILD, "server")]
+        self.cluster = [Worker(self.ctx, CHILD, "server") for _ in ports]
+        self.direct[0].send("start", persist=self.history, node="", port=0, **keys)
+        for i, (w, port) in enumerate(zip(self.cluster, ports, strict=True)):
+            w.send("start", persist=self.pg.url, node=f"n{i + 1}", port=port, **keys)
+        up = [w.reply(60) for w in self.direct + self.cluster]
+        self.local["direct"] = f"127.0.0.1:{up[0]['port']}"
+        self.nginx = services.LocalNginx()
+        web_port = services.free_port()
+        config = nginx_config(
+            [Node(f"n{i + 1}", f"127.0.0.1:{p}") for i, p in enumerate(ports)],
+            server_name=HOST,
+            listen=str(web_port),
+            runtime_dir=str(self.nginx.root),
+            worker_processes="1",
+        )
+        self.nginx.start(config, web_port)
+        self.local["cluster"] = f"127.0.0.1:{web_port}"
+        self.pin_services()
+        for mode in ("direct", "cluster"):  # first-call costs stay out of the figures
+            self._route(mode)
+            self.fake.call("place", timeout=30, n=2, rate=args.rate, audio_seconds=5)
+            time.sleep(1.5)
+            self._hangup(mode, 2)
+        # what the nodes cost with no call at all (loop, timers, heartbeats)
+        for mode in ("direct", "cluster"):
+            nodes = self.nodes(mode)
+            i0, t0 = all_call(nodes, "mark"), time.monotonic()
+            time.sleep(args.idle)
+            i1 = all_call(nodes, "mark")
+            cpu = sum(b["cpu"] - a["cpu"] for a, b in zip(i0, i1, strict=True))
+            self.idle[mode] = cpu / (time.monotonic() - t0)
 
-        def others() -> tuple[list[int], list[int]]:
-            web = family(nginx.proc.pid) if nginx is not None and nginx.proc else []
-            db: list[int] = []
-            if pg is not None:
-                postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-                db = family(postmaster)
-            return web, db
+    def nodes(self, mode: str) -> list[Worker]:
+        return self.cluster if mode == "cluster" else self.direct
 
-        def live() -> int:
-            return sum(c["live"] for c in all_call(nodes, "count"))
+    def pin_services(self) -> None:
+        """nginx and PostgreSQL go with the fake, off the nodes' core: infrastructure that
+        shared the nodes' core would be charged to them as contention (and a loopback peer
+        woken by a node tends to be pulled onto the node's core). Their own CPU is reported
+        apart. Children forked later (PostgreSQL's backends) inherit the postmaster's set."""
+        cpus = _cpus_for("fake")
+        if cpus is None:
+            return
+        web, db = self._others("cluster")
+        for pid in web + db:
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:  # gone meanwhile
+                pass
 
-        # warm-up: two calls, so first-call costs are not in the figures
-        fake.call("place", timeout=30, n=2, rate=args.rate, audio_seconds=5)
-        time.sleep(1.5)
-        fake.call("hangup", timeout=20, limit=10)
-        time.sleep(1.0)
+    def _route(self, mode: str) -> None:
+        assert self.fake is not None
+        self.fake.call("route", public_host=HOST, local=self.local[mode])
 
-        # what the nodes cost with no call at all (loop, timers, heartbeats), per node
-        i0, ti0 = all_call(nodes, "mark"), time.monotonic()
-        time.sleep(args.idle)
-        i1 = all_call(nodes, "mark")
-        fig.idle = sum(b["cpu"] - a["cpu"] for a, b in zip(i0, i1, strict=True))
-        fig.idle /= time.monotonic() - ti0
+    def _others(self, mode: str) -> tuple[list[int], list[int]]:
+        if mode != "cluster":
+            return [], []
+        return family(self.nginx.proc.pid), family_of_pg(self.pg)
 
-        web_pids, db_pids = others()
-        db_life0 = proc_cpu(db_pids)
+    def _hangup(self, mode: str, n: int) -> None:
+        assert self.fake is not None
+        nodes = self.nodes(mode)
+        self.fake.call("hangup", timeout=60, limit=20)
+        deadline = time.monotonic() + 30
+        while sum(c["calls"] for c in all_call(nodes, "count")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if mode == "cluster":  # every record written
+            self.records += n
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _rows(self.pg.url) < self.records:
+                time.sleep(0.2)
+
+    def phase(self, mode: str, n: int) -> Figures:
+        """`n` calls on one set-up: placed, streaming, measured over the window, hung up."""
+        assert self.fake is not None
+        args, fake, nodes = self.args, self.fake, self.nodes(mode)
+        fig = Figures(mode, n, idle=self.idle[mode])
+        self.pin_services()
+        self._route(mode)
+        db_life0 = proc_cpu(self._others(mode)[1])
         audio_seconds = n / args.rate + args.warmup + args.seconds + 5
         placed = fake.call("place", timeout=n / args.rate + 60, n=n, rate=args.rate,
                            audio_seconds=audio_seconds)  # fmt: skip
         fig.streaming = placed["streaming"]
         fig.problems += placed["errors"]
         deadline = time.monotonic() + 30
-        while live() < fig.streaming and time.monotonic() < deadline:
+        while (
+            sum(c["live"] for c in all_call(nodes, "count")) < fig.streaming
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         all_call(nodes, "prime", ms=args.prime_ms)
         time.sleep(args.warmup)
 
-        web_pids, db_pids = others()
+        web_pids, db_pids = self._others(mode)
         m0, f0, s0 = machine_busy(), fake.call("mark"), all_call(nodes, "mark")
         w0, d0, t0 = proc_cpu(web_pids), proc_cpu(db_pids), time.monotonic()
         time.sleep(args.seconds)
@@ -364,6 +435,8 @@ def run_mode(ctx: Any, mode: str, args: argparse.Namespace, calls: int = 0) -> F
         w1, d1, t1 = proc_cpu(web_pids), proc_cpu(db_pids), time.monotonic()
         fig.window = t1 - t0
         fig.server = sum(b["cpu"] - a["cpu"] for a, b in zip(s0, s1, strict=True)) / fig.window
+        fig.wakes = sum(b["wakes"] - a["wakes"] for a, b in zip(s0, s1, strict=True))
+        fig.wakes /= fig.window * len(nodes)
         fig.nginx = (w1 - w0) / fig.window
         fig.pg_window = (d1 - d0) / fig.window
         fig.fake = (f1["cpu"] - f0["cpu"]) / (f1["t"] - f0["t"])
@@ -373,26 +446,21 @@ def run_mode(ctx: Any, mode: str, args: argparse.Namespace, calls: int = 0) -> F
         fig.jitter = quantiles(fake.call("pacing", timeout=60, t0=f0["t"], t1=f1["t"]))
         if f1["open"] < n:
             fig.problems.append(f"only {f1['open']} of {n} calls open at the window's end")
+        self._hangup(mode, n)
+        if mode == "cluster":
+            fig.pg_ms_per_call = 1000 * (proc_cpu(family_of_pg(self.pg)) - db_life0) / n
+        return fig
 
-        fake.call("hangup", timeout=60, limit=20)
-        deadline = time.monotonic() + 30
-        while sum(c["calls"] for c in all_call(nodes, "count")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pg is not None:  # every record written
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and _rows(pg.url) < n + 2:
-                time.sleep(0.2)
-            fig.pg_ms_per_call = 1000 * (proc_cpu(family_of_pg(pg)) - db_life0) / n
-    finally:
-        for w in nodes:
+    def close(self) -> None:
+        for w in self.direct + self.cluster:
             w.close()
-        fake.close()
-        if nginx is not None:
-            nginx.close()
-        if pg is not None:
-            pg.close()
-        shutil.rmtree(history, ignore_errors=True)
-    return fig
+        if self.fake is not None:
+            self.fake.close()
+        if self.nginx is not None:
+            self.nginx.close()
+        if self.pg is not None:
+            self.pg.close()
+        shutil.rmtree(self.history, ignore_errors=True)
 
 
 def family_of_pg(pg: Any) -> list[int]:
@@ -418,6 +486,7 @@ def report(
     share: Figures | None,
     args: argparse.Namespace,
     rounds: dict[str, list[Figures]] | None = None,
+    scaled: Figures | None = None,
 ) -> bool:
     from getpatter.core.iobatch import ENV_WINDOW, window_from_env
 
@@ -429,8 +498,8 @@ def report(
     print(
         f"setup     {args.calls} echo calls placed at {args.rate:g}/s, {args.warmup:g} s warm-up, "
         f"{args.seconds:g} s window, median of {args.repeat} round(s); nodes on CPU "
-        f"{sorted(_cpus_for('server') or [])}, the fake on the others; nginx and PostgreSQL "
-        f"unpinned; the nodes' socket reads batched {batching} ({ENV_WINDOW})"
+        f"{sorted(_cpus_for('server') or [])}, the fake, nginx and PostgreSQL on the others; "
+        f"the nodes' socket reads batched {batching} ({ENV_WINDOW})"
     )
     print()
     header = f"{'':22}{'direct (SQLite)':>18}{'2 nodes+nginx+PG':>20}"
@@ -445,6 +514,7 @@ def report(
     row("  of which idle", f"{100 * direct.idle:.2f} % core", f"{100 * cluster.idle:.2f} % core")
     row("  calls only / call", f"{direct.per_call(direct.server - direct.idle):.3f} %",
         f"{cluster.per_call(cluster.server - cluster.idle):.3f} %")  # fmt: skip
+    row("wake-ups / s / node", f"{direct.wakes:,.0f}", f"{cluster.wakes:,.0f}")
     row("nginx CPU / call", "-", f"{cluster.per_call(cluster.nginx):.3f} %")
     row("PostgreSQL / call", "-", f"{cluster.per_call(cluster.pg_window):.4f} %")
     row("PostgreSQL per call", "-", f"{cluster.pg_ms_per_call:.1f} CPU-ms")
@@ -459,12 +529,24 @@ def report(
     row("machine, others", f"{max(0.0, direct.machine - own['direct']):.2f} cores",
         f"{max(0.0, cluster.machine - own['cluster']):.2f} cores")  # fmt: skip
     print()
-    ratio = cluster.server / max(1e-9, direct.server)
+    # Each round's direct and cluster phases run seconds apart on the same standing set-ups,
+    # so their ratio sees one machine; the median of those ratios is the figure judged.
+    pairs = [
+        c.server / max(1e-9, d.server)
+        for d, c in zip(
+            (rounds or {}).get("direct", []), (rounds or {}).get("cluster", []), strict=False
+        )
+    ]
+    ratio = float(np.median(pairs)) if pairs else cluster.server / max(1e-9, direct.server)
     delta = cluster.jitter["p99"] - direct.jitter["p99"]
     ok_ratio, ok_jitter = ratio <= RATIO_TARGET, delta <= JITTER_DELTA_MS
     net = (cluster.server - cluster.idle) / max(1e-9, direct.server - direct.idle)
     print(f"server CPU per call, cluster / direct: {ratio:.2f}x  (target <= {RATIO_TARGET}x)  "
           + ("OK" if ok_ratio else "MISSED"))  # fmt: skip
+    if len(pairs) > 1:
+        each = ", ".join(f"{r:.2f}" for r in pairs)
+        print(f"  the median of the rounds' own ratios ({each}); of the medians: "
+              f"{cluster.server / max(1e-9, direct.server):.2f}x")  # fmt: skip
     print(f"  without the nodes' idle cost (per process, whatever the calls): {net:.2f}x")
     print(f"pacing p99, cluster - direct: {delta:+.2f} ms  (target <= {JITTER_DELTA_MS:g} ms)  "
           + ("OK" if ok_jitter else "MISSED"))  # fmt: skip
@@ -475,6 +557,19 @@ def report(
             f"{100 * alone:.3f} %/call): {cluster.server / cluster.n / max(1e-9, alone):.2f}x "
             "— what the cluster itself costs; the rest is that a node's CPU per call falls "
             "with the calls it holds"
+        )
+    if scaled is not None:
+        pairs_s = [
+            (c.server / c.n) / max(1e-9, d.server / d.n)
+            for d, c in zip(
+                (rounds or {}).get("direct", []), (rounds or {}).get("scaled", []), strict=False
+            )
+        ]
+        print(
+            f"  the cluster at the direct node's load per node ({scaled.n} calls, "
+            f"{scaled.per_call(scaled.server):.3f} %/call, pacing p99 "
+            f"{scaled.jitter['p99']:.2f} ms, nginx {scaled.per_call(scaled.nginx):.3f} %/call): "
+            f"{float(np.median(pairs_s)):.2f}x one direct node"
         )
     per_call = (cluster.server + cluster.nginx + cluster.pg_window) / max(1, cluster.n)
     print(
@@ -487,9 +582,9 @@ def report(
             values = [f.per_call(f.server) for f in figs]
             parts.append(f"{mode} {min(values):.3f}–{max(values):.3f}")
         spread = ", ".join(parts)
-        print(f"rounds: server CPU / call from lowest to highest, % ({spread}); on a shared "
-              "machine single rounds move by ±15 %, so the ratio by as much")  # fmt: skip
-    for fig in (direct, cluster):
+        print(f"rounds: server CPU / call from lowest to highest, % ({spread}); the machine's "
+              "speed moves rounds by ±15 %, hence each round's own ratio")  # fmt: skip
+    for fig in (direct, cluster, *(f for f in (share, scaled) if f is not None)):
         for problem in fig.problems:
             print(f"problem ({fig.mode}): {problem}")
     return ok_ratio and ok_jitter and not (direct.problems or cluster.problems)
@@ -504,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prime-ms", type=int, default=200, help="silence queued ahead of the echo")
     p.add_argument("--nodes", type=int, default=2, help="nodes behind nginx (2)")
     p.add_argument("--idle", type=float, default=3.0, help="seconds the idle nodes are timed")
-    p.add_argument("--repeat", type=int, default=1, help="rounds of both; medians reported")
+    p.add_argument("--repeat", type=int, default=3, help="rounds; medians reported (3)")
+    p.add_argument("--no-share", action="store_true", help="skip the one-node-with-N/nodes round")
+    p.add_argument(
+        "--no-scaled",
+        action="store_true",
+        help="skip the phase of the cluster with N calls per node (N x nodes in all)",
+    )
     args = p.parse_args(argv)
     from getpatter.testing import services
 
@@ -514,25 +615,44 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ctx = mp.get_context("spawn")
     per_node = args.calls // args.nodes
-    modes = ["direct", "cluster"] + (["share"] if args.nodes > 1 and per_node else [])
+    modes = ["direct", "cluster"]
+    if args.nodes > 1 and per_node and not args.no_share:
+        modes.append("share")
+    if args.nodes > 1 and not args.no_scaled:
+        modes.append("scaled")
+    calls_of = {
+        "direct": args.calls,
+        "cluster": args.calls,
+        "share": per_node,
+        "scaled": args.calls * args.nodes,
+    }
     rounds: dict[str, list[Figures]] = {m: [] for m in modes}
-    for i in range(args.repeat):  # alternated, so a change in the machine's load hits both
-        for mode in modes:
-            what = "1 node, SQLite" if mode != "cluster" else f"{args.nodes} nodes, nginx, PG"
-            calls = per_node if mode == "share" else args.calls
-            print(f"round {i + 1}/{args.repeat}: {mode} ({what}), {calls} calls", flush=True)
-            fig = run_mode(ctx, "direct" if mode == "share" else mode, args, calls)
-            rounds[mode].append(fig)
-            others = fig.machine - fig.server - fig.fake - fig.nginx - fig.pg_window
-            print(
-                f"   server {fig.per_call(fig.server):.3f} %/call, pacing p99 "
-                f"{fig.jitter['p99']:.1f} ms, the machine's other load {max(0.0, others):.2f} "
-                "cores",
-                flush=True,
-            )
+    rig = Rig(ctx, args)
+    try:
+        print(f"starting: one node (SQLite); {args.nodes} nodes, nginx, PostgreSQL", flush=True)
+        rig.start()
+        for i in range(args.repeat):  # alternated: a change in the machine's speed hits all
+            for mode in modes:
+                setup = "cluster" if mode in ("cluster", "scaled") else "direct"
+                what = "1 node, SQLite" if setup == "direct" else f"{args.nodes} nodes, nginx, PG"
+                calls = calls_of[mode]
+                print(f"round {i + 1}/{args.repeat}: {mode} ({what}), {calls} calls", flush=True)
+                fig = rig.phase(setup, calls)
+                fig.mode = mode
+                rounds[mode].append(fig)
+                others = fig.machine - fig.server - fig.fake - fig.nginx - fig.pg_window
+                print(
+                    f"   server {fig.per_call(fig.server):.3f} %/call, pacing p99 "
+                    f"{fig.jitter['p99']:.1f} ms, {fig.wakes:,.0f} wake-ups/s per node, the "
+                    f"machine's other load {max(0.0, others):.2f} cores",
+                    flush=True,
+                )
+    finally:
+        rig.close()
     direct, cluster = (median_round(rounds[m]) for m in ("direct", "cluster"))
     share = median_round(rounds["share"]) if "share" in rounds else None
-    return 0 if report(direct, cluster, share, args, rounds) else 1
+    scaled = median_round(rounds["scaled"]) if "scaled" in rounds else None
+    return 0 if report(direct, cluster, share, args, rounds, scaled) else 1
 
 
 def median_round(figs: list[Figures]) -> Figures:
@@ -541,7 +661,7 @@ def median_round(figs: list[Figures]) -> Figures:
         return figs[0]
     out = Figures(figs[0].mode, figs[0].n)
     for name in ("window", "server", "idle", "nginx", "pg_window", "pg_ms_per_call", "fake",
-                 "machine", "frames_out"):  # fmt: skip
+                 "wakes", "machine", "frames_out"):  # fmt: skip
         setattr(out, name, float(np.median([getattr(f, name) for f in figs])))
     out.streaming = min(f.streaming for f in figs)
     out.jitter = {k: float(np.median([f.jitter[k] for f in figs])) for k in figs[0].jitter}
