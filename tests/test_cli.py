@@ -11,6 +11,7 @@ import re
 import signal
 import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,20 @@ APP = str(Path(__file__).parent / "fixtures" / "apps" / "scripted.py")
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "OPENAI_API_KEY"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_reaches_children() -> Iterator[None]:
+    """A suite started in the background by a non-interactive shell (`make test &`) runs with
+    SIGINT ignored, and children inherit an ignored signal: the CLI would never see the
+    Ctrl-C these tests send, and wait forever. A handler, unlike an ignore, is reset to the
+    default across exec, so the children get Python's own Ctrl-C."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
