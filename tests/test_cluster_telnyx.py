@@ -11,6 +11,7 @@ Node capacities: a 1, b 2, c 2 calls. Every test leaves the three nodes up and n
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,7 @@ from getpatter.core.node import BUSY_MESSAGE
 from getpatter.testing import services
 from getpatter.testing.telnyx import FakeCall, FakeTelnyx, Webhook
 
-from cluster_rig import CALLER, HOST, NUMBER, Rig, node_of, open_rig
+from cluster_rig import CALLER, HEARTBEAT_TIMEOUT, HOST, NUMBER, Rig, node_of, open_rig
 
 MISSING = services.missing()
 pytestmark = [
@@ -170,3 +171,39 @@ async def test_all_full_hears_busy_in_telnyx_voice_from_one_node(rig: Rig) -> No
     assert all(h.ok for h in hooks(rig, busy))
     assert await rig.call_row(busy.call_control_id) is None  # no session was opened for it
     assert all(not c.ended for c in calls)
+
+
+async def test_kill_9_leaves_node_lost_records_and_other_calls_untouched(rig: Rig) -> None:
+    """Telnyx keeps a call up when its stream drops: the caller is on a silent line, the
+    record says `node_lost` once the dead node's heartbeat is stale, and the other nodes'
+    calls go on."""
+    calls = [await place(rig) for _ in range(3)]
+    victim = next(c for c in calls if node_of(c) == "c")
+    await rig.kill("c")
+    row = await rig.wait_row(
+        victim.call_control_id, within=HEARTBEAT_TIMEOUT + 2, end_reason="node_lost"
+    )
+    assert row["node"] == "c" and row["answered"]
+    survivors = [c for c in calls if c is not victim]
+    assert not any(c.ended for c in survivors)
+    for call in survivors:
+        await call.hangup()
+        row = await rig.wait_row(call.call_control_id, state="ended")
+        assert row["end_reason"] == "hangup"
+        assert not call.errors
+    await victim.hangup()  # the caller gives up; its call.hangup finds no node to take it
+    row = await rig.wait_row(victim.call_control_id, end_reason="node_lost")
+    assert row["node"] == "c"  # the record stands
+
+
+async def test_postgres_restart_mid_call_ends_no_call(rig: Rig) -> None:
+    calls = [await place(rig) for _ in range(3)]
+    await asyncio.to_thread(rig.pg.restart, 1.0)
+    await asyncio.sleep(1.5)
+    assert not any(c.ended for c in calls)
+    for call in calls:
+        await call.hangup()
+    for call in calls:  # written once the database is back
+        row = await rig.wait_row(call.call_control_id, within=15, state="ended")
+        assert row["end_reason"] == "hangup"
+        assert not call.errors
