@@ -50,6 +50,9 @@ OVERFLOW_HEADER: Final = "X-Getpatter-Overflow"
 BUSY_MESSAGE: Final = (
     "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 )
+# A call's last word from its carrier (Telnyx's call.hangup, a status callback) comes after
+# its media stream has closed: a drained node keeps answering for this long before it goes.
+DRAIN_TAIL: Final = 2.0
 DRAIN_GOODBYE: Final = (
     "I'm sorry, we have to end this call now for maintenance. Please call us back. Goodbye."
 )
@@ -187,6 +190,7 @@ class Gate:
         self.settings = settings
         self.calls = calls  # the server's live table, read, never changed here
         self.draining = False
+        self.tail = DRAIN_TAIL
 
     def full(self) -> bool:
         limit = self.settings.max_calls
@@ -246,3 +250,5 @@ class Gate:
                 ),
                 return_exceptions=True,
             )
+        if ends:  # the carriers' closing webhooks of those calls are still to be answered
+            await asyncio.sleep(self.tail)
