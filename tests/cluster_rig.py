@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,3 +274,35 @@ def node_of(call: twilio.FakeCall | telnyx.FakeCall) -> str:
         if marker in doc:
             return str(doc.split(marker, 1)[1].split("/", 1)[0])
     raise AssertionError(f"no node stream URL in {texts}")
+
+
+Call = twilio.FakeCall | telnyx.FakeCall
+
+
+async def rolling_restart(rig: Rig, place: Callable[[Rig], Awaitable[Call]]) -> list[Call]:
+    """SIGTERM each node in turn with calls live: its /health says draining, a new call goes
+    to another node, its own calls go on until their callers hang up (their closing webhooks
+    still reach it), then it exits cleanly and is started again. Returns every call placed,
+    each hung up by its caller."""
+    live = [await place(rig) for _ in range(3)]
+    for name in ("a", "b", "c"):
+        await rig.kill(name, signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await rig.get(name, "/health"))[0] != 503:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert (await rig.get(name, "/health"))[1]["status"] == "draining"
+        newcomer = await place(rig)  # a new call goes to another node
+        assert node_of(newcomer) != name
+        live.append(newcomer)
+        mine = [c for c in live if not c.ended and node_of(c) == name]
+        await asyncio.sleep(0.5)
+        assert mine and not any(c.ended for c in mine)  # draining: its calls go on
+        for call in mine:
+            await call.hangup()
+        assert await rig.wait_exit(name, DRAIN_TIMEOUT) == 0
+        await rig.start_node(name)
+    for call in live:
+        if not call.ended:
+            await call.hangup()
+    return live

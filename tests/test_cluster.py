@@ -27,13 +27,13 @@ from getpatter.testing.twilio import FakeCall
 from cluster_rig import (
     APP,
     CALLER,
-    DRAIN_TIMEOUT,
     HEARTBEAT_TIMEOUT,
     HOST,
     NUMBER,
     Rig,
     node_of,
     open_rig,
+    rolling_restart,
 )
 
 MISSING = services.missing()
@@ -157,27 +157,7 @@ async def test_full_nodes_pass_calls_on_and_all_full_hears_busy(rig: Rig) -> Non
 
 
 async def test_rolling_restart_drops_no_call(rig: Rig) -> None:
-    live = [await place(rig) for _ in range(3)]
-    for name in ("a", "b", "c"):
-        await rig.kill(name, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + 5
-        while (await rig.get(name, "/health"))[0] != 503:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
-        assert (await rig.get(name, "/health"))[1]["status"] == "draining"
-        newcomer = await place(rig)  # a new call goes to another node
-        assert node_of(newcomer) != name
-        live.append(newcomer)
-        mine = [c for c in live if not c.ended and node_of(c) == name]
-        await asyncio.sleep(0.5)
-        assert mine and not any(c.ended for c in mine)  # draining: its calls go on
-        for call in mine:
-            await call.hangup()
-        assert await rig.wait_exit(name, DRAIN_TIMEOUT) == 0
-        await rig.start_node(name)
-    for call in live:
-        if not call.ended:
-            await call.hangup()
+    live = await rolling_restart(rig, place)
     for call in live:
         row = await rig.wait_row(call.call_sid, state="ended")
         assert row["end_reason"] == "hangup", row  # every call ended by its caller

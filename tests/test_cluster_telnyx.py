@@ -12,7 +12,6 @@ Node capacities: a 1, b 2, c 2 calls. Every test leaves the three nodes up and n
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -26,13 +25,13 @@ from getpatter.testing.telnyx import FakeCall, FakeTelnyx, Webhook
 
 from cluster_rig import (
     CALLER,
-    DRAIN_TIMEOUT,
     HEARTBEAT_TIMEOUT,
     HOST,
     NUMBER,
     Rig,
     node_of,
     open_rig,
+    rolling_restart,
 )
 
 MISSING = services.missing()
@@ -220,26 +219,7 @@ async def test_postgres_restart_mid_call_ends_no_call(rig: Rig) -> None:
 
 
 async def test_rolling_restart_drops_no_call(rig: Rig) -> None:
-    live = [await place(rig) for _ in range(3)]
-    for name in ("a", "b", "c"):
-        await rig.kill(name, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + 5
-        while (await rig.get(name, "/health"))[0] != 503:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
-        newcomer = await place(rig)  # a new call goes to another node
-        assert node_of(newcomer) != name
-        live.append(newcomer)
-        mine = [c for c in live if not c.ended and node_of(c) == name]
-        await asyncio.sleep(0.5)
-        assert mine and not any(c.ended for c in mine)  # draining: its calls go on
-        for call in mine:
-            await call.hangup()  # its call.hangup still reaches the draining node
-        assert await rig.wait_exit(name, DRAIN_TIMEOUT) == 0
-        await rig.start_node(name)
-    for call in live:
-        if not call.ended:
-            await call.hangup()
+    live = await rolling_restart(rig, place)
     for call in live:
         row = await rig.wait_row(call.call_control_id, state="ended")
         assert row["end_reason"] == "hangup", row  # every call ended by its caller
