@@ -190,7 +190,6 @@ class Gate:
         self.settings = settings
         self.calls = calls  # the server's live table, read, never changed here
         self.draining = False
-        self.tail = DRAIN_TAIL
 
     def full(self) -> bool:
         limit = self.settings.max_calls
@@ -251,4 +250,4 @@ class Gate:
                 return_exceptions=True,
             )
         if ends:  # the carriers' closing webhooks of those calls are still to be answered
-            await asyncio.sleep(self.tail)
+            await asyncio.sleep(DRAIN_TAIL)
